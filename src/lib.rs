@@ -1,0 +1,17 @@
+//! corecast: a thread-per-core io_uring WebSocket engine speaking Phoenix Channels.
+//!
+//! Layers, bottom up:
+//! - [`proto`]: pure protocol code (HTTP upgrade, RFC 6455 frames, Phoenix messages). No I/O.
+//! - [`wheel`]: the per-core timer wheel (handshake and idle timeouts).
+//! - [`conn`]: one connection's state machine, driven by its core.
+//! - [`shard`]: one core's world: listener, connection slab, timer wheel.
+//! - [`server`]: starts one pinned glommio executor per core, handles signals and drain.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+pub mod conn;
+pub mod proto;
+pub mod server;
+pub mod shard;
+pub mod sys;
+pub mod wheel;
