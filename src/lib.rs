@@ -10,8 +10,10 @@
 
 pub mod config;
 pub mod conn;
+pub mod mesh;
 pub mod proto;
 pub mod server;
 pub mod shard;
 pub mod sys;
+pub mod topics;
 pub mod wheel;

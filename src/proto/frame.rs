@@ -1,1 +1,1145 @@
-//! RFC 6455 frames (being written).
+//! RFC 6455 frames, server side: an incremental decoder for client frames and encoders for
+//! server frames. No I/O: bytes in, messages out.
+//!
+//! The decoder enforces what a server without extensions must (masking, reserved bits and
+//! opcodes, control-frame rules, fragmentation order, UTF-8 of text and close reasons, close
+//! codes) and bounds its memory by [`Limits`]. Whole frames are handed out as slices of the
+//! caller's buffer; only a trailing partial frame or a fragmented message is copied.
+
+use std::mem;
+use std::str;
+
+/// Frame opcode (RFC 6455 section 5.2). The reserved values have no variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpCode {
+    /// 0x0: a further fragment of the message in progress.
+    Continuation,
+    /// 0x1: first (or only) frame of a UTF-8 text message.
+    Text,
+    /// 0x2: first (or only) frame of a binary message.
+    Binary,
+    /// 0x8: connection close.
+    Close,
+    /// 0x9: ping.
+    Ping,
+    /// 0xA: pong.
+    Pong,
+}
+
+impl OpCode {
+    /// The 4-bit wire value.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            OpCode::Continuation => 0x0,
+            OpCode::Text => 0x1,
+            OpCode::Binary => 0x2,
+            OpCode::Close => 0x8,
+            OpCode::Ping => 0x9,
+            OpCode::Pong => 0xA,
+        }
+    }
+
+    /// The opcode for a 4-bit wire value, or `None` for reserved and out-of-range values.
+    pub fn from_u8(b: u8) -> Option<OpCode> {
+        match b {
+            0x0 => Some(OpCode::Continuation),
+            0x1 => Some(OpCode::Text),
+            0x2 => Some(OpCode::Binary),
+            0x8 => Some(OpCode::Close),
+            0x9 => Some(OpCode::Ping),
+            0xA => Some(OpCode::Pong),
+            _ => None,
+        }
+    }
+
+    /// True for Close, Ping and Pong.
+    pub fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+/// Size limits applied by the [`Decoder`], in payload bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest payload of a single frame.
+    pub max_frame: usize,
+    /// Largest complete (reassembled) data message.
+    pub max_message: usize,
+}
+
+/// The body of a Close frame, already validated.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CloseFrame<'a> {
+    /// Status code (valid per [`is_valid_close_code`]).
+    pub code: u16,
+    /// UTF-8 reason, possibly empty.
+    pub reason: &'a str,
+}
+
+/// One complete data message or control frame, borrowed from the input or the decoder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A complete (possibly reassembled) text message, UTF-8 validated.
+    Text(&'a str),
+    /// A complete (possibly reassembled) binary message.
+    Binary(&'a [u8]),
+    /// A ping; the caller answers with a pong carrying the same payload.
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// A close frame: `None` for an empty body, else its validated code and reason.
+    Close(Option<CloseFrame<'a>>),
+}
+
+/// Why decoding failed. Each variant names the close code the caller should send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The peer broke RFC 6455: close with 1002.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A text message or close reason is not UTF-8: close with 1007.
+    #[error("invalid UTF-8 in text message")]
+    InvalidUtf8,
+    /// A frame or message exceeds [`Limits`]: close with 1009.
+    #[error("frame or message too big")]
+    TooBig,
+}
+
+impl FrameError {
+    /// The close code to send for this error (1002, 1007 or 1009).
+    pub fn close_code(&self) -> u16 {
+        match self {
+            FrameError::Protocol(_) => 1002,
+            FrameError::InvalidUtf8 => 1007,
+            FrameError::TooBig => 1009,
+        }
+    }
+}
+
+/// Incremental decoder of client->server frames. One per connection.
+///
+/// While idle it holds no heap memory. A partial frame is kept (header and unmasked payload so
+/// far) in a buffer of at most 14 + `max_frame` bytes; a fragmented message is assembled in a
+/// buffer of at most `max_message` bytes. Both are released as soon as they are complete.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// The partial frame: header bytes, then the payload received so far (already unmasked).
+    partial: Vec<u8>,
+    /// Payload of the fragmented message in progress.
+    message: Vec<u8>,
+    /// Opcode (Text or Binary) of the fragmented message in progress.
+    message_op: Option<OpCode>,
+    /// Incomplete UTF-8 sequence at the end of the text validated so far.
+    utf8: Utf8Tail,
+    /// A Close frame was emitted, or an error returned: ignore all further input.
+    done: bool,
+}
+
+impl Decoder {
+    /// A decoder in the idle state. Allocates nothing.
+    pub const fn new() -> Self {
+        Decoder {
+            partial: Vec::new(),
+            message: Vec::new(),
+            message_op: None,
+            utf8: Utf8Tail::new(),
+            done: false,
+        }
+    }
+
+    /// Feed bytes just read from the socket.
+    ///
+    /// `input` is mutable so masked payloads are unmasked in place: when whole frames sit in
+    /// `input` and no partial frame or fragmented message is pending, messages are emitted as
+    /// slices of `input` with no copy. A trailing partial frame is copied into the decoder's own
+    /// buffer and completed by later calls. Calls `on_msg` once per complete data message or
+    /// control frame, in order. After a Close frame has been emitted, all further bytes (this
+    /// call and later ones) are ignored.
+    ///
+    /// Stops at the first error and returns it; the caller then closes the connection with
+    /// [`FrameError::close_code`]. The decoder releases its buffers and ignores later input.
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+        on_msg: &mut dyn FnMut(Message<'_>),
+    ) -> Result<(), FrameError> {
+        let result = self.feed_inner(input, limits, on_msg);
+        if result.is_err() {
+            self.finish();
+        }
+        result
+    }
+
+    /// True when no partial frame and no fragmented message is held (the normal idle state).
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_empty() && self.message_op.is_none()
+    }
+
+    /// Heap bytes currently held (capacity of internal buffers). 0 whenever idle.
+    pub fn heap_bytes(&self) -> usize {
+        self.partial.capacity() + self.message.capacity()
+    }
+
+    fn feed_inner(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+        on_msg: &mut dyn FnMut(Message<'_>),
+    ) -> Result<(), FrameError> {
+        let mut pos = 0;
+        while !self.done && pos < input.len() {
+            let rest = &mut input[pos..];
+            if self.partial.is_empty()
+                && let Some(h) = parse_header(rest, self.message_op, self.message.len(), limits)?
+                && let Some(end) = h.header_len.checked_add(h.payload_len)
+                && let Some((frame, _)) = rest.split_at_mut_checked(end)
+            {
+                // The whole frame is here: unmask in place and emit without copying.
+                let payload = &mut frame[h.header_len..];
+                apply_mask(payload, h.mask, 0);
+                if self.is_textish(h.op) && !(h.op == OpCode::Text && h.fin) {
+                    self.utf8.push(payload)?;
+                }
+                self.dispatch(&h, payload, limits, on_msg)?;
+                pos += end;
+            } else {
+                let used = self.absorb(rest, limits, on_msg)?;
+                if used == 0 {
+                    // Cannot happen (absorb always consumes a byte here); never spin.
+                    return Err(FrameError::Protocol("decoder made no progress"));
+                }
+                pos += used;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy bytes of a frame that is not wholly in `input` into `self.partial`; emit it if it
+    /// completes. Returns the number of bytes of `input` consumed.
+    fn absorb(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+        on_msg: &mut dyn FnMut(Message<'_>),
+    ) -> Result<usize, FrameError> {
+        let mut used = 0;
+        let h = loop {
+            match parse_header(&self.partial, self.message_op, self.message.len(), limits)? {
+                Some(h) => break h,
+                None => {
+                    let need = header_len_needed(&self.partial).saturating_sub(self.partial.len());
+                    let take = need.min(input.len() - used);
+                    if take == 0 {
+                        return Ok(used);
+                    }
+                    extend_bounded(&mut self.partial, &input[used..used + take], MAX_HEADER);
+                    used += take;
+                }
+            }
+        };
+        let have = self.partial.len().saturating_sub(h.header_len);
+        let want = h.payload_len.saturating_sub(have);
+        let take = want.min(input.len() - used);
+        let chunk = &mut input[used..used + take];
+        apply_mask(chunk, h.mask, have);
+        if self.is_textish(h.op) {
+            // Fail fast: validate text as it arrives, not only when the frame is complete.
+            self.utf8.push(chunk)?;
+        }
+        let frame_len = h.header_len.saturating_add(h.payload_len);
+        extend_bounded(&mut self.partial, chunk, frame_len);
+        used += take;
+        if take == want {
+            let frame = mem::take(&mut self.partial);
+            let payload = frame.get(h.header_len..).unwrap_or_default();
+            self.dispatch(&h, payload, limits, on_msg)?;
+        }
+        Ok(used)
+    }
+
+    /// Act on one complete frame whose payload is unmasked (and, for fragments of a text
+    /// message, already fed to the UTF-8 validator).
+    fn dispatch(
+        &mut self,
+        h: &Header,
+        payload: &[u8],
+        limits: &Limits,
+        on_msg: &mut dyn FnMut(Message<'_>),
+    ) -> Result<(), FrameError> {
+        match h.op {
+            OpCode::Ping => on_msg(Message::Ping(payload)),
+            OpCode::Pong => on_msg(Message::Pong(payload)),
+            OpCode::Close => {
+                let close = parse_close(payload)?;
+                self.finish();
+                on_msg(Message::Close(close));
+            }
+            OpCode::Text if h.fin => {
+                self.utf8 = Utf8Tail::new();
+                let text = str::from_utf8(payload).map_err(|_| FrameError::InvalidUtf8)?;
+                on_msg(Message::Text(text));
+            }
+            OpCode::Binary if h.fin => on_msg(Message::Binary(payload)),
+            OpCode::Text | OpCode::Binary => {
+                self.message_op = Some(h.op);
+                extend_bounded(&mut self.message, payload, limits.max_message);
+            }
+            OpCode::Continuation => {
+                extend_bounded(&mut self.message, payload, limits.max_message);
+                if h.fin {
+                    let message = mem::take(&mut self.message);
+                    if self.message_op.take() == Some(OpCode::Text) {
+                        let tail = mem::take(&mut self.utf8);
+                        if !tail.is_empty() {
+                            return Err(FrameError::InvalidUtf8);
+                        }
+                        let text = str::from_utf8(&message).map_err(|_| FrameError::InvalidUtf8)?;
+                        on_msg(Message::Text(text));
+                    } else {
+                        on_msg(Message::Binary(&message));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the payload of a frame with opcode `op` is text.
+    fn is_textish(&self, op: OpCode) -> bool {
+        op == OpCode::Text || (op == OpCode::Continuation && self.message_op == Some(OpCode::Text))
+    }
+
+    /// Release everything and ignore further input.
+    fn finish(&mut self) {
+        *self = Decoder::new();
+        self.done = true;
+    }
+}
+
+/// Server->client frame (FIN set, unmasked) appended to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, op: OpCode, payload: &[u8]) {
+    let (header, n) = frame_header(op, true, payload.len());
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+}
+
+/// Header only, for writing a header in front of a payload held elsewhere: returns
+/// `(bytes, len)` with `len` in 2..=10. The mask bit is clear (server frames are unmasked).
+pub fn frame_header(op: OpCode, fin: bool, payload_len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = if fin { 0x80 } else { 0 } | op.to_u8();
+    if payload_len < 126 {
+        h[1] = payload_len as u8;
+        (h, 2)
+    } else if let Ok(len) = u16::try_from(payload_len) {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&len.to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
+
+/// A close frame with `code` and `reason` appended to `out`; the reason is truncated at a char
+/// boundary so the body is at most 125 bytes.
+pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let reason = &reason[..reason.floor_char_boundary(MAX_CONTROL - 2)];
+    let (header, n) = frame_header(OpCode::Close, true, 2 + reason.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+}
+
+/// Client->server frame, masked with `mask` (for tests, the load generator and fuzzing).
+pub fn encode_masked(out: &mut Vec<u8>, op: OpCode, fin: bool, payload: &[u8], mask: [u8; 4]) {
+    let (mut header, n) = frame_header(op, fin, payload.len());
+    header[1] |= 0x80;
+    out.reserve(n + 4 + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask, 0);
+}
+
+/// XOR `buf` with `mask`, where `buf[0]` is at position `offset` of the payload (`offset % 4`
+/// picks the mask byte). Works a `u64` at a time.
+pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let mut m = mask;
+    m.rotate_left(offset % 4);
+    let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
+    let (words, tail) = buf.as_chunks_mut::<8>();
+    for w in words {
+        *w = (u64::from_ne_bytes(*w) ^ word).to_ne_bytes();
+    }
+    // Each word covers 8 bytes, a multiple of 4, so the tail starts at mask phase 0 again.
+    for (b, k) in tail.iter_mut().zip(m.iter().cycle()) {
+        *b ^= k;
+    }
+}
+
+/// True for the close codes a peer may send (RFC 6455 section 7.4): 1000-1003, 1007-1014,
+/// 3000-4999.
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Longest frame header: 2 bytes, 8 bytes of extended length, 4 bytes of mask.
+const MAX_HEADER: usize = 14;
+/// Longest control-frame payload.
+const MAX_CONTROL: usize = 125;
+
+/// A parsed and validated client frame header.
+#[derive(Debug)]
+struct Header {
+    op: OpCode,
+    fin: bool,
+    mask: [u8; 4],
+    header_len: usize,
+    payload_len: usize,
+}
+
+/// Bytes of header needed given the bytes seen so far: 2 until the length code is known.
+fn header_len_needed(b: &[u8]) -> usize {
+    match b.get(1).map(|b1| b1 & 0x7f) {
+        None => 2,
+        Some(126) => 8,
+        Some(127) => 14,
+        Some(_) => 6,
+    }
+}
+
+/// Validate as much of a client frame header as `b` holds. `Ok(None)` when more bytes are
+/// needed; errors are reported as soon as the offending byte is present.
+fn parse_header(
+    b: &[u8],
+    message_op: Option<OpCode>,
+    message_len: usize,
+    limits: &Limits,
+) -> Result<Option<Header>, FrameError> {
+    let Some(&b0) = b.first() else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::Protocol(
+            "reserved bits set without an extension",
+        ));
+    }
+    let op = OpCode::from_u8(b0 & 0x0f).ok_or(FrameError::Protocol("reserved opcode"))?;
+    let fin = b0 & 0x80 != 0;
+    match (op, message_op) {
+        _ if op.is_control() && !fin => {
+            return Err(FrameError::Protocol("fragmented control frame"));
+        }
+        (OpCode::Continuation, None) => {
+            return Err(FrameError::Protocol("continuation frame without a message"));
+        }
+        (OpCode::Text | OpCode::Binary, Some(_)) => {
+            return Err(FrameError::Protocol(
+                "new message inside a fragmented message",
+            ));
+        }
+        _ => {}
+    }
+    let Some(&b1) = b.get(1) else {
+        return Ok(None);
+    };
+    if b1 & 0x80 == 0 {
+        return Err(FrameError::Protocol("client frame not masked"));
+    }
+    let len7 = b1 & 0x7f;
+    if op.is_control() && usize::from(len7) > MAX_CONTROL {
+        return Err(FrameError::Protocol("control frame payload over 125 bytes"));
+    }
+    if len7 == 127 && b.get(2).is_some_and(|b2| b2 & 0x80 != 0) {
+        return Err(FrameError::Protocol(
+            "64-bit payload length with the top bit set",
+        ));
+    }
+    let header_len = header_len_needed(b);
+    let Some(h) = b.get(..header_len) else {
+        return Ok(None);
+    };
+    let ext = header_len - 6;
+    let mut len_bytes = [0u8; 8];
+    len_bytes[8 - ext..].copy_from_slice(&h[2..2 + ext]);
+    let payload_len = if ext == 0 {
+        u64::from(len7)
+    } else {
+        u64::from_be_bytes(len_bytes)
+    };
+    if payload_len > u64::try_from(limits.max_frame).unwrap_or(u64::MAX) {
+        return Err(FrameError::TooBig);
+    }
+    let payload_len = usize::try_from(payload_len).map_err(|_| FrameError::TooBig)?;
+    let message_total = match op {
+        OpCode::Continuation => message_len.checked_add(payload_len),
+        OpCode::Text | OpCode::Binary => Some(payload_len),
+        _ => Some(0),
+    };
+    if message_total.is_none_or(|total| total > limits.max_message) {
+        return Err(FrameError::TooBig);
+    }
+    let mut mask = [0u8; 4];
+    mask.copy_from_slice(&h[header_len - 4..]);
+    Ok(Some(Header {
+        op,
+        fin,
+        mask,
+        header_len,
+        payload_len,
+    }))
+}
+
+/// Validate an unmasked close body (RFC 6455 section 5.5.1).
+fn parse_close(body: &[u8]) -> Result<Option<CloseFrame<'_>>, FrameError> {
+    let Some((code, reason)) = body.split_first_chunk::<2>() else {
+        return if body.is_empty() {
+            Ok(None)
+        } else {
+            Err(FrameError::Protocol("close body of one byte"))
+        };
+    };
+    let code = u16::from_be_bytes(*code);
+    if !is_valid_close_code(code) {
+        return Err(FrameError::Protocol("invalid close code"));
+    }
+    let reason = str::from_utf8(reason).map_err(|_| FrameError::InvalidUtf8)?;
+    Ok(Some(CloseFrame { code, reason }))
+}
+
+/// Append `data` to `v`, growing its capacity geometrically but never beyond `limit` (unless
+/// `data` itself needs more, which the callers' length checks rule out).
+fn extend_bounded(v: &mut Vec<u8>, data: &[u8], limit: usize) {
+    let needed = v.len().saturating_add(data.len());
+    if needed > v.capacity() {
+        let target = v.capacity().saturating_mul(2).min(limit).max(needed);
+        v.reserve_exact(target - v.len());
+    }
+    v.extend_from_slice(data);
+}
+
+/// Streaming UTF-8 validation state: the incomplete sequence (at most 3 bytes) that ends the
+/// text validated so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Utf8Tail {
+    bytes: [u8; 3],
+    len: u8,
+}
+
+impl Utf8Tail {
+    const fn new() -> Self {
+        Utf8Tail {
+            bytes: [0; 3],
+            len: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Validate the next `data` of the text. Fails as soon as an invalid sequence is present;
+    /// an incomplete sequence at the end is kept for the next call.
+    fn push(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        let held = usize::from(self.len);
+        if held > 0 {
+            // Complete the held character with the bytes it still needs.
+            let width: usize = match self.bytes[0] {
+                0xF0.. => 4,
+                0xE0.. => 3,
+                _ => 2,
+            };
+            let take = width.saturating_sub(held).min(data.len());
+            let mut ch = [0u8; 4];
+            ch[..held].copy_from_slice(&self.bytes[..held]);
+            ch[held..held + take].copy_from_slice(&data[..take]);
+            match str::from_utf8(&ch[..held + take]) {
+                Ok(_) => {
+                    self.len = 0;
+                    data = &data[take..];
+                }
+                Err(e) if e.error_len().is_some() => return Err(FrameError::InvalidUtf8),
+                Err(_) => {
+                    self.bytes[..held + take].copy_from_slice(&ch[..held + take]);
+                    self.len += take as u8;
+                    return Ok(());
+                }
+            }
+        }
+        if let Err(e) = str::from_utf8(data) {
+            if e.error_len().is_some() {
+                return Err(FrameError::InvalidUtf8);
+            }
+            let tail = &data[e.valid_up_to()..];
+            self.bytes[..tail.len()].copy_from_slice(tail);
+            self.len = tail.len() as u8;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_frame: 1 << 20,
+        max_message: 1 << 21,
+    };
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// An owned copy of a [`Message`], for comparing across calls.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    fn own(m: Message<'_>) -> Owned {
+        match m {
+            Message::Text(t) => Owned::Text(t.to_owned()),
+            Message::Binary(b) => Owned::Binary(b.to_vec()),
+            Message::Ping(b) => Owned::Ping(b.to_vec()),
+            Message::Pong(b) => Owned::Pong(b.to_vec()),
+            Message::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_owned()))),
+        }
+    }
+
+    /// Feed `bytes` in chunks of `chunk` bytes; collect messages and the first error.
+    fn decode_chunked(
+        bytes: &[u8],
+        chunk: usize,
+        limits: &Limits,
+    ) -> (Vec<Owned>, Result<(), FrameError>) {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let mut input = bytes.to_vec();
+        for piece in input.chunks_mut(chunk.max(1)) {
+            if let Err(e) = d.feed(piece, limits, &mut |m| out.push(own(m))) {
+                return (out, Err(e));
+            }
+        }
+        (out, Ok(()))
+    }
+
+    fn decode(bytes: &[u8]) -> (Vec<Owned>, Result<(), FrameError>) {
+        decode_chunked(bytes, bytes.len(), &LIMITS)
+    }
+
+    fn masked(op: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_masked(&mut v, op, fin, payload, MASK);
+        v
+    }
+
+    /// Assert that `bytes` fails with `err` both whole and byte at a time.
+    fn assert_err(bytes: &[u8], err: FrameError, code: u16) {
+        assert_eq!(err.close_code(), code);
+        assert_eq!(decode(bytes).1, Err(err.clone()), "whole: {bytes:02x?}");
+        assert_eq!(
+            decode_chunked(bytes, 1, &LIMITS).1,
+            Err(err),
+            "bytewise: {bytes:02x?}"
+        );
+    }
+
+    fn protocol(bytes: &[u8]) {
+        let (_, r) = decode(bytes);
+        assert!(
+            matches!(r, Err(FrameError::Protocol(_))),
+            "{bytes:02x?}: {r:?}"
+        );
+        let (_, r) = decode_chunked(bytes, 1, &LIMITS);
+        assert!(
+            matches!(r, Err(FrameError::Protocol(_))),
+            "{bytes:02x?}: {r:?}"
+        );
+        assert_eq!(r.unwrap_err().close_code(), 1002);
+    }
+
+    #[test]
+    fn decoder_is_small_and_allocates_nothing() {
+        // 56 bytes on 64-bit targets: two Vecs (48) + UTF-8 tail (4) + opcode + flag, padded.
+        assert!(size_of::<Decoder>() <= 64);
+        assert_eq!(size_of::<Decoder>(), 56);
+        let d = Decoder::new();
+        assert_eq!(d.heap_bytes(), 0);
+        assert!(d.is_idle());
+        assert_eq!(Decoder::default().heap_bytes(), 0);
+    }
+
+    #[test]
+    fn opcode_round_trip() {
+        for b in 0..=255u8 {
+            if let Some(op) = OpCode::from_u8(b) {
+                assert_eq!(op.to_u8(), b);
+                assert_eq!(op.is_control(), b >= 8);
+            } else {
+                assert!((3..=7).contains(&b) || b >= 0xB);
+            }
+        }
+    }
+
+    #[test]
+    fn every_length_encoding_zero_copy() {
+        for len in [0usize, 1, 125, 126, 127, 65535, 65536, 100_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut bytes = masked(OpCode::Binary, true, &payload);
+            let header = match len {
+                0..=125 => 6,
+                126..=65535 => 8,
+                _ => 14,
+            };
+            assert_eq!(bytes.len(), header + len);
+            let range = bytes.as_ptr_range();
+            let mut d = Decoder::new();
+            let mut seen = 0;
+            d.feed(&mut bytes, &LIMITS, &mut |m| {
+                let Message::Binary(b) = m else {
+                    panic!("{m:?}")
+                };
+                assert_eq!(b, &payload[..]);
+                // Emitted straight from the input buffer.
+                assert!(len == 0 || range.contains(&b.as_ptr()));
+                seen += 1;
+            })
+            .unwrap();
+            assert_eq!(seen, 1);
+            assert_eq!(d.heap_bytes(), 0);
+            assert!(d.is_idle());
+
+            let text = "é".repeat(len / 2);
+            assert_eq!(
+                decode(&masked(OpCode::Text, true, text.as_bytes())).0,
+                [Owned::Text(text)]
+            );
+        }
+    }
+
+    #[test]
+    fn server_frame_headers() {
+        assert_eq!(
+            frame_header(OpCode::Text, true, 0),
+            ([0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0], 2)
+        );
+        assert_eq!(frame_header(OpCode::Binary, false, 125).0[..2], [0x02, 125]);
+        assert_eq!(
+            frame_header(OpCode::Binary, true, 126).0[..4],
+            [0x82, 126, 0, 126]
+        );
+        assert_eq!(
+            frame_header(OpCode::Ping, true, 65535).0[..4],
+            [0x89, 126, 0xff, 0xff]
+        );
+        let (h, n) = frame_header(OpCode::Continuation, true, 65536);
+        assert_eq!((h, n), ([0x80, 127, 0, 0, 0, 0, 0, 1, 0, 0], 10));
+        let mut out = vec![9];
+        encode_frame(&mut out, OpCode::Pong, b"abc");
+        assert_eq!(out, [9, 0x8a, 3, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn encode_close_truncates_at_char_boundary() {
+        let mut out = Vec::new();
+        encode_close(&mut out, 1001, "bye");
+        assert_eq!(out, [0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']);
+        let long = "€".repeat(100);
+        out.clear();
+        encode_close(&mut out, 1000, &long);
+        let body = &out[2..];
+        assert_eq!(usize::from(out[1]), body.len());
+        assert!(body.len() <= 125);
+        assert_eq!(body.len(), 2 + 123 / 3 * 3);
+        assert!(str::from_utf8(&body[2..]).is_ok());
+    }
+
+    #[test]
+    fn masked_round_trip_of_every_kind() {
+        let mut bytes = masked(OpCode::Text, true, "héllo".as_bytes());
+        bytes.extend(masked(OpCode::Binary, true, &[0, 1, 2, 255]));
+        bytes.extend(masked(OpCode::Ping, true, b"p"));
+        bytes.extend(masked(OpCode::Pong, true, b""));
+        bytes.extend(masked(OpCode::Close, true, b""));
+        let (msgs, r) = decode(&bytes);
+        r.unwrap();
+        assert_eq!(
+            msgs,
+            [
+                Owned::Text("héllo".into()),
+                Owned::Binary(vec![0, 1, 2, 255]),
+                Owned::Ping(b"p".to_vec()),
+                Owned::Pong(vec![]),
+                Owned::Close(None),
+            ]
+        );
+        let mut close = 4000u16.to_be_bytes().to_vec();
+        close.extend_from_slice("ok ✓".as_bytes());
+        let (msgs, r) = decode(&masked(OpCode::Close, true, &close));
+        r.unwrap();
+        assert_eq!(msgs, [Owned::Close(Some((4000, "ok ✓".into())))]);
+    }
+
+    /// A stream exercising fragmentation, control frames between fragments and a close.
+    fn mixed_stream() -> Vec<u8> {
+        let text = "añb€c😀d".as_bytes();
+        let mut s = masked(OpCode::Text, false, &text[..2]); // splits 'ñ'
+        s.extend(masked(OpCode::Ping, true, b"between"));
+        s.extend(masked(OpCode::Continuation, false, &text[2..6])); // splits '€'
+        s.extend(masked(OpCode::Continuation, false, &[]));
+        s.extend(masked(OpCode::Continuation, true, &text[6..]));
+        s.extend(masked(OpCode::Binary, true, &[7; 300]));
+        s.extend(masked(OpCode::Binary, false, &[1; 70_000]));
+        s.extend(masked(OpCode::Pong, true, b"x"));
+        s.extend(masked(OpCode::Continuation, true, &[2; 10]));
+        s.extend(masked(OpCode::Close, true, &[0x03, 0xe8]));
+        s.extend(b"ignored garbage after close");
+        s
+    }
+
+    fn mixed_expected() -> Vec<Owned> {
+        let mut big = vec![1; 70_000];
+        big.extend([2; 10]);
+        vec![
+            Owned::Ping(b"between".to_vec()),
+            Owned::Text("añb€c😀d".into()),
+            Owned::Binary(vec![7; 300]),
+            Owned::Pong(b"x".to_vec()),
+            Owned::Binary(big),
+            Owned::Close(Some((1000, String::new()))),
+        ]
+    }
+
+    #[test]
+    fn any_split_decodes_the_same() {
+        let stream = mixed_stream();
+        let (whole, r) = decode(&stream);
+        r.unwrap();
+        assert_eq!(whole, mixed_expected());
+        for chunk in [1, 2, 3, 5, 13, 127, 1000, 4096] {
+            assert_eq!(
+                decode_chunked(&stream, chunk, &LIMITS),
+                (whole.clone(), Ok(())),
+                "{chunk}"
+            );
+        }
+        // Irregular splits from a small LCG.
+        let mut seed = 12345u32;
+        for _ in 0..50 {
+            let mut d = Decoder::new();
+            let mut out = Vec::new();
+            let mut input = stream.clone();
+            let mut rest = &mut input[..];
+            while !rest.is_empty() {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let n = ((seed >> 16) as usize % 40 + 1).min(rest.len());
+                let (piece, tail) = rest.split_at_mut(n);
+                d.feed(piece, &LIMITS, &mut |m| out.push(own(m))).unwrap();
+                rest = tail;
+            }
+            assert_eq!(out, whole);
+        }
+    }
+
+    #[test]
+    fn fragmented_message_releases_memory() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let mut first = masked(OpCode::Text, false, "h€".as_bytes());
+        let split = first.len() - 1; // leave the frame partial, with an incomplete char
+        d.feed(&mut first[..split], &LIMITS, &mut |m| out.push(own(m)))
+            .unwrap();
+        assert!(!d.is_idle() && d.heap_bytes() > 0);
+        d.feed(&mut first[split..], &LIMITS, &mut |m| out.push(own(m)))
+            .unwrap();
+        assert!(!d.is_idle() && d.heap_bytes() > 0);
+        let mut ping = masked(OpCode::Ping, true, b"");
+        d.feed(&mut ping, &LIMITS, &mut |m| out.push(own(m)))
+            .unwrap();
+        let mut last = masked(OpCode::Continuation, true, b"llo");
+        d.feed(&mut last, &LIMITS, &mut |m| out.push(own(m)))
+            .unwrap();
+        assert_eq!(out, [Owned::Ping(vec![]), Owned::Text("h€llo".into())]);
+        assert!(d.is_idle());
+        assert_eq!(d.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn partial_buffer_is_bounded_by_the_frame() {
+        let limits = Limits {
+            max_frame: 1000,
+            max_message: 1000,
+        };
+        let bytes = masked(OpCode::Binary, true, &[5; 1000]);
+        let mut d = Decoder::new();
+        let mut got = None;
+        for b in bytes.clone().chunks_mut(1) {
+            d.feed(b, &limits, &mut |m| got = Some(own(m))).unwrap();
+            assert!(d.heap_bytes() <= 14 + 1000, "{}", d.heap_bytes());
+        }
+        assert_eq!(got, Some(Owned::Binary(vec![5; 1000])));
+        assert_eq!(d.heap_bytes(), 0);
+    }
+
+    #[test]
+    fn header_errors() {
+        protocol(&[0x82, 0x00]); // unmasked binary
+        protocol(&[0x81, 0x05, b'h', b'e', b'l', b'l', b'o']); // unmasked text
+        for rsv in [0x40, 0x20, 0x10] {
+            protocol(&[0x82 | rsv, 0x80, 0, 0, 0, 0]);
+        }
+        for op in (3..=7).chain(0xB..=0xF) {
+            protocol(&[0x80 | op, 0x80, 0, 0, 0, 0]);
+        }
+        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+            protocol(&masked(op, false, b"")); // fragmented control frame
+            protocol(&masked(op, true, &[b'a'; 126])); // control frame over 125 bytes
+        }
+        protocol(&masked(OpCode::Continuation, true, b"x")); // nothing to continue
+        let mut s = masked(OpCode::Text, false, b"a");
+        s.extend(masked(OpCode::Binary, true, b"b")); // new message mid-fragmentation
+        protocol(&s);
+        let mut s = masked(OpCode::Binary, false, b"a");
+        s.extend(masked(OpCode::Text, false, b"b"));
+        protocol(&s);
+    }
+
+    #[test]
+    fn length_with_top_bit_set() {
+        let mut h = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        h.extend(MASK);
+        protocol(&h);
+        // Reported from the third byte alone.
+        let mut d = Decoder::new();
+        let r = d.feed(&mut [0x82, 0xff, 0x80], &LIMITS, &mut |_| ());
+        assert!(matches!(r, Err(FrameError::Protocol(_))));
+    }
+
+    #[test]
+    fn huge_length_is_too_big_without_allocating() {
+        let mut h = vec![0x82, 0xff];
+        h.extend((1u64 << 62).to_be_bytes());
+        h.extend(MASK);
+        let mut d = Decoder::new();
+        assert_eq!(
+            d.feed(&mut h, &LIMITS, &mut |_| ()),
+            Err(FrameError::TooBig)
+        );
+        assert_eq!(d.heap_bytes(), 0);
+        assert_err(&h, FrameError::TooBig, 1009);
+    }
+
+    #[test]
+    fn size_limits() {
+        let limits = Limits {
+            max_frame: 10,
+            max_message: 25,
+        };
+        let ok = masked(OpCode::Binary, true, &[0; 10]);
+        assert_eq!(
+            decode_chunked(&ok, 3, &limits),
+            (vec![Owned::Binary(vec![0; 10])], Ok(()))
+        );
+        let big = masked(OpCode::Binary, true, &[0; 11]);
+        assert_eq!(
+            decode_chunked(&big, 100, &limits).1,
+            Err(FrameError::TooBig)
+        );
+        let mut msg = masked(OpCode::Text, false, &[b'a'; 10]);
+        msg.extend(masked(OpCode::Continuation, false, &[b'a'; 10]));
+        msg.extend(masked(OpCode::Continuation, true, &[b'a'; 5]));
+        let (out, r) = decode_chunked(&msg, 1, &limits);
+        assert_eq!((out, r), (vec![Owned::Text("a".repeat(25))], Ok(())));
+        msg.extend(masked(OpCode::Binary, false, &[0; 10]));
+        msg.extend(masked(OpCode::Continuation, false, &[0; 10]));
+        msg.extend(masked(OpCode::Continuation, true, &[0; 6]));
+        let (out, r) = decode_chunked(&msg, 7, &limits);
+        assert_eq!((out.len(), r), (1, Err(FrameError::TooBig)));
+        // A control frame also counts against max_frame.
+        let tiny = Limits {
+            max_frame: 4,
+            max_message: 4,
+        };
+        let ping = masked(OpCode::Ping, true, b"hello");
+        assert_eq!(decode_chunked(&ping, 100, &tiny).1, Err(FrameError::TooBig));
+    }
+
+    #[test]
+    fn invalid_utf8() {
+        assert_err(
+            &masked(OpCode::Text, true, &[b'a', 0xff]),
+            FrameError::InvalidUtf8,
+            1007,
+        );
+        // A message ending inside a character.
+        assert_err(
+            &masked(OpCode::Text, true, &[b'a', 0xe2, 0x82]),
+            FrameError::InvalidUtf8,
+            1007,
+        );
+        let mut s = masked(OpCode::Text, false, b"a");
+        s.extend(masked(OpCode::Continuation, true, &[0xf0, 0x9f]));
+        assert_err(&s, FrameError::InvalidUtf8, 1007);
+        // Overlong and surrogate encodings.
+        assert_err(
+            &masked(OpCode::Text, true, &[0xc0, 0xaf]),
+            FrameError::InvalidUtf8,
+            1007,
+        );
+        assert_err(
+            &masked(OpCode::Text, true, &[0xed, 0xa0, 0x80]),
+            FrameError::InvalidUtf8,
+            1007,
+        );
+        // Binary is not checked.
+        assert_eq!(
+            decode(&masked(OpCode::Binary, true, &[0xff])).0,
+            [Owned::Binary(vec![0xff])]
+        );
+    }
+
+    #[test]
+    fn utf8_fails_fast() {
+        // Invalid byte in the first fragment: reported before the rest arrives.
+        let mut d = Decoder::new();
+        let mut first = masked(OpCode::Text, false, &[b'o', b'k', 0xc3, 0x28]);
+        assert_eq!(
+            d.feed(&mut first, &LIMITS, &mut |_| ()),
+            Err(FrameError::InvalidUtf8)
+        );
+        // A character split across fragments whose continuation is wrong: reported at once.
+        let mut d = Decoder::new();
+        let mut first = masked(OpCode::Text, false, &[b'o', 0xe2]);
+        d.feed(&mut first, &LIMITS, &mut |_| ()).unwrap();
+        let mut second = masked(OpCode::Continuation, false, &[0x82, 0x41]);
+        assert_eq!(
+            d.feed(&mut second, &LIMITS, &mut |_| ()),
+            Err(FrameError::InvalidUtf8)
+        );
+        // Within one frame that arrives in pieces: reported when the bad byte arrives.
+        let mut d = Decoder::new();
+        let mut frame = masked(
+            OpCode::Text,
+            true,
+            &[b'a', b'b', 0xf4, 0x90, b'c', b'd', b'e'],
+        );
+        let bad = 6 + 4; // header, then up to 0x90 (above U+10FFFF)
+        d.feed(&mut frame[..bad - 1], &LIMITS, &mut |_| ()).unwrap();
+        assert_eq!(
+            d.feed(&mut frame[bad - 1..bad], &LIMITS, &mut |_| ()),
+            Err(FrameError::InvalidUtf8)
+        );
+        // After an error everything is released and ignored.
+        assert_eq!(d.heap_bytes(), 0);
+        assert_eq!(
+            d.feed(&mut frame[bad..], &LIMITS, &mut |_| panic!()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn close_body_rules() {
+        protocol(&masked(OpCode::Close, true, &[0x03]));
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            protocol(&masked(OpCode::Close, true, &code.to_be_bytes()));
+        }
+        let mut body = 1000u16.to_be_bytes().to_vec();
+        body.extend([
+            0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+        ]);
+        assert_err(
+            &masked(OpCode::Close, true, &body),
+            FrameError::InvalidUtf8,
+            1007,
+        );
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let (out, r) = decode(&masked(OpCode::Close, true, &code.to_be_bytes()));
+            r.unwrap();
+            assert_eq!(out, [Owned::Close(Some((code, String::new())))]);
+        }
+    }
+
+    #[test]
+    fn close_codes_table() {
+        let valid: Vec<u16> = (0..=u16::MAX).filter(|&c| is_valid_close_code(c)).collect();
+        let expected: Vec<u16> = (1000..=1003)
+            .chain(1007..=1014)
+            .chain(3000..=4999)
+            .collect();
+        assert_eq!(valid, expected);
+    }
+
+    #[test]
+    fn bytes_after_close_are_ignored() {
+        let mut s = masked(OpCode::Close, true, &[0x03, 0xe9]);
+        s.extend(masked(OpCode::Text, true, b"late"));
+        s.extend([0xff; 20]); // would be a protocol error if parsed
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        d.feed(&mut s, &LIMITS, &mut |m| out.push(own(m))).unwrap();
+        assert_eq!(out, [Owned::Close(Some((1001, String::new())))]);
+        d.feed(&mut [0x0f, 0x00, 0x11], &LIMITS, &mut |m| out.push(own(m)))
+            .unwrap();
+        d.feed(&mut masked(OpCode::Ping, true, b""), &LIMITS, &mut |m| {
+            out.push(own(m))
+        })
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.heap_bytes(), 0);
+        // A close in the middle of a fragmented message releases it.
+        let mut s = masked(OpCode::Binary, false, b"abc");
+        s.extend(masked(OpCode::Close, true, b""));
+        s.extend(masked(OpCode::Continuation, true, b"def"));
+        let (out, r) = decode_chunked(&s, 2, &LIMITS);
+        assert_eq!((out, r), (vec![Owned::Close(None)], Ok(())));
+    }
+
+    #[test]
+    fn apply_mask_matches_naive() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for offset in 0..40 {
+            for len in 0..40 {
+                let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+                let naive: Vec<u8> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ mask[(offset + i) % 4])
+                    .collect();
+                let mut fast = data.clone();
+                apply_mask(&mut fast, mask, offset);
+                assert_eq!(fast, naive, "offset {offset} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_tail_streaming() {
+        let text = "a€😀ñz".as_bytes();
+        // Every byte-at-a-time or two-part split validates.
+        for cut in 0..=text.len() {
+            let mut t = Utf8Tail::new();
+            t.push(&text[..cut]).unwrap();
+            t.push(&text[cut..]).unwrap();
+            assert!(t.is_empty());
+        }
+        let mut t = Utf8Tail::new();
+        for b in text {
+            t.push(std::slice::from_ref(b)).unwrap();
+        }
+        assert!(t.is_empty());
+        let mut t = Utf8Tail::new();
+        t.push(&[0xf0, 0x9f]).unwrap();
+        assert_eq!(t.push(&[0x41]), Err(FrameError::InvalidUtf8));
+    }
+}

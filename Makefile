@@ -1,0 +1,41 @@
+# corecast: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+LISTEN ?= 0.0.0.0:4000
+FUZZ_SECONDS ?= 30
+
+.PHONY: run build test lint unit conformance conformance-update fuzz-smoke fuzz-tools
+
+## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
+run:
+	$(CARGO) build --release
+	./target/release/corecast serve --listen $(LISTEN)
+
+build:
+	$(CARGO) build --release
+
+## Everything CI checks: format, lints, unit + integration tests, Autobahn conformance, fuzz smoke.
+test: lint unit conformance fuzz-smoke
+	@echo "make test: all checks passed"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --all-targets
+
+## All 517 Autobahn TestSuite cases (kosoku) against `corecast serve --echo`; fails on any FAILED
+## case or any regression against conformance/expected.txt.
+conformance:
+	bash scripts/conformance.sh
+
+conformance-update:
+	bash scripts/conformance.sh --update
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+## A short libFuzzer run of every fuzz target, starting from the committed seeds.
+fuzz-smoke: fuzz-tools
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

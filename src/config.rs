@@ -1,0 +1,180 @@
+//! Server configuration: embedded defaults, an optional TOML file, then command-line overrides.
+//!
+//! Every field has a default that works with no file at all; a TOML file may set any of them
+//! (unknown keys are rejected so a typo does not silently fall back to a default).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a running server needs to know. Shared read-only by every core.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every core listens on (each core binds its own SO_REUSEPORT socket).
+    pub listen: SocketAddr,
+    /// Number of cores (one pinned executor each); 0 means every CPU this process may run on.
+    pub cores: usize,
+    /// Listen backlog of each core's socket.
+    pub backlog: u32,
+    /// Serve the plain RFC 6455 echo endpoint `GET /echo` (for the conformance suite).
+    pub echo: bool,
+    /// Largest frame payload accepted from a client, in bytes (close 1009 above it).
+    pub max_frame: usize,
+    /// Largest (reassembled) message accepted from a client, in bytes (close 1009 above it).
+    pub max_message: usize,
+    /// Largest HTTP request head, in bytes (431 above it).
+    pub max_request_head: usize,
+    /// Largest HTTP request body (`POST /api/...`), in bytes (413 above it).
+    pub max_request_body: usize,
+    /// A connection that has not completed its HTTP request within this time is closed.
+    pub handshake_timeout_ms: u64,
+    /// After sending a close frame, how long to wait for the peer's close before dropping the socket.
+    pub close_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long open connections get to close before the process exits.
+    pub shutdown_timeout_ms: u64,
+    /// Per-connection outbound queue bound, in bytes. A connection over it is closed with 1013
+    /// (broadcast fan-out) or stops being read until it drains (its own replies and echoes).
+    pub out_queue_max_bytes: usize,
+    /// Per-connection outbound queue bound, in frames.
+    pub out_queue_max_frames: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4000)),
+            cores: 0,
+            backlog: 4096,
+            echo: false,
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+            max_request_head: 8 * 1024,
+            max_request_body: 1 << 20,
+            handshake_timeout_ms: 10_000,
+            close_timeout_ms: 2_000,
+            shutdown_timeout_ms: 10_000,
+            out_queue_max_bytes: 4 << 20,
+            out_queue_max_frames: 4096,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. The binary prints it and exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Read a TOML file; keys it does not set keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse TOML text; keys it does not set keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            source: Box::new(e),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reject values the server cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.max_frame == 0 || self.max_message == 0 {
+            return bad("max_frame and max_message must be > 0");
+        }
+        if self.max_request_head < 256 {
+            return bad("max_request_head must be >= 256");
+        }
+        if self.backlog == 0 {
+            return bad("backlog must be > 0");
+        }
+        if self.out_queue_max_frames == 0 || self.out_queue_max_bytes == 0 {
+            return bad("out_queue_max_frames and out_queue_max_bytes must be > 0");
+        }
+        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 {
+            return bad("timeouts must be > 0");
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The frame limits handed to the protocol decoder.
+    pub fn frame_limits(&self) -> crate::proto::frame::Limits {
+        crate::proto::frame::Limits {
+            max_frame: self.max_frame,
+            max_message: self.max_message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_some_keys() {
+        let c = Config::from_toml("listen = \"127.0.0.1:9001\"\necho = true\nmax_frame = 100\n")
+            .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9001".parse().unwrap());
+        assert!(c.echo);
+        assert_eq!(c.max_frame, 100);
+        assert_eq!(c.backlog, 4096);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::from_toml("lissten = \"127.0.0.1:1\"").unwrap_err();
+        assert!(e.to_string().contains("lissten"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        assert!(Config::from_toml("max_frame = 0").is_err());
+        assert!(Config::from_toml("backlog = 0").is_err());
+    }
+}

@@ -1,0 +1,434 @@
+//! One connection's state machine: HTTP request -> (upgrade) WebSocket -> closing -> done.
+//!
+//! A connection is one glommio task that owns its socket and its protocol state; the core's slot
+//! ([`crate::shard::Slot`]) holds the outbound queue and the waker. The task is a hand-written
+//! `poll` so that a read borrows the core's scratch buffer only for the duration of one
+//! non-blocking `recv` and the parse that follows: nothing is held across a wait, so an idle
+//! connection holds no read buffer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use tracing::trace;
+
+use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode};
+use crate::proto::handshake::{self, HttpError, Request};
+use crate::shard::{Shard, Stats, WRITE_COALESCE, signal};
+
+/// Frames at least this big are written straight from their buffer instead of being coalesced.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// Reads handled in one poll before the task yields to its neighbours.
+const READ_BUDGET: usize = 16;
+
+/// Close codes used by the server (RFC 6455 7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// What a WebSocket connection does with its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /echo`: send every data message back.
+    Echo,
+}
+
+enum Phase {
+    /// Reading the request head (and body); `buf` is dropped once it is complete.
+    Http { buf: Vec<u8> },
+    /// An open WebSocket.
+    Open {
+        endpoint: Endpoint,
+        decoder: Decoder,
+    },
+    /// Our last bytes (a close frame or an HTTP response) are queued: flush them, shut the write
+    /// side, then read and discard until the peer closes or the close deadline passes.
+    Closing { shut: bool },
+}
+
+/// Serve one accepted connection until it is closed. Runs as its own task on the accepting core.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (key, _generation) = shard.open_slot();
+    shard.set_deadline(key, Some(shard.cfg.handshake_timeout()));
+    let conn = Conn {
+        shard,
+        stream,
+        key,
+        out_off: 0,
+        phase: Phase::Http { buf: Vec::new() },
+    };
+    conn.await;
+}
+
+struct Conn {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    key: usize,
+    /// Bytes of the front frame of the queue already written.
+    out_off: usize,
+    phase: Phase,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shard.close_slot(self.key);
+    }
+}
+
+/// What reading and parsing asked the loop to do next.
+enum Step {
+    Continue,
+    Finished,
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.step(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                if let Some(slot) = this.shard.slots.borrow_mut().get_mut(this.key) {
+                    match &slot.waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => slot.waker = Some(cx.waker().clone()),
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut reads = 0;
+        loop {
+            // 1. Signals from the core: deadlines and drain.
+            let signals = self.shard.take_signals(self.key);
+            if signals & signal::TIMER != 0 && self.shard.deadline_passed(self.key) {
+                match self.phase {
+                    Phase::Http { .. } => {
+                        Stats::bump(&self.shard.stats.handshake_timeouts);
+                        trace!(key = self.key, "handshake timeout");
+                        return Poll::Ready(());
+                    }
+                    Phase::Closing { .. } => return Poll::Ready(()),
+                    Phase::Open { .. } => {
+                        self.start_close(close_code::POLICY, "idle timeout");
+                    }
+                }
+            }
+            if signals & signal::DRAIN != 0 {
+                match self.phase {
+                    Phase::Http { .. } => return Poll::Ready(()),
+                    Phase::Open { .. } => {
+                        self.start_close(close_code::GOING_AWAY, "server shutting down")
+                    }
+                    Phase::Closing { .. } => {}
+                }
+            }
+
+            // 2. Write what is queued.
+            let flushed = match self.poll_flush(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => false,
+            };
+            if let Phase::Closing { shut } = &mut self.phase
+                && flushed
+                && !*shut
+            {
+                *shut = true;
+                // Half-close: the peer sees our last bytes followed by FIN.
+                if Pin::new(&mut self.stream).poll_close(cx).is_ready() {
+                    trace!(key = self.key, "write side shut");
+                }
+            }
+
+            // 3. Read, unless our own output is backed up (then the peer waits for us).
+            let backed_up = {
+                let slots = self.shard.slots.borrow();
+                slots.get(self.key).is_some_and(|s| {
+                    s.out_bytes as usize >= self.shard.cfg.out_queue_max_bytes
+                        || s.outq.len() >= self.shard.cfg.out_queue_max_frames
+                })
+            };
+            if backed_up && !matches!(self.phase, Phase::Closing { .. }) {
+                return Poll::Pending; // the write readiness wakes us
+            }
+            if reads == READ_BUDGET {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
+            match self.poll_read_and_handle(cx) {
+                Poll::Ready(Step::Continue) => continue,
+                Poll::Ready(Step::Finished) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Read once into the core's scratch buffer and act on the bytes before returning.
+    fn poll_read_and_handle(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        let shard = self.shard.clone();
+        let mut scratch = shard.scratch.borrow_mut();
+        let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => return Poll::Ready(Step::Finished),
+            Poll::Ready(Ok(n)) => n,
+        };
+        let input = &mut scratch[..n];
+        let step = match &mut self.phase {
+            Phase::Http { buf } => {
+                // Bounded: parse_request fails with TooLarge once the head passes its limit,
+                // so `buf` never holds more than that limit plus one read.
+                buf.extend_from_slice(input);
+                self.on_http_bytes()
+            }
+            Phase::Open { .. } => {
+                self.on_ws_bytes(input);
+                Step::Continue
+            }
+            Phase::Closing { .. } => Step::Continue, // discard until EOF or deadline
+        };
+        Poll::Ready(step)
+    }
+
+    /// Parse the buffered request head; route it once complete.
+    fn on_http_bytes(&mut self) -> Step {
+        let Phase::Http { buf } = &mut self.phase else {
+            return Step::Continue;
+        };
+        let req = match handshake::parse_request(buf, self.shard.cfg.max_request_head) {
+            Ok(None) => return Step::Continue,
+            Ok(Some(req)) => req,
+            Err(e) => {
+                let status = match e {
+                    HttpError::TooLarge => 431,
+                    HttpError::Malformed(_) => 400,
+                };
+                self.respond(status, "text/plain", e.to_string().as_bytes(), &[]);
+                return Step::Continue;
+            }
+        };
+        let mut rest = buf.split_off(req.head_len.min(buf.len()));
+        Stats::bump(&self.shard.stats.http_requests);
+        self.route(&req, &mut rest);
+        Step::Continue
+    }
+
+    fn route(&mut self, req: &Request, rest: &mut [u8]) {
+        match req.path.as_str() {
+            "/health" if req.method == "GET" || req.method == "HEAD" => {
+                let body = format!(
+                    "{{\"status\":\"ok\",\"core\":{},\"connections\":{}}}\n",
+                    self.shard.id,
+                    self.shard.connections()
+                );
+                self.respond(200, "application/json", body.as_bytes(), &[]);
+            }
+            "/health" => self.respond(405, "text/plain", b"method not allowed\n", &[]),
+            "/echo" if self.shard.cfg.echo => self.upgrade(req, Endpoint::Echo, rest),
+            _ => self.respond(404, "text/plain", b"not found\n", &[]),
+        }
+    }
+
+    /// Answer the opening handshake and switch to WebSocket.
+    fn upgrade(&mut self, req: &Request, endpoint: Endpoint, rest: &mut [u8]) {
+        let key = match handshake::check_upgrade(req) {
+            Ok(k) => k,
+            Err(e) => {
+                let msg = format!("{e}\n");
+                self.respond(e.status(), "text/plain", msg.as_bytes(), e.headers());
+                return;
+            }
+        };
+        let mut out = Vec::with_capacity(192);
+        handshake::write_switching(&mut out, &handshake::accept_key(key), None);
+        // The 101 is already complete; insert the core header before the final blank line.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(format!("x-corecast-core: {}\r\n\r\n", self.shard.id).as_bytes());
+        self.enqueue(out);
+        Stats::bump(&self.shard.stats.upgraded);
+        self.shard.set_deadline(self.key, None);
+        self.phase = Phase::Open {
+            endpoint,
+            decoder: Decoder::new(),
+        };
+        if !rest.is_empty() {
+            // Frames sent right behind the request, before our 101 was read.
+            self.on_ws_bytes(rest);
+        }
+    }
+
+    /// Decode frames and act on each message.
+    fn on_ws_bytes(&mut self, input: &mut [u8]) {
+        let Phase::Open { endpoint, decoder } = &mut self.phase else {
+            return;
+        };
+        let endpoint = *endpoint;
+        let limits = self.shard.cfg.frame_limits();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut peer_close: Option<Option<u16>> = None;
+        let mut frames_in = 0u64;
+        let mut reply = |op: OpCode, payload: &[u8]| {
+            let mut frame = Vec::with_capacity(payload.len() + 10);
+            frame::encode_frame(&mut frame, op, payload);
+            out.push(frame);
+        };
+        let result = decoder.feed(input, &limits, &mut |msg| {
+            frames_in += 1;
+            match msg {
+                Message::Text(t) => match endpoint {
+                    Endpoint::Echo => reply(OpCode::Text, t.as_bytes()),
+                },
+                Message::Binary(b) => match endpoint {
+                    Endpoint::Echo => reply(OpCode::Binary, b),
+                },
+                Message::Ping(p) => reply(OpCode::Pong, p),
+                Message::Pong(_) => {}
+                Message::Close(c) => peer_close = Some(c.map(|c| c.code)),
+            };
+        });
+        let stats = &self.shard.stats;
+        stats.frames_in.set(stats.frames_in.get() + frames_in);
+        for frame in out {
+            self.enqueue(frame);
+        }
+        if let Err(e) = result {
+            self.fail(&e);
+        } else if let Some(code) = peer_close {
+            // Echo the peer's code (RFC 6455 5.5.1), then close.
+            self.start_close(code.unwrap_or(close_code::NORMAL), "");
+        }
+    }
+
+    fn fail(&mut self, e: &FrameError) {
+        trace!(key = self.key, error = %e, "closing on protocol error");
+        let reason = match e {
+            FrameError::Protocol(why) => why,
+            FrameError::InvalidUtf8 => "invalid utf-8",
+            FrameError::TooBig => "message too big",
+        };
+        self.start_close(e.close_code(), reason);
+    }
+
+    /// Queue a close frame and move to Closing (no-op if already closing).
+    fn start_close(&mut self, code: u16, reason: &str) {
+        if matches!(self.phase, Phase::Closing { .. }) {
+            return;
+        }
+        let mut out = Vec::with_capacity(4 + reason.len());
+        frame::encode_close(&mut out, code, reason);
+        self.enqueue(out);
+        self.phase = Phase::Closing { shut: false };
+        self.shard
+            .set_deadline(self.key, Some(self.shard.cfg.close_timeout()));
+    }
+
+    /// Queue a plain HTTP response and close after it.
+    fn respond(&mut self, status: u16, ctype: &str, body: &[u8], extra: &[(&str, &str)]) {
+        let mut out = Vec::with_capacity(160 + body.len());
+        handshake::write_response(&mut out, status, ctype, body, extra, false);
+        self.enqueue(out);
+        self.phase = Phase::Closing { shut: false };
+        self.shard
+            .set_deadline(self.key, Some(self.shard.cfg.close_timeout()));
+    }
+
+    fn enqueue(&mut self, bytes: Vec<u8>) {
+        let mut slots = self.shard.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(self.key) {
+            slot.out_bytes = slot.out_bytes.saturating_add(bytes.len() as u32);
+            slot.outq.push_back(Arc::from(bytes));
+            Stats::bump(&self.shard.stats.frames_out);
+        }
+    }
+
+    /// Write queued frames until the queue is empty (Ready(Ok)) or the socket is full (Pending).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut slots = self.shard.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(self.key) else {
+                return Poll::Ready(Ok(()));
+            };
+            let Some(front) = slot.outq.front() else {
+                if slot.outq.capacity() > 0 {
+                    slot.outq = Default::default(); // idle connections hold no queue memory
+                }
+                return Poll::Ready(Ok(()));
+            };
+            let off = self.out_off;
+            let written = if front.len() - off >= DIRECT_WRITE || slot.outq.len() == 1 {
+                match Pin::new(&mut self.stream).poll_write(cx, &front[off..]) {
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else {
+                let mut wbuf = self.shard.wbuf.borrow_mut();
+                wbuf.clear();
+                wbuf.extend_from_slice(&front[off..]);
+                for f in slot.outq.iter().skip(1) {
+                    if wbuf.len() + f.len() > WRITE_COALESCE {
+                        break;
+                    }
+                    wbuf.extend_from_slice(f);
+                }
+                match Pin::new(&mut self.stream).poll_write(cx, &wbuf) {
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            slot.out_bytes = slot.out_bytes.saturating_sub(written as u32);
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = slot.outq.front() else {
+                    break;
+                };
+                let remaining = front.len() - self.out_off;
+                if left >= remaining {
+                    left -= remaining;
+                    self.out_off = 0;
+                    slot.outq.pop_front();
+                } else {
+                    self.out_off += left;
+                    left = 0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_task_state_is_small() {
+        // The task's own state: socket, slot key, phase (which holds the frame decoder).
+        let conn = std::mem::size_of::<Conn>();
+        let phase = std::mem::size_of::<Phase>();
+        assert!(phase <= 72, "Phase is {phase} bytes");
+        assert!(conn <= 256, "Conn is {conn} bytes");
+    }
+}

@@ -1,0 +1,122 @@
+//! The `corecast` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use corecast::config::Config;
+use corecast::server::Server;
+
+/// corecast: a thread-per-core io_uring WebSocket server speaking Phoenix Channels.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (defaults work with no config file).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; any key it leaves out keeps its default, command-line options win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; every core binds it with SO_REUSEPORT [default: 0.0.0.0:4000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Number of cores, one pinned io_uring executor each [default: all CPUs this process may use].
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Also serve `GET /echo`, a plain RFC 6455 echo endpoint (for the Autobahn conformance suite).
+    #[arg(long)]
+    echo: bool,
+    /// Largest frame payload accepted from a client, in bytes; larger closes with 1009 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_frame: Option<usize>,
+    /// Largest reassembled message accepted from a client, in bytes; larger closes with 1009 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_message: Option<usize>,
+    /// Close connections that have not sent a complete HTTP request within this time [default: 10000].
+    #[arg(long, value_name = "MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// Listen backlog of each core's socket [default: 4096].
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
+    /// On SIGTERM/SIGINT, how long connections get to close before exit [default: 10000].
+    #[arg(long, value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corecast: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = args.cores {
+        cfg.cores = v;
+    }
+    if args.echo {
+        cfg.echo = true;
+    }
+    if let Some(v) = args.max_frame {
+        cfg.max_frame = v;
+    }
+    if let Some(v) = args.max_message {
+        cfg.max_message = v;
+    }
+    if let Some(v) = args.handshake_timeout_ms {
+        cfg.handshake_timeout_ms = v;
+    }
+    if let Some(v) = args.backlog {
+        cfg.backlog = v;
+    }
+    if let Some(v) = args.shutdown_timeout_ms {
+        cfg.shutdown_timeout_ms = v;
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handler")?;
+    }
+    let server = Server::start_with_flag(cfg, shutdown)?;
+    // Tests and scripts read this line to learn the port.
+    println!(
+        "corecast listening on {} ({} cores)",
+        server.local_addr(),
+        server.cores()
+    );
+    server.join();
+    eprintln!("corecast: stopped");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Start one pinned glommio executor per core, each with its own SO_REUSEPORT listener; stop them
+//! all on request with a bounded drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::info;
+
+use crate::config::Config;
+use crate::shard::Shard;
+use crate::sys;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start executor for core {core}: {reason}")]
+    Executor { core: usize, reason: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A running server: one thread per core.
+pub struct Server {
+    local_addr: SocketAddr,
+    cores: usize,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Server {
+    /// Bind every core's listener and start the executors. Returns once all cores listen.
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        Server::start_with_flag(cfg, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Like [`Server::start`], stopping when `shutdown` becomes true (e.g. set by a signal handler).
+    pub fn start_with_flag(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<Server, StartError> {
+        cfg.validate()?;
+        let cpus = sys::allowed_cpus();
+        let cores = if cfg.cores == 0 {
+            cpus.len()
+        } else {
+            cfg.cores
+        };
+        // Bind every listener up front, so a port in use fails the start and port 0 resolves to
+        // one port shared by all cores.
+        let mut sockets = Vec::with_capacity(cores);
+        let mut addr = cfg.listen;
+        for _ in 0..cores {
+            let s = sys::bind_reuseport(addr, cfg.backlog)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            if addr.port() == 0 {
+                addr = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .ok_or_else(|| StartError::Bind {
+                        addr,
+                        source: std::io::Error::other("no local address"),
+                    })?;
+            }
+            sockets.push(s);
+        }
+        let cfg = Arc::new(cfg);
+        let mut threads = Vec::with_capacity(cores);
+        for (core, socket) in sockets.into_iter().enumerate() {
+            // More cores than CPUs is allowed (e.g. tests); they share CPUs round-robin.
+            let cpu = cpus[core % cpus.len()];
+            let cfg = cfg.clone();
+            let flag = shutdown.clone();
+            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("corecast-{core}"))
+                .spawn(move || async move {
+                    let listener = sys::into_listener(socket);
+                    Shard::new(core, cfg).run(listener, flag).await;
+                });
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    shutdown.store(true, Ordering::SeqCst);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(StartError::Executor {
+                        core,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        info!(%addr, cores, "listening");
+        Ok(Server {
+            local_addr: addr,
+            cores,
+            shutdown,
+            threads,
+        })
+    }
+
+    /// The address every core listens on (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of cores (executors) running.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// Ask every core to drain and stop.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until every core has stopped.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The per-core topic table: topic -> this core's subscribers. Owned by one core; no locks.
+//!
+//! Each topic keeps its subscribers in a `Slab`, so joining and leaving are O(1) whatever the
+//! topic's size (a subscriber remembers its index), and a fan-out walks one dense array.
+//! A subscriber entry is 8 bytes: the connection's slab key and generation.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use slab::Slab;
+
+/// A subscriber: a connection slot on this core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sub {
+    pub key: u32,
+    pub generation: u32,
+}
+
+/// Where a subscription sits, kept by the connection to leave in O(1).
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The topic's name, shared with the table (one allocation per topic per core).
+    pub topic: Rc<str>,
+    pub index: u32,
+}
+
+/// Topic table of one core.
+#[derive(Default)]
+pub struct Topics {
+    map: HashMap<Rc<str>, Slab<Sub>>,
+}
+
+impl Topics {
+    pub fn new() -> Topics {
+        Topics::default()
+    }
+
+    /// Add `sub` to `topic`.
+    pub fn subscribe(&mut self, topic: &str, sub: Sub) -> Subscription {
+        let name = match self.map.get_key_value(topic) {
+            Some((name, _)) => name.clone(),
+            None => Rc::from(topic),
+        };
+        let index = self.map.entry(name.clone()).or_default().insert(sub) as u32;
+        Subscription { topic: name, index }
+    }
+
+    /// Remove a subscription; the topic disappears with its last subscriber.
+    pub fn unsubscribe(&mut self, s: &Subscription) {
+        let Some(subs) = self.map.get_mut(&*s.topic) else {
+            return;
+        };
+        subs.try_remove(s.index as usize);
+        if subs.is_empty() {
+            self.map.remove(&*s.topic);
+        }
+    }
+
+    /// Visit every subscriber of `topic` on this core.
+    pub fn for_each_subscriber(&self, topic: &str, mut f: impl FnMut(Sub)) {
+        if let Some(subs) = self.map.get(topic) {
+            for (_, s) in subs.iter() {
+                f(*s);
+            }
+        }
+    }
+
+    /// Subscribers of `topic` on this core.
+    pub fn count(&self, topic: &str) -> usize {
+        self.map.get(topic).map_or(0, Slab::len)
+    }
+
+    /// Number of topics with at least one subscriber on this core.
+    pub fn topics(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Total subscriptions on this core.
+    pub fn subscriptions(&self) -> usize {
+        self.map.values().map(Slab::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(k: u32) -> Sub {
+        Sub {
+            key: k,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn subscribe_visit_unsubscribe() {
+        let mut t = Topics::new();
+        let a = t.subscribe("room:1", sub(1));
+        let b = t.subscribe("room:1", sub(2));
+        let c = t.subscribe("room:2", sub(1));
+        assert!(Rc::ptr_eq(&a.topic, &b.topic), "one name per topic");
+        let mut seen = Vec::new();
+        t.for_each_subscriber("room:1", |s| seen.push(s.key));
+        seen.sort();
+        assert_eq!(seen, vec![1, 2]);
+        t.unsubscribe(&a);
+        assert_eq!(t.count("room:1"), 1);
+        t.unsubscribe(&b);
+        assert_eq!(t.count("room:1"), 0);
+        assert_eq!(t.topics(), 1, "empty topics are removed");
+        t.unsubscribe(&c);
+        assert_eq!(t.topics(), 0);
+        // Leaving twice is harmless.
+        t.unsubscribe(&c);
+    }
+
+    #[test]
+    fn indexes_are_reused_after_leave() {
+        let mut t = Topics::new();
+        let keep = t.subscribe("t", sub(0));
+        let a = t.subscribe("t", sub(1));
+        t.unsubscribe(&a);
+        let b = t.subscribe("t", sub(2));
+        assert_eq!(a.index, b.index);
+        assert_eq!(t.subscriptions(), 2);
+        let _ = keep;
+    }
+
+    #[test]
+    fn sub_is_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Sub>(), 8);
+        assert_eq!(std::mem::size_of::<Subscription>(), 24);
+    }
+}

@@ -1,0 +1,238 @@
+//! The WebSocket side on real sockets: echo, cores, close handshake, ping/pong, error closes,
+//! graceful stop. The client is tungstenite (an independent implementation) where it can be, and
+//! raw frames where the test needs bytes a correct client would never send.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use common::{
+    TestServer, closed_within, header, http_exchange, read_close_code, read_frame, upgrade_request,
+};
+use corecast::proto::frame::{OpCode, encode_masked};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, connect};
+
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn raw_open(srv: &TestServer) -> std::net::TcpStream {
+    let mut s = srv.connect_tcp();
+    let (status, head) = http_exchange(&mut s, upgrade_request("/echo").as_bytes());
+    assert_eq!(status, 101, "{head}");
+    s
+}
+
+fn send(s: &mut std::net::TcpStream, op: OpCode, fin: bool, payload: &[u8]) {
+    let mut out = Vec::new();
+    encode_masked(&mut out, op, fin, payload, MASK);
+    s.write_all(&out).unwrap();
+}
+
+#[test]
+fn echoes_text_and_binary_on_connections_spread_over_cores() {
+    let srv = TestServer::start(&["--echo", "--cores", "2"]);
+    let mut cores = HashSet::new();
+    let mut clients = Vec::new();
+    for i in 0..24 {
+        let (ws, resp) = connect(srv.url("/echo")).expect("connect");
+        let core = resp
+            .headers()
+            .get("x-corecast-core")
+            .expect("core header")
+            .to_str()
+            .unwrap()
+            .to_string();
+        cores.insert(core);
+        clients.push((i, ws));
+    }
+    for (i, ws) in clients.iter_mut() {
+        let text = format!("hello {i} ünïcødé ✓");
+        ws.send(Message::text(text.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text(text));
+        let bin: Vec<u8> = (0..=255u8).cycle().take(70_000 + *i).collect();
+        ws.send(Message::binary(bin.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(bin));
+    }
+    assert!(
+        cores.len() >= 2,
+        "all 24 connections landed on one core: {cores:?}"
+    );
+}
+
+#[test]
+fn fragmented_message_with_interleaved_ping_is_reassembled() {
+    let srv = TestServer::start(&["--echo"]);
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Text, false, "héllo ".as_bytes());
+    send(&mut s, OpCode::Ping, true, b"p1");
+    send(
+        &mut s,
+        OpCode::Continuation,
+        false,
+        &"wörld".as_bytes()[..2],
+    );
+    send(&mut s, OpCode::Continuation, true, &"wörld".as_bytes()[2..]);
+    assert_eq!(read_frame(&mut s).unwrap(), (0xA, b"p1".to_vec()));
+    assert_eq!(
+        read_frame(&mut s).unwrap(),
+        (0x1, "héllo wörld".as_bytes().to_vec())
+    );
+}
+
+#[test]
+fn ping_gets_pong_with_the_same_payload() {
+    let srv = TestServer::start(&["--echo"]);
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Ping, true, b"are you there?");
+    assert_eq!(
+        read_frame(&mut s).unwrap(),
+        (0xA, b"are you there?".to_vec())
+    );
+}
+
+#[test]
+fn close_handshake_echoes_the_code_and_closes_tcp() {
+    let srv = TestServer::start(&["--echo"]);
+    let (mut ws, _) = connect(srv.url("/echo")).unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(f.code, CloseCode::Normal);
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+}
+
+#[test]
+fn protocol_errors_close_with_1002() {
+    let srv = TestServer::start(&["--echo"]);
+    // An unmasked client frame.
+    let mut s = raw_open(&srv);
+    s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1002));
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    // A reserved bit set.
+    let mut s = raw_open(&srv);
+    let mut f = Vec::new();
+    encode_masked(&mut f, OpCode::Text, true, b"x", MASK);
+    f[0] |= 0x40;
+    s.write_all(&f).unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1002));
+    // A reserved opcode.
+    let mut s = raw_open(&srv);
+    let mut f = Vec::new();
+    encode_masked(&mut f, OpCode::Binary, true, b"x", MASK);
+    f[0] = 0x80 | 0x3;
+    s.write_all(&f).unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1002));
+    // A continuation with no message started.
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Continuation, true, b"x");
+    assert_eq!(read_close_code(&mut s), Some(1002));
+    // A 64-bit length with the top bit set.
+    let mut s = raw_open(&srv);
+    let mut f = vec![0x82, 0x80 | 127];
+    f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    f.extend_from_slice(&MASK);
+    s.write_all(&f).unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1002));
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007() {
+    let srv = TestServer::start(&["--echo"]);
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Text, true, &[b'o', b'k', 0xff, 0xfe]);
+    assert_eq!(read_close_code(&mut s), Some(1007));
+    // Invalid across fragments: a lead byte, then a non-continuation byte.
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Text, false, &[b'a', 0xe2]);
+    send(&mut s, OpCode::Continuation, true, b"zz");
+    assert_eq!(read_close_code(&mut s), Some(1007));
+}
+
+#[test]
+fn oversize_frame_and_message_close_with_1009() {
+    let srv = TestServer::start(&["--echo", "--max-frame", "1024", "--max-message", "2048"]);
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Binary, true, &[7u8; 1025]);
+    assert_eq!(read_close_code(&mut s), Some(1009));
+    // A header announcing 2^40 bytes is refused from the header alone.
+    let mut s = raw_open(&srv);
+    let mut f = vec![0x82, 0x80 | 127];
+    f.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    f.extend_from_slice(&MASK);
+    s.write_all(&f).unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1009));
+    // Fragments each under max_frame, together over max_message.
+    let mut s = raw_open(&srv);
+    send(&mut s, OpCode::Binary, false, &[1u8; 1000]);
+    send(&mut s, OpCode::Continuation, false, &[1u8; 1000]);
+    send(&mut s, OpCode::Continuation, true, &[1u8; 1000]);
+    assert_eq!(read_close_code(&mut s), Some(1009));
+}
+
+#[test]
+fn frames_sent_right_behind_the_request_are_not_lost() {
+    let srv = TestServer::start(&["--echo"]);
+    let mut s = srv.connect_tcp();
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    encode_masked(&mut bytes, OpCode::Text, true, b"early", MASK);
+    let (status, _) = http_exchange(&mut s, &bytes);
+    assert_eq!(status, 101);
+    assert_eq!(read_frame(&mut s).unwrap(), (0x1, b"early".to_vec()));
+}
+
+#[test]
+fn sigterm_sends_1001_and_exits_in_bounded_time() {
+    let mut srv = TestServer::start(&["--echo", "--cores", "2", "--shutdown-timeout-ms", "3000"]);
+    let mut socks: Vec<_> = (0..6).map(|_| raw_open(&srv)).collect();
+    // Prove they are open.
+    for s in socks.iter_mut() {
+        send(s, OpCode::Text, true, b"x");
+        assert_eq!(read_frame(s).unwrap(), (0x1, b"x".to_vec()));
+    }
+    srv.terminate();
+    for s in socks.iter_mut() {
+        assert_eq!(read_close_code(s), Some(1001));
+        // Answer like a client would so the server can finish the handshake.
+        let mut f = Vec::new();
+        corecast::proto::frame::encode_masked(
+            &mut f,
+            OpCode::Close,
+            true,
+            &1001u16.to_be_bytes(),
+            MASK,
+        );
+        let _ = s.write_all(&f);
+    }
+    let status = srv
+        .wait_exit(Duration::from_secs(8))
+        .expect("server did not exit");
+    assert!(status.success(), "{status:?}");
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(srv.addr).is_err());
+}
+
+#[test]
+fn many_connections_stay_independent_when_one_misbehaves() {
+    let srv = TestServer::start(&["--echo", "--cores", "2"]);
+    let (mut good, _) = connect(srv.url("/echo")).unwrap();
+    let mut bad = raw_open(&srv);
+    bad.write_all(&[0x81, 0x05, 1, 2, 3, 4, 5]).unwrap(); // unmasked
+    assert_eq!(read_close_code(&mut bad), Some(1002));
+    good.send(Message::text("still here")).unwrap();
+    assert_eq!(good.read().unwrap(), Message::text("still here"));
+    let _ = header;
+}
