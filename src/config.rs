@@ -40,6 +40,22 @@ pub struct Config {
     pub out_queue_max_bytes: usize,
     /// Per-connection outbound queue bound, in frames.
     pub out_queue_max_frames: usize,
+    /// A Phoenix socket that sends nothing (not even a heartbeat) for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Channels one socket may join at once ("too many channels joined" above it).
+    pub max_channels: usize,
+    /// Longest topic name accepted, in bytes.
+    pub max_topic_len: usize,
+    /// Joinable topic patterns: exact names, or a prefix ending in `*` (`room:*`). Empty: any.
+    pub topics: Vec<String>,
+    /// HMAC secret for connection tokens (see `corecast token`). Tokens are verified when set.
+    pub auth_secret: Option<String>,
+    /// Refuse sockets (HTTP 403) that bring no valid token. Needs `auth_secret`.
+    pub require_token: bool,
+    /// If set, `POST /api/broadcast` requires `Authorization: Bearer <api_key>`.
+    pub api_key: Option<String>,
+    /// Cross-core outbox capacity per peer core, in broadcasts (drops are counted above it).
+    pub mesh_outbox: usize,
 }
 
 impl Default for Config {
@@ -58,6 +74,14 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             out_queue_max_bytes: 4 << 20,
             out_queue_max_frames: 4096,
+            idle_timeout_ms: 60_000,
+            max_channels: 100,
+            max_topic_len: 255,
+            topics: Vec::new(),
+            auth_secret: None,
+            require_token: false,
+            api_key: None,
+            mesh_outbox: 65_536,
         }
     }
 }
@@ -120,8 +144,21 @@ impl Config {
         if self.out_queue_max_frames == 0 || self.out_queue_max_bytes == 0 {
             return bad("out_queue_max_frames and out_queue_max_bytes must be > 0");
         }
-        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 {
+        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.idle_timeout_ms == 0
+        {
             return bad("timeouts must be > 0");
+        }
+        if self.require_token && self.auth_secret.is_none() {
+            return bad("require_token needs auth_secret");
+        }
+        if let Some(p) = self
+            .topics
+            .iter()
+            .find(|p| p.find('*').is_some_and(|i| i != p.len() - 1))
+        {
+            return bad(&format!(
+                "topic pattern {p:?}: '*' is only allowed at the end"
+            ));
         }
         Ok(())
     }
@@ -136,6 +173,22 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Whether `topic` may be joined under the `topics` patterns.
+    pub fn topic_allowed(&self, topic: &str) -> bool {
+        if topic.is_empty() || topic.len() > self.max_topic_len {
+            return false;
+        }
+        self.topics.is_empty()
+            || self.topics.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => topic == p,
+            })
     }
 
     /// The frame limits handed to the protocol decoder.
@@ -173,7 +226,22 @@ mod tests {
     }
 
     #[test]
+    fn topic_patterns() {
+        let c = Config::from_toml("topics = [\"room:*\", \"lobby\"]").unwrap();
+        assert!(c.topic_allowed("room:1"));
+        assert!(c.topic_allowed("room:"));
+        assert!(c.topic_allowed("lobby"));
+        assert!(!c.topic_allowed("lobby2"));
+        assert!(!c.topic_allowed("chat:1"));
+        assert!(Config::default().topic_allowed("anything"));
+        assert!(!Config::default().topic_allowed(""));
+        assert!(!Config::default().topic_allowed(&"x".repeat(256)));
+        assert!(Config::from_toml("topics = [\"a*b\"]").is_err());
+    }
+
+    #[test]
     fn invalid_values_are_rejected() {
+        assert!(Config::from_toml("require_token = true").is_err());
         assert!(Config::from_toml("max_frame = 0").is_err());
         assert!(Config::from_toml("backlog = 0").is_err());
     }

@@ -8,8 +8,12 @@
 //! - [`server`]: starts one pinned glommio executor per core, handles signals and drain.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod api;
+pub mod auth;
+pub mod channel;
 pub mod config;
 pub mod conn;
+pub mod handler;
 pub mod mesh;
 pub mod proto;
 pub mod server;

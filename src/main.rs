@@ -23,6 +23,24 @@ struct Cli {
 enum Command {
     /// Run the server (defaults work with no config file).
     Serve(ServeArgs),
+    /// Mint a connection token (HMAC-SHA256, with expiry) for `auth_secret`; prints it on stdout.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The server's `auth_secret`.
+    #[arg(long, env = "CORECAST_AUTH_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Subject (user id) the token is issued to.
+    #[arg(long, default_value = "anonymous")]
+    sub: String,
+    /// Lifetime in seconds from now.
+    #[arg(long, default_value_t = 3600, conflicts_with = "exp_unix")]
+    ttl_secs: u64,
+    /// Absolute expiry, unix seconds (instead of --ttl-secs).
+    #[arg(long)]
+    exp_unix: Option<u64>,
 }
 
 #[derive(Args)]
@@ -66,6 +84,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Token(args) => {
+            let exp = args
+                .exp_unix
+                .unwrap_or_else(|| corecast::auth::now_unix() + args.ttl_secs);
+            println!(
+                "{}",
+                corecast::auth::mint(args.secret.as_bytes(), &args.sub, exp)
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

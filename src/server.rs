@@ -9,7 +9,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::info;
 
 use crate::config::Config;
-use crate::shard::Shard;
+use crate::handler::{DefaultHandler, Handler};
+use crate::shard::{Shard, Shared, Stats};
 use crate::sys;
 
 /// Why the server could not start.
@@ -42,6 +43,15 @@ impl Server {
 
     /// Like [`Server::start`], stopping when `shutdown` becomes true (e.g. set by a signal handler).
     pub fn start_with_flag(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<Server, StartError> {
+        Server::start_with_handler(cfg, Arc::new(DefaultHandler), shutdown)
+    }
+
+    /// Start with an embedder's channel [`Handler`].
+    pub fn start_with_handler(
+        cfg: Config,
+        handler: Arc<dyn Handler>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Server, StartError> {
         cfg.validate()?;
         let cpus = sys::allowed_cpus();
         let cores = if cfg.cores == 0 {
@@ -68,18 +78,25 @@ impl Server {
             }
             sockets.push(s);
         }
-        let cfg = Arc::new(cfg);
+        let shared = Arc::new(Shared {
+            cfg: Arc::new(cfg),
+            handler,
+            stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
+            started: std::time::Instant::now(),
+        });
+        let mesh = (cores > 1).then(|| crate::mesh::mesh(cores));
         let mut threads = Vec::with_capacity(cores);
         for (core, socket) in sockets.into_iter().enumerate() {
             // More cores than CPUs is allowed (e.g. tests); they share CPUs round-robin.
             let cpu = cpus[core % cpus.len()];
-            let cfg = cfg.clone();
+            let shared = shared.clone();
+            let mesh = mesh.clone();
             let flag = shutdown.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("corecast-{core}"))
                 .spawn(move || async move {
                     let listener = sys::into_listener(socket);
-                    Shard::new(core, cfg).run(listener, flag).await;
+                    Shard::new(core, shared).run(listener, mesh, flag).await;
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),

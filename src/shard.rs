@@ -8,15 +8,20 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Waker;
 use std::time::Instant;
 
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::handler::Handler;
+use crate::mesh::{Bus, Envelope};
+use crate::proto::frame::{self, OpCode};
+use crate::topics::Topics;
 use crate::wheel::{Entry, TICK, Wheel};
 
 /// Size of the per-core read scratch buffer every connection reads into.
@@ -30,6 +35,8 @@ pub mod signal {
     pub const TIMER: u8 = 1;
     /// The server is draining: close with 1001.
     pub const DRAIN: u8 = 2;
+    /// The outbound queue passed its bound during a fan-out: close with 1013.
+    pub const OVERFLOW: u8 = 4;
 }
 
 /// What the core keeps per connection (besides the connection task itself).
@@ -60,55 +67,209 @@ impl Slot {
     }
 }
 
-/// Counters of one core (read by `/health` and, later, `/metrics`).
+/// Counters and gauges of one core. Written only by that core (relaxed atomics on a cache line
+/// nobody else writes), read by whichever core renders `/metrics`.
 #[derive(Default)]
 pub struct Stats {
-    pub accepted: Cell<u64>,
-    pub upgraded: Cell<u64>,
-    pub http_requests: Cell<u64>,
-    pub accept_errors: Cell<u64>,
-    pub handshake_timeouts: Cell<u64>,
-    pub frames_in: Cell<u64>,
-    pub frames_out: Cell<u64>,
+    pub connections: AtomicU64,
+    pub websockets: AtomicU64,
+    pub channels: AtomicU64,
+    pub accepted: AtomicU64,
+    pub upgraded: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub joins: AtomicU64,
+    pub join_errors: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub handler_panics: AtomicU64,
+    pub mesh_sent: AtomicU64,
+    pub mesh_received: AtomicU64,
+    pub mesh_dropped: AtomicU64,
+    pub mesh_backlog: AtomicU64,
+    /// Close frames sent, by code: see [`CLOSE_CODES`]; the last slot counts any other code.
+    pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
 }
 
+/// Close codes counted one by one in [`Stats::closes`].
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1013];
+
 impl Stats {
-    pub fn bump(c: &Cell<u64>) {
-        c.set(c.get() + 1);
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub(c: &AtomicU64, n: u64) {
+        c.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn close_sent(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        Stats::bump(&self.closes[i]);
+    }
+}
+
+/// What every core shares (read-only or atomics): config, handler, every core's counters.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub handler: Arc<dyn Handler>,
+    /// One `Stats` per core, each its own allocation; index = core id.
+    pub stats: Vec<Arc<Stats>>,
+    pub started: Instant,
 }
 
 /// One core's state.
 pub struct Shard {
     pub id: usize,
     pub cfg: Arc<Config>,
+    pub shared: Arc<Shared>,
     pub slots: RefCell<Slab<Slot>>,
     pub wheel: RefCell<Wheel>,
+    pub topics: RefCell<Topics>,
+    /// This core's end of the cross-core mesh (None with one core).
+    pub bus: RefCell<Option<Bus>>,
     /// Every connection of this core reads into this buffer and parses it before yielding, so
     /// an idle connection holds no read buffer.
     pub scratch: RefCell<Box<[u8]>>,
     /// Coalescing buffer for small outbound frames.
     pub wbuf: RefCell<Vec<u8>>,
-    pub stats: Stats,
+    /// Where outgoing frames are built before their one copy into a shared buffer.
+    fbuf: RefCell<Vec<u8>>,
+    pub stats: Arc<Stats>,
     draining: Cell<bool>,
     next_generation: Cell<u32>,
     started: Instant,
 }
 
 impl Shard {
-    pub fn new(id: usize, cfg: Arc<Config>) -> Rc<Shard> {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Shard> {
         Rc::new(Shard {
             id,
-            cfg,
+            cfg: shared.cfg.clone(),
+            stats: shared.stats[id].clone(),
+            shared,
             slots: RefCell::new(Slab::new()),
             wheel: RefCell::new(Wheel::new(crate::wheel::DEFAULT_BUCKETS)),
+            topics: RefCell::new(Topics::new()),
+            bus: RefCell::new(None),
             scratch: RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice()),
             wbuf: RefCell::new(Vec::with_capacity(WRITE_COALESCE)),
-            stats: Stats::default(),
+            fbuf: RefCell::new(Vec::with_capacity(4096)),
             draining: Cell::new(false),
             next_generation: Cell::new(1),
             started: Instant::now(),
         })
+    }
+
+    /// The channel handler.
+    pub fn handler(&self) -> &dyn Handler {
+        &*self.shared.handler
+    }
+
+    /// Build one complete WebSocket frame: `body` appends the payload, the header is put in front
+    /// of it in place, and the result is copied once into a shared buffer. Must not be called
+    /// from inside `body`.
+    pub fn build_frame<E>(
+        &self,
+        op: OpCode,
+        body: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Arc<[u8]>, E> {
+        const ROOM: usize = 10; // the longest server frame header
+        let mut buf = self.fbuf.borrow_mut();
+        buf.clear();
+        buf.resize(ROOM, 0);
+        body(&mut buf)?;
+        let (header, h) = frame::frame_header(op, true, buf.len() - ROOM);
+        buf[ROOM - h..ROOM].copy_from_slice(&header[..h]);
+        let out = Arc::from(&buf[ROOM - h..]);
+        if buf.capacity() > 256 * 1024 {
+            *buf = Vec::with_capacity(4096); // do not keep a big message's buffer
+        }
+        Ok(out)
+    }
+
+    /// Queue one frame on a local connection (its own reply or echo). Returns false if the
+    /// connection is gone. Replies are not bounded here: the connection stops reading while its
+    /// queue is over the bound, so the peer cannot make it grow.
+    pub fn enqueue(&self, key: usize, frame: Arc<[u8]>) -> bool {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(key) else {
+            return false;
+        };
+        slot.out_bytes = slot.out_bytes.saturating_add(frame.len() as u32);
+        slot.outq.push_back(frame);
+        Stats::bump(&self.stats.frames_out);
+        slot.wake();
+        true
+    }
+
+    /// Publish a framed broadcast on `topic`: this core's subscribers now, every other core's
+    /// through the mesh. The frame is shared, never copied.
+    pub fn broadcast(&self, topic: &str, frame: Arc<[u8]>) {
+        Stats::bump(&self.stats.broadcasts);
+        if let Some(bus) = self.bus.borrow().as_ref() {
+            bus.publish(&Envelope {
+                topic: Arc::from(topic),
+                frame: frame.clone(),
+            });
+        }
+        self.fanout_local(topic, &frame);
+    }
+
+    /// Queue `frame` on every local subscriber of `topic`. A subscriber whose queue is over its
+    /// bound gets nothing more and is told to close with 1013 (slow consumer).
+    pub fn fanout_local(&self, topic: &str, frame: &Arc<[u8]>) {
+        let max_bytes = self.cfg.out_queue_max_bytes;
+        let max_frames = self.cfg.out_queue_max_frames;
+        let topics = self.topics.borrow();
+        let mut slots = self.slots.borrow_mut();
+        let mut delivered = 0u64;
+        topics.for_each_subscriber(topic, |sub| {
+            let Some(slot) = slots.get_mut(sub.key as usize) else {
+                return;
+            };
+            if slot.generation != sub.generation || slot.signals & signal::OVERFLOW != 0 {
+                return;
+            }
+            if slot.out_bytes as usize + frame.len() > max_bytes || slot.outq.len() >= max_frames {
+                slot.signals |= signal::OVERFLOW;
+                slot.wake();
+                return;
+            }
+            slot.out_bytes = slot.out_bytes.saturating_add(frame.len() as u32);
+            slot.outq.push_back(frame.clone());
+            delivered += 1;
+            slot.wake();
+        });
+        Stats::add(&self.stats.deliveries, delivered);
+        Stats::add(&self.stats.frames_out, delivered);
+    }
+
+    /// Current wheel tick.
+    pub fn now_tick(&self) -> u64 {
+        self.wheel.borrow().now()
+    }
+
+    /// Push a connection's deadline later without touching the wheel: its entry is rescheduled
+    /// when it fires. O(1); used on every message for the idle timeout.
+    pub fn extend_deadline(&self, key: usize, after: std::time::Duration) {
+        let ticks = after.as_nanos().div_ceil(TICK.as_nanos()) as u64;
+        if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
+            slot.deadline = (self.now_tick() + ticks.max(1)).min(u32::MAX as u64) as u32;
+        }
     }
 
     /// True once the core has started draining (no new connections).
@@ -133,12 +294,15 @@ impl Shard {
             deadline: 0,
             signals: 0,
         });
+        Stats::bump(&self.stats.connections);
         (key, generation)
     }
 
     /// Free a connection's slot (its queued frames are dropped with it).
     pub fn close_slot(&self, key: usize) {
-        self.slots.borrow_mut().try_remove(key);
+        if self.slots.borrow_mut().try_remove(key).is_some() {
+            Stats::sub(&self.stats.connections, 1);
+        }
     }
 
     /// Set (or with `None` clear) a connection's deadline, `after` from now.
@@ -207,6 +371,17 @@ impl Shard {
         }
     }
 
+    fn publish_mesh_stats(&self) {
+        if let Some(bus) = self.bus.borrow().as_ref() {
+            let st = &self.stats;
+            st.mesh_sent.store(bus.sent(), Ordering::Relaxed);
+            st.mesh_received.store(bus.received(), Ordering::Relaxed);
+            st.mesh_dropped.store(bus.dropped(), Ordering::Relaxed);
+            st.mesh_backlog
+                .store(bus.backlog() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Tell every connection to close with 1001.
     fn signal_drain(&self) {
         for (_, slot) in self.slots.borrow_mut().iter_mut() {
@@ -216,11 +391,29 @@ impl Shard {
     }
 
     /// Run this core until `shutdown` is set and the drain has finished (or timed out).
-    pub async fn run(self: Rc<Self>, listener: TcpListener, shutdown: Arc<AtomicBool>) {
+    pub async fn run(
+        self: Rc<Self>,
+        listener: TcpListener,
+        mesh: Option<MeshBuilder<Envelope, Full>>,
+        shutdown: Arc<AtomicBool>,
+    ) {
+        if let Some(mesh) = mesh {
+            let me = Rc::downgrade(&self);
+            let deliver = move |env: Envelope| {
+                if let Some(shard) = me.upgrade() {
+                    shard.fanout_local(&env.topic, &env.frame);
+                }
+            };
+            match Bus::join(mesh, self.cfg.mesh_outbox, deliver).await {
+                Ok(bus) => *self.bus.borrow_mut() = Some(bus),
+                Err(e) => warn!(core = self.id, error = %e, "cannot join the core mesh"),
+            }
+        }
         let acceptor = glommio::spawn_local(accept_loop(self.clone(), listener));
         while !shutdown.load(Ordering::Relaxed) {
             glommio::timer::sleep(TICK).await;
             self.tick();
+            self.publish_mesh_stats();
         }
         // Drain: stop accepting, ask every connection to close, wait for them (bounded).
         self.draining.set(true);

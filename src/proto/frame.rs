@@ -587,11 +587,16 @@ impl Utf8Tail {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_frame: 1 << 20,
-        max_message: 1 << 21,
-    };
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    use OpCode::{Binary, Close, Continuation as Cont, Ping, Pong, Text};
+
+    const LIMITS: Limits = lim(1 << 20, 1 << 21);
+
+    const fn lim(max_frame: usize, max_message: usize) -> Limits {
+        Limits {
+            max_frame,
+            max_message,
+        }
+    }
 
     /// An owned copy of a [`Message`], for comparing across calls.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -601,6 +606,19 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<(u16, String)>),
+    }
+
+    type Decoded = (Vec<Owned>, Result<(), FrameError>);
+    const OK: Result<(), FrameError> = Ok(());
+    const TOO_BIG: Result<(), FrameError> = Err(FrameError::TooBig);
+    const BAD_UTF8: Result<(), FrameError> = Err(FrameError::InvalidUtf8);
+
+    fn txt(s: &str) -> Owned {
+        Owned::Text(s.to_owned())
+    }
+
+    fn bin(b: &[u8]) -> Owned {
+        Owned::Binary(b.to_vec())
     }
 
     fn own(m: Message<'_>) -> Owned {
@@ -613,56 +631,50 @@ mod tests {
         }
     }
 
-    /// Feed `bytes` in chunks of `chunk` bytes; collect messages and the first error.
-    fn decode_chunked(
-        bytes: &[u8],
-        chunk: usize,
-        limits: &Limits,
-    ) -> (Vec<Owned>, Result<(), FrameError>) {
-        let mut d = Decoder::new();
+    /// Client frames, masked, one after the other.
+    fn frames(parts: &[(OpCode, bool, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for &(op, fin, payload) in parts {
+            encode_masked(&mut v, op, fin, payload, [0x37, 0xfa, 0x21, 0x3d]);
+        }
+        v
+    }
+
+    fn frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
+        frames(&[(op, true, payload)])
+    }
+
+    /// Feed one piece to `d`, collecting messages.
+    fn feed(d: &mut Decoder, bytes: &[u8]) -> Decoded {
         let mut out = Vec::new();
-        let mut input = bytes.to_vec();
-        for piece in input.chunks_mut(chunk.max(1)) {
+        let r = d.feed(&mut bytes.to_vec(), &LIMITS, &mut |m| out.push(own(m)));
+        (out, r)
+    }
+
+    /// Feed `bytes` to a new decoder in chunks of `chunk` bytes; stop at the first error.
+    fn decode_chunked(bytes: &[u8], chunk: usize, limits: &Limits) -> Decoded {
+        let (mut d, mut out) = (Decoder::new(), Vec::new());
+        for piece in bytes.to_vec().chunks_mut(chunk.max(1)) {
             if let Err(e) = d.feed(piece, limits, &mut |m| out.push(own(m))) {
+                assert_eq!(d.heap_bytes(), 0);
                 return (out, Err(e));
             }
         }
         (out, Ok(()))
     }
 
-    fn decode(bytes: &[u8]) -> (Vec<Owned>, Result<(), FrameError>) {
+    fn decode(bytes: &[u8]) -> Decoded {
         decode_chunked(bytes, bytes.len(), &LIMITS)
     }
 
-    fn masked(op: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        encode_masked(&mut v, op, fin, payload, MASK);
-        v
-    }
-
-    /// Assert that `bytes` fails with `err` both whole and byte at a time.
-    fn assert_err(bytes: &[u8], err: FrameError, code: u16) {
-        assert_eq!(err.close_code(), code);
-        assert_eq!(decode(bytes).1, Err(err.clone()), "whole: {bytes:02x?}");
-        assert_eq!(
-            decode_chunked(bytes, 1, &LIMITS).1,
-            Err(err),
-            "bytewise: {bytes:02x?}"
-        );
-    }
-
-    fn protocol(bytes: &[u8]) {
-        let (_, r) = decode(bytes);
-        assert!(
-            matches!(r, Err(FrameError::Protocol(_))),
-            "{bytes:02x?}: {r:?}"
-        );
-        let (_, r) = decode_chunked(bytes, 1, &LIMITS);
-        assert!(
-            matches!(r, Err(FrameError::Protocol(_))),
-            "{bytes:02x?}: {r:?}"
-        );
-        assert_eq!(r.unwrap_err().close_code(), 1002);
+    /// Assert that `bytes` fails with close code `code`, fed whole and byte at a time.
+    fn fails(bytes: &[u8], code: u16) {
+        for chunk in [bytes.len(), 1] {
+            let r = decode_chunked(bytes, chunk, &LIMITS)
+                .1
+                .map_err(|e| e.close_code());
+            assert_eq!(r, Err(code), "{chunk}: {bytes:02x?}");
+        }
     }
 
     #[test]
@@ -670,79 +682,60 @@ mod tests {
         // 56 bytes on 64-bit targets: two Vecs (48) + UTF-8 tail (4) + opcode + flag, padded.
         assert!(size_of::<Decoder>() <= 64);
         assert_eq!(size_of::<Decoder>(), 56);
-        let d = Decoder::new();
-        assert_eq!(d.heap_bytes(), 0);
-        assert!(d.is_idle());
-        assert_eq!(Decoder::default().heap_bytes(), 0);
+        let d = Decoder::default();
+        assert_eq!((d.heap_bytes(), d.is_idle()), (0, true));
     }
 
     #[test]
-    fn opcode_round_trip() {
+    fn opcodes_and_error_codes() {
         for b in 0..=255u8 {
-            if let Some(op) = OpCode::from_u8(b) {
-                assert_eq!(op.to_u8(), b);
-                assert_eq!(op.is_control(), b >= 8);
-            } else {
-                assert!((3..=7).contains(&b) || b >= 0xB);
+            match OpCode::from_u8(b) {
+                Some(op) => assert_eq!((op.to_u8(), op.is_control()), (b, b >= 8)),
+                None => assert!((3..=7).contains(&b) || b >= 0xB),
             }
         }
+        assert_eq!(FrameError::Protocol("x").close_code(), 1002);
+        assert_eq!(FrameError::InvalidUtf8.close_code(), 1007);
+        assert_eq!(FrameError::TooBig.close_code(), 1009);
     }
 
     #[test]
     fn every_length_encoding_zero_copy() {
         for len in [0usize, 1, 125, 126, 127, 65535, 65536, 100_000] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let mut bytes = masked(OpCode::Binary, true, &payload);
-            let header = match len {
-                0..=125 => 6,
-                126..=65535 => 8,
-                _ => 14,
-            };
+            let mut bytes = frame(Binary, &payload);
+            let header = [6, 8, 14][usize::from(len > 125) + usize::from(len > 65535)];
             assert_eq!(bytes.len(), header + len);
             let range = bytes.as_ptr_range();
-            let mut d = Decoder::new();
-            let mut seen = 0;
+            let (mut d, mut seen) = (Decoder::new(), 0);
             d.feed(&mut bytes, &LIMITS, &mut |m| {
-                let Message::Binary(b) = m else {
-                    panic!("{m:?}")
-                };
-                assert_eq!(b, &payload[..]);
-                // Emitted straight from the input buffer.
-                assert!(len == 0 || range.contains(&b.as_ptr()));
+                assert_eq!(m, Message::Binary(&payload));
+                let Message::Binary(b) = m else { return };
+                assert!(len == 0 || range.contains(&b.as_ptr()), "copied");
                 seen += 1;
             })
             .unwrap();
-            assert_eq!(seen, 1);
-            assert_eq!(d.heap_bytes(), 0);
-            assert!(d.is_idle());
-
+            assert_eq!((seen, d.heap_bytes(), d.is_idle()), (1, 0, true));
             let text = "é".repeat(len / 2);
             assert_eq!(
-                decode(&masked(OpCode::Text, true, text.as_bytes())).0,
-                [Owned::Text(text)]
+                decode(&frame(Text, text.as_bytes())),
+                (vec![txt(&text)], OK)
             );
         }
     }
 
     #[test]
     fn server_frame_headers() {
-        assert_eq!(
-            frame_header(OpCode::Text, true, 0),
-            ([0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0], 2)
-        );
-        assert_eq!(frame_header(OpCode::Binary, false, 125).0[..2], [0x02, 125]);
-        assert_eq!(
-            frame_header(OpCode::Binary, true, 126).0[..4],
-            [0x82, 126, 0, 126]
-        );
-        assert_eq!(
-            frame_header(OpCode::Ping, true, 65535).0[..4],
-            [0x89, 126, 0xff, 0xff]
-        );
-        let (h, n) = frame_header(OpCode::Continuation, true, 65536);
-        assert_eq!((h, n), ([0x80, 127, 0, 0, 0, 0, 0, 1, 0, 0], 10));
+        let h = ([0x81, 0, 0, 0, 0, 0, 0, 0, 0, 0], 2);
+        assert_eq!(frame_header(Text, true, 0), h);
+        assert_eq!(frame_header(Binary, false, 125).0[..2], [0x02, 125]);
+        assert_eq!(frame_header(Binary, true, 126).0[..4], [0x82, 126, 0, 126]);
+        let h = frame_header(Ping, true, 65535).0;
+        assert_eq!(h[..4], [0x89, 126, 0xff, 0xff]);
+        let h = ([0x80, 127, 0, 0, 0, 0, 0, 1, 0, 0], 10);
+        assert_eq!(frame_header(Cont, true, 65536), h);
         let mut out = vec![9];
-        encode_frame(&mut out, OpCode::Pong, b"abc");
+        encode_frame(&mut out, Pong, b"abc");
         assert_eq!(out, [9, 0x8a, 3, b'a', b'b', b'c']);
     }
 
@@ -751,70 +744,51 @@ mod tests {
         let mut out = Vec::new();
         encode_close(&mut out, 1001, "bye");
         assert_eq!(out, [0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']);
-        let long = "€".repeat(100);
         out.clear();
-        encode_close(&mut out, 1000, &long);
+        encode_close(&mut out, 1000, &"€".repeat(100));
         let body = &out[2..];
-        assert_eq!(usize::from(out[1]), body.len());
-        assert!(body.len() <= 125);
-        assert_eq!(body.len(), 2 + 123 / 3 * 3);
+        assert_eq!((usize::from(out[1]), body.len()), (body.len(), 2 + 41 * 3));
         assert!(str::from_utf8(&body[2..]).is_ok());
     }
 
     #[test]
     fn masked_round_trip_of_every_kind() {
-        let mut bytes = masked(OpCode::Text, true, "héllo".as_bytes());
-        bytes.extend(masked(OpCode::Binary, true, &[0, 1, 2, 255]));
-        bytes.extend(masked(OpCode::Ping, true, b"p"));
-        bytes.extend(masked(OpCode::Pong, true, b""));
-        bytes.extend(masked(OpCode::Close, true, b""));
-        let (msgs, r) = decode(&bytes);
+        let parts: [(OpCode, bool, &[u8]); 5] = [
+            (Text, true, "héllo".as_bytes()),
+            (Binary, true, &[0, 1, 2, 255]),
+            (Ping, true, b"p"),
+            (Pong, true, b""),
+            (Close, true, b"\x0f\xa0ok \xe2\x9c\x93"),
+        ];
+        let (msgs, r) = decode(&frames(&parts));
         r.unwrap();
+        let close = Owned::Close(Some((4000, "ok ✓".into())));
+        let ping = Owned::Ping(b"p".to_vec());
+        let pong = Owned::Pong(vec![]);
         assert_eq!(
             msgs,
-            [
-                Owned::Text("héllo".into()),
-                Owned::Binary(vec![0, 1, 2, 255]),
-                Owned::Ping(b"p".to_vec()),
-                Owned::Pong(vec![]),
-                Owned::Close(None),
-            ]
+            [txt("héllo"), bin(&[0, 1, 2, 255]), ping, pong, close]
         );
-        let mut close = 4000u16.to_be_bytes().to_vec();
-        close.extend_from_slice("ok ✓".as_bytes());
-        let (msgs, r) = decode(&masked(OpCode::Close, true, &close));
-        r.unwrap();
-        assert_eq!(msgs, [Owned::Close(Some((4000, "ok ✓".into())))]);
+        assert_eq!(decode(&frame(Close, b"")).0, [Owned::Close(None)]);
     }
 
     /// A stream exercising fragmentation, control frames between fragments and a close.
     fn mixed_stream() -> Vec<u8> {
         let text = "añb€c😀d".as_bytes();
-        let mut s = masked(OpCode::Text, false, &text[..2]); // splits 'ñ'
-        s.extend(masked(OpCode::Ping, true, b"between"));
-        s.extend(masked(OpCode::Continuation, false, &text[2..6])); // splits '€'
-        s.extend(masked(OpCode::Continuation, false, &[]));
-        s.extend(masked(OpCode::Continuation, true, &text[6..]));
-        s.extend(masked(OpCode::Binary, true, &[7; 300]));
-        s.extend(masked(OpCode::Binary, false, &[1; 70_000]));
-        s.extend(masked(OpCode::Pong, true, b"x"));
-        s.extend(masked(OpCode::Continuation, true, &[2; 10]));
-        s.extend(masked(OpCode::Close, true, &[0x03, 0xe8]));
+        let mut s = frames(&[
+            (Text, false, &text[..2]), // splits 'ñ'
+            (Ping, true, b"between"),
+            (Cont, false, &text[2..6]), // splits '€'
+            (Cont, false, &[]),
+            (Cont, true, &text[6..]),
+            (Binary, true, &[7; 300]),
+            (Binary, false, &[1; 70_000]),
+            (Pong, true, b"x"),
+            (Cont, true, &[2; 10]),
+            (Close, true, &[0x03, 0xe8]),
+        ]);
         s.extend(b"ignored garbage after close");
         s
-    }
-
-    fn mixed_expected() -> Vec<Owned> {
-        let mut big = vec![1; 70_000];
-        big.extend([2; 10]);
-        vec![
-            Owned::Ping(b"between".to_vec()),
-            Owned::Text("añb€c😀d".into()),
-            Owned::Binary(vec![7; 300]),
-            Owned::Pong(b"x".to_vec()),
-            Owned::Binary(big),
-            Owned::Close(Some((1000, String::new()))),
-        ]
     }
 
     #[test]
@@ -822,20 +796,24 @@ mod tests {
         let stream = mixed_stream();
         let (whole, r) = decode(&stream);
         r.unwrap();
-        assert_eq!(whole, mixed_expected());
+        let big = [vec![1; 70_000], vec![2; 10]].concat();
+        let expected = [
+            Owned::Ping(b"between".to_vec()),
+            txt("añb€c😀d"),
+            bin(&[7; 300]),
+            Owned::Pong(b"x".to_vec()),
+            bin(&big),
+            Owned::Close(Some((1000, String::new()))),
+        ];
+        assert_eq!(whole, expected);
         for chunk in [1, 2, 3, 5, 13, 127, 1000, 4096] {
-            assert_eq!(
-                decode_chunked(&stream, chunk, &LIMITS),
-                (whole.clone(), Ok(())),
-                "{chunk}"
-            );
+            let split = decode_chunked(&stream, chunk, &LIMITS);
+            assert_eq!(split, (whole.clone(), OK));
         }
         // Irregular splits from a small LCG.
         let mut seed = 12345u32;
         for _ in 0..50 {
-            let mut d = Decoder::new();
-            let mut out = Vec::new();
-            let mut input = stream.clone();
+            let (mut d, mut out, mut input) = (Decoder::new(), Vec::new(), stream.clone());
             let mut rest = &mut input[..];
             while !rest.is_empty() {
                 seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
@@ -851,258 +829,163 @@ mod tests {
     #[test]
     fn fragmented_message_releases_memory() {
         let mut d = Decoder::new();
-        let mut out = Vec::new();
-        let mut first = masked(OpCode::Text, false, "h€".as_bytes());
+        let first = frames(&[(Text, false, "h€".as_bytes())]);
         let split = first.len() - 1; // leave the frame partial, with an incomplete char
-        d.feed(&mut first[..split], &LIMITS, &mut |m| out.push(own(m)))
-            .unwrap();
+        assert_eq!(feed(&mut d, &first[..split]), (vec![], OK));
         assert!(!d.is_idle() && d.heap_bytes() > 0);
-        d.feed(&mut first[split..], &LIMITS, &mut |m| out.push(own(m)))
-            .unwrap();
+        assert_eq!(feed(&mut d, &first[split..]), (vec![], OK));
         assert!(!d.is_idle() && d.heap_bytes() > 0);
-        let mut ping = masked(OpCode::Ping, true, b"");
-        d.feed(&mut ping, &LIMITS, &mut |m| out.push(own(m)))
-            .unwrap();
-        let mut last = masked(OpCode::Continuation, true, b"llo");
-        d.feed(&mut last, &LIMITS, &mut |m| out.push(own(m)))
-            .unwrap();
-        assert_eq!(out, [Owned::Ping(vec![]), Owned::Text("h€llo".into())]);
-        assert!(d.is_idle());
-        assert_eq!(d.heap_bytes(), 0);
+        assert_eq!(feed(&mut d, &frame(Ping, b"")).0, [Owned::Ping(vec![])]);
+        assert_eq!(feed(&mut d, &frame(Cont, b"llo")).0, [txt("h€llo")]);
+        assert_eq!((d.heap_bytes(), d.is_idle()), (0, true));
     }
 
     #[test]
     fn partial_buffer_is_bounded_by_the_frame() {
-        let limits = Limits {
-            max_frame: 1000,
-            max_message: 1000,
-        };
-        let bytes = masked(OpCode::Binary, true, &[5; 1000]);
-        let mut d = Decoder::new();
-        let mut got = None;
-        for b in bytes.clone().chunks_mut(1) {
+        let limits = lim(1000, 1000);
+        let (mut d, mut got) = (Decoder::new(), None);
+        for b in frame(Binary, &[5; 1000]).chunks_mut(1) {
             d.feed(b, &limits, &mut |m| got = Some(own(m))).unwrap();
             assert!(d.heap_bytes() <= 14 + 1000, "{}", d.heap_bytes());
         }
-        assert_eq!(got, Some(Owned::Binary(vec![5; 1000])));
-        assert_eq!(d.heap_bytes(), 0);
+        assert_eq!((got, d.heap_bytes()), (Some(bin(&[5; 1000])), 0));
     }
 
     #[test]
     fn header_errors() {
-        protocol(&[0x82, 0x00]); // unmasked binary
-        protocol(&[0x81, 0x05, b'h', b'e', b'l', b'l', b'o']); // unmasked text
+        fails(&[0x82, 0x00], 1002); // unmasked binary
+        fails(&[0x81, 0x05, b'h', b'e', b'l', b'l', b'o'], 1002); // unmasked text
         for rsv in [0x40, 0x20, 0x10] {
-            protocol(&[0x82 | rsv, 0x80, 0, 0, 0, 0]);
+            fails(&[0x82 | rsv, 0x80, 0, 0, 0, 0], 1002);
         }
         for op in (3..=7).chain(0xB..=0xF) {
-            protocol(&[0x80 | op, 0x80, 0, 0, 0, 0]);
+            fails(&[0x80 | op, 0x80, 0, 0, 0, 0], 1002);
         }
-        for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
-            protocol(&masked(op, false, b"")); // fragmented control frame
-            protocol(&masked(op, true, &[b'a'; 126])); // control frame over 125 bytes
+        for op in [Ping, Pong, Close] {
+            fails(&frames(&[(op, false, b"")]), 1002); // fragmented control frame
+            fails(&frame(op, &[b'a'; 126]), 1002); // control frame over 125 bytes
         }
-        protocol(&masked(OpCode::Continuation, true, b"x")); // nothing to continue
-        let mut s = masked(OpCode::Text, false, b"a");
-        s.extend(masked(OpCode::Binary, true, b"b")); // new message mid-fragmentation
-        protocol(&s);
-        let mut s = masked(OpCode::Binary, false, b"a");
-        s.extend(masked(OpCode::Text, false, b"b"));
-        protocol(&s);
+        fails(&frame(Cont, b"x"), 1002); // nothing to continue
+        fails(&frames(&[(Text, false, b"a"), (Binary, true, b"b")]), 1002);
+        fails(&frames(&[(Binary, false, b"a"), (Text, false, b"b")]), 1002);
     }
 
     #[test]
     fn length_with_top_bit_set() {
-        let mut h = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0];
-        h.extend(MASK);
-        protocol(&h);
+        let h = [0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        fails(&h, 1002);
         // Reported from the third byte alone.
-        let mut d = Decoder::new();
-        let r = d.feed(&mut [0x82, 0xff, 0x80], &LIMITS, &mut |_| ());
+        let r = feed(&mut Decoder::new(), &h[..3]).1;
         assert!(matches!(r, Err(FrameError::Protocol(_))));
     }
 
     #[test]
     fn huge_length_is_too_big_without_allocating() {
         let mut h = vec![0x82, 0xff];
-        h.extend((1u64 << 62).to_be_bytes());
-        h.extend(MASK);
+        h.extend((1u64 << 62).to_be_bytes().into_iter().chain([1, 2, 3, 4]));
         let mut d = Decoder::new();
-        assert_eq!(
-            d.feed(&mut h, &LIMITS, &mut |_| ()),
-            Err(FrameError::TooBig)
-        );
+        assert_eq!(feed(&mut d, &h).1, TOO_BIG);
         assert_eq!(d.heap_bytes(), 0);
-        assert_err(&h, FrameError::TooBig, 1009);
+        fails(&h, 1009);
     }
 
     #[test]
     fn size_limits() {
-        let limits = Limits {
-            max_frame: 10,
-            max_message: 25,
-        };
-        let ok = masked(OpCode::Binary, true, &[0; 10]);
-        assert_eq!(
-            decode_chunked(&ok, 3, &limits),
-            (vec![Owned::Binary(vec![0; 10])], Ok(()))
-        );
-        let big = masked(OpCode::Binary, true, &[0; 11]);
-        assert_eq!(
-            decode_chunked(&big, 100, &limits).1,
-            Err(FrameError::TooBig)
-        );
-        let mut msg = masked(OpCode::Text, false, &[b'a'; 10]);
-        msg.extend(masked(OpCode::Continuation, false, &[b'a'; 10]));
-        msg.extend(masked(OpCode::Continuation, true, &[b'a'; 5]));
-        let (out, r) = decode_chunked(&msg, 1, &limits);
-        assert_eq!((out, r), (vec![Owned::Text("a".repeat(25))], Ok(())));
-        msg.extend(masked(OpCode::Binary, false, &[0; 10]));
-        msg.extend(masked(OpCode::Continuation, false, &[0; 10]));
-        msg.extend(masked(OpCode::Continuation, true, &[0; 6]));
-        let (out, r) = decode_chunked(&msg, 7, &limits);
-        assert_eq!((out.len(), r), (1, Err(FrameError::TooBig)));
+        let limits = lim(10, 25);
+        let ok = decode_chunked(&frame(Binary, &[0; 10]), 3, &limits);
+        assert_eq!(ok, (vec![bin(&[0; 10])], OK));
+        let big = decode_chunked(&frame(Binary, &[0; 11]), 100, &limits);
+        assert_eq!(big, (vec![], TOO_BIG));
+        let a = [b'a'; 10];
+        let mut msg = frames(&[(Text, false, &a), (Cont, false, &a), (Cont, true, &a[..5])]);
+        let text = txt(&"a".repeat(25));
+        assert_eq!(decode_chunked(&msg, 1, &limits), (vec![text.clone()], OK));
+        let [b, c] = [(Binary, false, &a[..]), (Cont, false, &a[..])];
+        msg.extend(frames(&[b, c, (Cont, true, &a[..6])]));
+        assert_eq!(decode_chunked(&msg, 7, &limits), (vec![text], TOO_BIG));
         // A control frame also counts against max_frame.
-        let tiny = Limits {
-            max_frame: 4,
-            max_message: 4,
-        };
-        let ping = masked(OpCode::Ping, true, b"hello");
-        assert_eq!(decode_chunked(&ping, 100, &tiny).1, Err(FrameError::TooBig));
+        let ping = decode_chunked(&frame(Ping, b"hello"), 100, &lim(4, 4));
+        assert_eq!(ping, (vec![], TOO_BIG));
     }
 
     #[test]
     fn invalid_utf8() {
-        assert_err(
-            &masked(OpCode::Text, true, &[b'a', 0xff]),
-            FrameError::InvalidUtf8,
-            1007,
-        );
-        // A message ending inside a character.
-        assert_err(
-            &masked(OpCode::Text, true, &[b'a', 0xe2, 0x82]),
-            FrameError::InvalidUtf8,
-            1007,
-        );
-        let mut s = masked(OpCode::Text, false, b"a");
-        s.extend(masked(OpCode::Continuation, true, &[0xf0, 0x9f]));
-        assert_err(&s, FrameError::InvalidUtf8, 1007);
-        // Overlong and surrogate encodings.
-        assert_err(
-            &masked(OpCode::Text, true, &[0xc0, 0xaf]),
-            FrameError::InvalidUtf8,
-            1007,
-        );
-        assert_err(
-            &masked(OpCode::Text, true, &[0xed, 0xa0, 0x80]),
-            FrameError::InvalidUtf8,
-            1007,
-        );
-        // Binary is not checked.
-        assert_eq!(
-            decode(&masked(OpCode::Binary, true, &[0xff])).0,
-            [Owned::Binary(vec![0xff])]
-        );
+        fails(&frame(Text, &[b'a', 0xff]), 1007);
+        fails(&frame(Text, &[b'a', 0xe2, 0x82]), 1007); // ends inside a character
+        let split = frames(&[(Text, false, b"a"), (Cont, true, &[0xf0, 0x9f])]);
+        fails(&split, 1007);
+        fails(&frame(Text, &[0xc0, 0xaf]), 1007); // overlong
+        fails(&frame(Text, &[0xed, 0xa0, 0x80]), 1007); // surrogate
+        assert_eq!(decode(&frame(Binary, &[0xff])), (vec![bin(&[0xff])], OK));
     }
 
     #[test]
     fn utf8_fails_fast() {
         // Invalid byte in the first fragment: reported before the rest arrives.
-        let mut d = Decoder::new();
-        let mut first = masked(OpCode::Text, false, &[b'o', b'k', 0xc3, 0x28]);
-        assert_eq!(
-            d.feed(&mut first, &LIMITS, &mut |_| ()),
-            Err(FrameError::InvalidUtf8)
-        );
+        let first = frames(&[(Text, false, &[b'o', b'k', 0xc3, 0x28])]);
+        assert_eq!(feed(&mut Decoder::new(), &first), (vec![], BAD_UTF8));
         // A character split across fragments whose continuation is wrong: reported at once.
         let mut d = Decoder::new();
-        let mut first = masked(OpCode::Text, false, &[b'o', 0xe2]);
-        d.feed(&mut first, &LIMITS, &mut |_| ()).unwrap();
-        let mut second = masked(OpCode::Continuation, false, &[0x82, 0x41]);
-        assert_eq!(
-            d.feed(&mut second, &LIMITS, &mut |_| ()),
-            Err(FrameError::InvalidUtf8)
-        );
+        let first = frames(&[(Text, false, &[b'o', 0xe2])]);
+        assert_eq!(feed(&mut d, &first), (vec![], OK));
+        let second = frames(&[(Cont, false, &[0x82, 0x41])]);
+        assert_eq!(feed(&mut d, &second), (vec![], BAD_UTF8));
         // Within one frame that arrives in pieces: reported when the bad byte arrives.
         let mut d = Decoder::new();
-        let mut frame = masked(
-            OpCode::Text,
-            true,
-            &[b'a', b'b', 0xf4, 0x90, b'c', b'd', b'e'],
-        );
-        let bad = 6 + 4; // header, then up to 0x90 (above U+10FFFF)
-        d.feed(&mut frame[..bad - 1], &LIMITS, &mut |_| ()).unwrap();
-        assert_eq!(
-            d.feed(&mut frame[bad - 1..bad], &LIMITS, &mut |_| ()),
-            Err(FrameError::InvalidUtf8)
-        );
-        // After an error everything is released and ignored.
+        let whole = frame(Text, &[b'a', b'b', 0xf4, 0x90, b'c', b'd', b'e']);
+        let bad = 6 + 3; // header, then 0x90 after 0xf4 (above U+10FFFF)
+        assert_eq!(feed(&mut d, &whole[..bad]), (vec![], OK));
+        assert_eq!(feed(&mut d, &whole[bad..=bad]), (vec![], BAD_UTF8));
+        // After an error everything is released and further input ignored.
         assert_eq!(d.heap_bytes(), 0);
-        assert_eq!(
-            d.feed(&mut frame[bad..], &LIMITS, &mut |_| panic!()),
-            Ok(())
-        );
+        assert_eq!(feed(&mut d, &whole), (vec![], OK));
     }
 
     #[test]
     fn close_body_rules() {
-        protocol(&masked(OpCode::Close, true, &[0x03]));
-        for code in [
-            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
-            protocol(&masked(OpCode::Close, true, &code.to_be_bytes()));
+        fails(&frame(Close, &[0x03]), 1002);
+        let invalid = [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000,
+        ];
+        for code in invalid {
+            fails(&frame(Close, &code.to_be_bytes()), 1002);
         }
-        let mut body = 1000u16.to_be_bytes().to_vec();
-        body.extend([
-            0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
-        ]);
-        assert_err(
-            &masked(OpCode::Close, true, &body),
-            FrameError::InvalidUtf8,
+        fails(
+            &frame(Close, b"\x03\xe8\xce\xba\xe1\xbd\xb9\xed\xa0\x80"),
             1007,
         );
-        for code in [
-            1000u16, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 3999, 4000, 4999,
-        ] {
-            let (out, r) = decode(&masked(OpCode::Close, true, &code.to_be_bytes()));
-            r.unwrap();
-            assert_eq!(out, [Owned::Close(Some((code, String::new())))]);
+        for code in [1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let close = Owned::Close(Some((code, String::new())));
+            assert_eq!(
+                decode(&frame(Close, &code.to_be_bytes())),
+                (vec![close], OK)
+            );
         }
-    }
-
-    #[test]
-    fn close_codes_table() {
-        let valid: Vec<u16> = (0..=u16::MAX).filter(|&c| is_valid_close_code(c)).collect();
-        let expected: Vec<u16> = (1000..=1003)
-            .chain(1007..=1014)
-            .chain(3000..=4999)
-            .collect();
-        assert_eq!(valid, expected);
+        let valid = (0..=u16::MAX).filter(|&c| is_valid_close_code(c));
+        let expected = (1000..=1003).chain(1007..=1014).chain(3000..=4999);
+        assert!(valid.eq(expected));
     }
 
     #[test]
     fn bytes_after_close_are_ignored() {
-        let mut s = masked(OpCode::Close, true, &[0x03, 0xe9]);
-        s.extend(masked(OpCode::Text, true, b"late"));
+        let mut s = frames(&[(Close, true, &[0x03, 0xe9]), (Text, true, b"late")]);
         s.extend([0xff; 20]); // would be a protocol error if parsed
         let mut d = Decoder::new();
-        let mut out = Vec::new();
-        d.feed(&mut s, &LIMITS, &mut |m| out.push(own(m))).unwrap();
-        assert_eq!(out, [Owned::Close(Some((1001, String::new())))]);
-        d.feed(&mut [0x0f, 0x00, 0x11], &LIMITS, &mut |m| out.push(own(m)))
-            .unwrap();
-        d.feed(&mut masked(OpCode::Ping, true, b""), &LIMITS, &mut |m| {
-            out.push(own(m))
-        })
-        .unwrap();
-        assert_eq!(out.len(), 1);
+        let close = Owned::Close(Some((1001, String::new())));
+        assert_eq!(feed(&mut d, &s), (vec![close], OK));
+        assert_eq!(feed(&mut d, &[0x0f, 0x00, 0x11]), (vec![], OK));
+        assert_eq!(feed(&mut d, &frame(Ping, b"")), (vec![], OK));
         assert_eq!(d.heap_bytes(), 0);
         // A close in the middle of a fragmented message releases it.
-        let mut s = masked(OpCode::Binary, false, b"abc");
-        s.extend(masked(OpCode::Close, true, b""));
-        s.extend(masked(OpCode::Continuation, true, b"def"));
-        let (out, r) = decode_chunked(&s, 2, &LIMITS);
-        assert_eq!((out, r), (vec![Owned::Close(None)], Ok(())));
+        let s = frames(&[
+            (Binary, false, b"abc"),
+            (Close, true, b""),
+            (Cont, true, b"d"),
+        ]);
+        assert_eq!(
+            decode_chunked(&s, 2, &LIMITS),
+            (vec![Owned::Close(None)], OK)
+        );
     }
 
     #[test]
@@ -1111,12 +994,11 @@ mod tests {
         for offset in 0..40 {
             for len in 0..40 {
                 let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
-                let naive: Vec<u8> = data
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ mask[(offset + i) % 4])
-                    .collect();
-                let mut fast = data.clone();
+                let mut naive = data.clone();
+                for (i, b) in naive.iter_mut().enumerate() {
+                    *b ^= mask[(offset + i) % 4];
+                }
+                let mut fast = data;
                 apply_mask(&mut fast, mask, offset);
                 assert_eq!(fast, naive, "offset {offset} len {len}");
             }
@@ -1126,7 +1008,6 @@ mod tests {
     #[test]
     fn utf8_tail_streaming() {
         let text = "a€😀ñz".as_bytes();
-        // Every byte-at-a-time or two-part split validates.
         for cut in 0..=text.len() {
             let mut t = Utf8Tail::new();
             t.push(&text[..cut]).unwrap();
@@ -1134,11 +1015,10 @@ mod tests {
             assert!(t.is_empty());
         }
         let mut t = Utf8Tail::new();
-        for b in text {
-            t.push(std::slice::from_ref(b)).unwrap();
+        for b in text.chunks(1) {
+            t.push(b).unwrap();
         }
         assert!(t.is_empty());
-        let mut t = Utf8Tail::new();
         t.push(&[0xf0, 0x9f]).unwrap();
         assert_eq!(t.push(&[0x41]), Err(FrameError::InvalidUtf8));
     }

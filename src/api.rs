@@ -1,0 +1,260 @@
+//! Plain HTTP on the WebSocket port: `GET /metrics` (Prometheus text) and
+//! `POST /api/broadcast` (server-side publishing to every subscriber on every core).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::channel::broadcast_frame;
+use crate::proto::handshake::Request;
+use crate::proto::phoenix::Payload;
+use crate::shard::{CLOSE_CODES, Shard, Stats};
+use crate::sys;
+
+/// An HTTP answer for the connection to send.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json",
+            body: format!("{body}\n").into_bytes(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BroadcastRequest<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+/// `POST /api/broadcast` with `{"topic": .., "event": .., "payload": ..}`.
+pub fn broadcast(shard: &Shard, req: &Request, body: &[u8]) -> Answer {
+    if req.method != "POST" {
+        return Answer::json(405, r#"{"error":"use POST"}"#);
+    }
+    if let Some(key) = &shard.cfg.api_key {
+        let given = req
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return Answer::json(401, r#"{"error":"missing or wrong bearer key"}"#);
+        }
+    }
+    let parsed: BroadcastRequest<'_> = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = serde_json::to_string(&format!("bad request body: {e}")).unwrap_or_default();
+            return Answer::json(400, &format!(r#"{{"error":{msg}}}"#));
+        }
+    };
+    let topic = &*parsed.topic;
+    if topic.is_empty() || topic.len() > shard.cfg.max_topic_len || parsed.event.is_empty() {
+        return Answer::json(400, r#"{"error":"bad topic or event"}"#);
+    }
+    let Some(frame) = broadcast_frame(
+        shard,
+        topic,
+        &parsed.event,
+        Payload::Json(parsed.payload.get()),
+    ) else {
+        return Answer::json(400, r#"{"error":"cannot encode"}"#);
+    };
+    shard.broadcast(topic, frame);
+    Answer::json(202, r#"{"ok":true}"#)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Getter = fn(&Stats) -> &AtomicU64;
+
+const SERIES: &[(&str, &str, &str, Getter)] = &[
+    (
+        "corecast_connections",
+        "gauge",
+        "Open TCP connections, any phase.",
+        |s| &s.connections,
+    ),
+    (
+        "corecast_websockets",
+        "gauge",
+        "Open WebSocket connections.",
+        |s| &s.websockets,
+    ),
+    ("corecast_channels", "gauge", "Joined channels.", |s| {
+        &s.channels
+    }),
+    (
+        "corecast_accepted_total",
+        "counter",
+        "Accepted TCP connections.",
+        |s| &s.accepted,
+    ),
+    (
+        "corecast_upgrades_total",
+        "counter",
+        "Completed WebSocket upgrades.",
+        |s| &s.upgraded,
+    ),
+    (
+        "corecast_http_requests_total",
+        "counter",
+        "HTTP requests parsed.",
+        |s| &s.http_requests,
+    ),
+    (
+        "corecast_accept_errors_total",
+        "counter",
+        "Failed accepts (e.g. EMFILE).",
+        |s| &s.accept_errors,
+    ),
+    (
+        "corecast_handshake_timeouts_total",
+        "counter",
+        "Connections dropped at the handshake timeout.",
+        |s| &s.handshake_timeouts,
+    ),
+    (
+        "corecast_idle_timeouts_total",
+        "counter",
+        "Sockets closed for silence.",
+        |s| &s.idle_timeouts,
+    ),
+    (
+        "corecast_frames_in_total",
+        "counter",
+        "WebSocket messages received.",
+        |s| &s.frames_in,
+    ),
+    (
+        "corecast_frames_out_total",
+        "counter",
+        "WebSocket frames queued for sending.",
+        |s| &s.frames_out,
+    ),
+    (
+        "corecast_bytes_out_total",
+        "counter",
+        "Bytes written to sockets.",
+        |s| &s.bytes_out,
+    ),
+    (
+        "corecast_joins_total",
+        "counter",
+        "Successful channel joins.",
+        |s| &s.joins,
+    ),
+    (
+        "corecast_join_errors_total",
+        "counter",
+        "Refused channel joins.",
+        |s| &s.join_errors,
+    ),
+    (
+        "corecast_broadcasts_total",
+        "counter",
+        "Broadcasts published from this core.",
+        |s| &s.broadcasts,
+    ),
+    (
+        "corecast_deliveries_total",
+        "counter",
+        "Broadcast frames queued on subscribers.",
+        |s| &s.deliveries,
+    ),
+    (
+        "corecast_slow_consumer_closes_total",
+        "counter",
+        "Sockets closed with 1013 for a full queue.",
+        |s| &s.slow_consumer_closes,
+    ),
+    (
+        "corecast_handler_panics_total",
+        "counter",
+        "Panics caught in channel handlers.",
+        |s| &s.handler_panics,
+    ),
+    (
+        "corecast_mesh_sent_total",
+        "counter",
+        "Broadcasts put on rings to other cores.",
+        |s| &s.mesh_sent,
+    ),
+    (
+        "corecast_mesh_received_total",
+        "counter",
+        "Broadcasts received from other cores.",
+        |s| &s.mesh_received,
+    ),
+    (
+        "corecast_mesh_dropped_total",
+        "counter",
+        "Broadcasts dropped because a peer outbox was full.",
+        |s| &s.mesh_dropped,
+    ),
+    (
+        "corecast_mesh_backlog",
+        "gauge",
+        "Broadcasts waiting in this core's outboxes.",
+        |s| &s.mesh_backlog,
+    ),
+];
+
+/// `GET /metrics`: every core's counters in Prometheus text format.
+pub fn metrics(shard: &Shard) -> Answer {
+    let all = &shard.shared.stats;
+    let mut out = String::with_capacity(8192);
+    for (name, kind, help, get) in SERIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (core, s) in all.iter().enumerate() {
+            let v = get(s).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {v}");
+        }
+    }
+    let name = "corecast_closes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Close frames sent, by code.\n# TYPE {name} counter"
+    );
+    for (core, s) in all.iter().enumerate() {
+        for (i, c) in s.closes.iter().enumerate() {
+            let code = CLOSE_CODES
+                .get(i)
+                .map_or("other".to_string(), u16::to_string);
+            let v = c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{core=\"{core}\",code=\"{code}\"}} {v}");
+        }
+    }
+    let rss = sys::rss_bytes().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# HELP corecast_rss_bytes Resident set size of the process.\n# TYPE corecast_rss_bytes gauge\ncorecast_rss_bytes {rss}"
+    );
+    let up = shard.shared.started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        out,
+        "# HELP corecast_uptime_seconds Seconds since start.\n# TYPE corecast_uptime_seconds gauge\ncorecast_uptime_seconds {up:.1}"
+    );
+    Answer {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        body: out.into_bytes(),
+    }
+}

@@ -1,0 +1,303 @@
+//! Phoenix Channels on one socket: joins, leaves, pushes, heartbeats, replies, answered exactly
+//! as Phoenix's `Phoenix.Socket` answers them (see `lib/phoenix/socket.ex`).
+//!
+//! - `heartbeat` on topic `phoenix` -> `[null, ref, "phoenix", "phx_reply", ok {}]`.
+//! - `phx_join` on an allowed topic -> the handler decides; ok/error reply with the join's refs.
+//!   A topic the config does not allow -> error `{"reason":"unmatched topic"}` (join_ref null).
+//!   Past `max_channels` -> error `{"reason":"too many channels joined"}`.
+//!   Joining a topic already joined -> `phx_close` for the old join_ref, then the new join.
+//! - `phx_leave` -> ok reply, then `phx_close` with the join_ref.
+//! - A push on a joined topic -> the handler decides (default: ok reply + broadcast to the topic).
+//!   A push on a topic not joined -> error `{"reason":"unmatched topic"}`.
+//!   A message whose join_ref is not the current join of its topic is stale and ignored.
+//! - A frame that is not a Phoenix message closes the socket (Phoenix's socket process crashes on
+//!   it): 1007 for text, 1003 for binary.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::handler::{InReply, Terminate};
+use crate::proto::frame::OpCode;
+use crate::proto::phoenix::{
+    self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload,
+    TOPIC_PHOENIX, binary, json,
+};
+use crate::shard::{Shard, Stats};
+use crate::topics::{Sub, Subscription};
+
+/// One joined channel: its place in the core's topic table and its join ref.
+struct Joined {
+    sub: Subscription,
+    join_ref: Option<Box<str>>,
+}
+
+/// The channels of one socket. Empty (no allocation) until the first join.
+#[derive(Default)]
+pub struct Session {
+    joins: Vec<Joined>,
+}
+
+/// The connection this session belongs to.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub shard: &'a Shard,
+    pub key: usize,
+    pub generation: u32,
+}
+
+/// Close the socket with this code and reason.
+pub type CloseWith = (u16, &'static str);
+
+const UNMATCHED: &str = r#"{"reason":"unmatched topic"}"#;
+const TOO_MANY: &str = r#"{"reason":"too many channels joined"}"#;
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// Channels joined.
+    pub fn channels(&self) -> usize {
+        self.joins.len()
+    }
+
+    /// Handle one data message from the client.
+    pub fn on_frame(&mut self, ctx: Ctx<'_>, frame: Frame<'_>) -> Result<(), CloseWith> {
+        let msg = match phoenix::decode(frame) {
+            Ok(m) => m,
+            Err(phoenix::DecodeError::Json(_)) => return Err((1007, "not a phoenix message")),
+            Err(phoenix::DecodeError::Binary(_)) => return Err((1003, "not a phoenix message")),
+        };
+        if msg.is_heartbeat() {
+            reply(ctx, None, msg.msg_ref.as_deref(), TOPIC_PHOENIX, true, "{}");
+            return Ok(());
+        }
+        match &*msg.event {
+            EVENT_JOIN => self.join(ctx, &msg),
+            EVENT_LEAVE => self.leave(ctx, &msg),
+            _ => self.push(ctx, &msg),
+        }
+        Ok(())
+    }
+
+    fn find(&self, topic: &str) -> Option<usize> {
+        self.joins.iter().position(|j| &*j.sub.topic == topic)
+    }
+
+    fn join(&mut self, ctx: Ctx<'_>, msg: &Message<'_>) {
+        let topic = &*msg.topic;
+        let (join_ref, msg_ref) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+        if topic == TOPIC_PHOENIX || !ctx.shard.cfg.topic_allowed(topic) {
+            reply(ctx, None, msg_ref, topic, false, UNMATCHED);
+            return;
+        }
+        if let Some(i) = self.find(topic) {
+            // Duplicate join: close the old one first (Phoenix shuts the old channel down).
+            let old = self.remove(ctx, i, Terminate::DuplicateJoin);
+            push(
+                ctx,
+                old.as_deref(),
+                old.as_deref(),
+                topic,
+                EVENT_CLOSE,
+                "{}",
+            );
+        }
+        if self.joins.len() >= ctx.shard.cfg.max_channels {
+            reply(ctx, join_ref, msg_ref, topic, false, TOO_MANY);
+            Stats::bump(&ctx.shard.stats.join_errors);
+            return;
+        }
+        let handler = ctx.shard.handler();
+        let decision = catch_unwind(AssertUnwindSafe(|| handler.join(topic, msg.payload)));
+        match decision {
+            Ok(Ok(response)) => {
+                let sub = ctx.shard.topics.borrow_mut().subscribe(
+                    topic,
+                    Sub {
+                        key: ctx.key as u32,
+                        generation: ctx.generation,
+                    },
+                );
+                self.joins.push(Joined {
+                    sub,
+                    join_ref: join_ref.map(Box::from),
+                });
+                Stats::bump(&ctx.shard.stats.joins);
+                Stats::bump(&ctx.shard.stats.channels);
+                reply(ctx, join_ref, msg_ref, topic, true, &response);
+            }
+            Ok(Err(response)) => {
+                Stats::bump(&ctx.shard.stats.join_errors);
+                reply(ctx, join_ref, msg_ref, topic, false, &response);
+            }
+            Err(_) => {
+                Stats::bump(&ctx.shard.stats.handler_panics);
+                Stats::bump(&ctx.shard.stats.join_errors);
+                reply(
+                    ctx,
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    false,
+                    r#"{"reason":"join crashed"}"#,
+                );
+            }
+        }
+    }
+
+    fn leave(&mut self, ctx: Ctx<'_>, msg: &Message<'_>) {
+        let topic = &*msg.topic;
+        let (join_ref, msg_ref) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+        match self.find(topic) {
+            Some(i) if join_ref.is_none() || self.joins[i].join_ref.as_deref() == join_ref => {
+                let current = self.remove(ctx, i, Terminate::Left);
+                let current = current.as_deref();
+                reply(ctx, current, msg_ref, topic, true, "{}");
+                push(ctx, current, current, topic, EVENT_CLOSE, "{}");
+            }
+            Some(_) => {} // stale join_ref: the client raced a close we already sent
+            None => reply(ctx, join_ref, msg_ref, topic, true, "{}"),
+        }
+    }
+
+    fn push(&mut self, ctx: Ctx<'_>, msg: &Message<'_>) {
+        let topic = &*msg.topic;
+        let (join_ref, msg_ref) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+        let Some(i) = self.find(topic) else {
+            reply(ctx, None, msg_ref, topic, false, UNMATCHED);
+            return;
+        };
+        if join_ref.is_some() && self.joins[i].join_ref.as_deref() != join_ref {
+            return; // stale: meant for an earlier join of this topic
+        }
+        let handler = ctx.shard.handler();
+        let decision = catch_unwind(AssertUnwindSafe(|| {
+            handler.handle_in(topic, &msg.event, msg.payload)
+        }));
+        match decision {
+            Ok(InReply::OkAndBroadcast) => {
+                if let Some(frame) = broadcast_frame(ctx.shard, topic, &msg.event, msg.payload) {
+                    ctx.shard.broadcast(topic, frame);
+                    reply(ctx, join_ref, msg_ref, topic, true, "{}");
+                } else {
+                    reply(
+                        ctx,
+                        join_ref,
+                        msg_ref,
+                        topic,
+                        false,
+                        r#"{"reason":"too long"}"#,
+                    );
+                }
+            }
+            Ok(InReply::Reply { ok, response }) => {
+                reply(ctx, join_ref, msg_ref, topic, ok, &response)
+            }
+            Ok(InReply::NoReply) => {}
+            Err(_) => {
+                // Like a crashed channel process: phx_error, and the channel is gone.
+                Stats::bump(&ctx.shard.stats.handler_panics);
+                let current = self.remove(ctx, i, Terminate::Crashed);
+                let r = current.as_deref();
+                push(
+                    ctx,
+                    r,
+                    r,
+                    topic,
+                    EVENT_ERROR,
+                    r#"{"reason":"channel_crash"}"#,
+                );
+            }
+        }
+    }
+
+    /// Leave channel `i`; returns its join ref.
+    fn remove(&mut self, ctx: Ctx<'_>, i: usize, why: Terminate) -> Option<Box<str>> {
+        let j = self.joins.swap_remove(i);
+        ctx.shard.topics.borrow_mut().unsubscribe(&j.sub);
+        Stats::sub(&ctx.shard.stats.channels, 1);
+        let handler = ctx.shard.handler();
+        if catch_unwind(AssertUnwindSafe(|| handler.terminate(&j.sub.topic, why))).is_err() {
+            Stats::bump(&ctx.shard.stats.handler_panics);
+        }
+        if self.joins.is_empty() {
+            self.joins = Vec::new(); // give the memory back
+        }
+        j.join_ref
+    }
+
+    /// Leave every channel (the socket is closing).
+    pub fn leave_all(&mut self, ctx: Ctx<'_>) {
+        while !self.joins.is_empty() {
+            self.remove(ctx, self.joins.len() - 1, Terminate::Closed);
+        }
+    }
+}
+
+/// Encode a broadcast once, as a complete WebSocket frame: text for a JSON payload, binary
+/// (V2 kind 2) for a binary one. None if a binary header field is over 255 bytes.
+pub fn broadcast_frame(
+    shard: &Shard,
+    topic: &str,
+    event: &str,
+    payload: Payload<'_>,
+) -> Option<std::sync::Arc<[u8]>> {
+    match payload {
+        Payload::Json(p) => shard
+            .build_frame(OpCode::Text, |b| json::encode_broadcast(b, topic, event, p))
+            .ok(),
+        Payload::Binary(p) => shard
+            .build_frame(OpCode::Binary, |b| {
+                binary::encode_broadcast(b, topic, event, p)
+            })
+            .ok(),
+    }
+}
+
+/// Queue a `phx_reply`.
+fn reply(
+    ctx: Ctx<'_>,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    ok: bool,
+    response: &str,
+) {
+    let status = if ok { "ok" } else { "error" };
+    let frame = ctx.shard.build_frame(OpCode::Text, |b| {
+        json::encode_reply(b, join_ref, msg_ref, topic, status, response)
+    });
+    let frame = frame.or_else(|_| {
+        // The handler gave a response that is not JSON: answer an error instead of nothing.
+        ctx.shard.build_frame(OpCode::Text, |b| {
+            json::encode_reply(
+                b,
+                join_ref,
+                msg_ref,
+                topic,
+                "error",
+                r#"{"reason":"bad reply"}"#,
+            )
+        })
+    });
+    if let Ok(frame) = frame {
+        ctx.shard.enqueue(ctx.key, frame);
+    }
+}
+
+/// Queue a server push (`phx_close`, `phx_error`).
+fn push(
+    ctx: Ctx<'_>,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &str,
+) {
+    let frame = ctx.shard.build_frame(OpCode::Text, |b| {
+        json::encode_message(b, join_ref, msg_ref, topic, event, payload)
+    });
+    if let Ok(frame) = frame {
+        ctx.shard.enqueue(ctx.key, frame);
+    }
+}
