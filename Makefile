@@ -4,7 +4,7 @@ CARGO ?= cargo
 LISTEN ?= 0.0.0.0:4000
 FUZZ_SECONDS ?= 30
 
-.PHONY: run build test lint unit conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: run build test lint unit js conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -14,16 +14,21 @@ run:
 build:
 	$(CARGO) build --release
 
-## Everything CI checks: format, lints, unit + integration tests, Autobahn conformance, fuzz smoke.
-test: lint unit conformance fuzz-smoke
+## Everything CI checks: format, lints, unit + integration tests, the official phoenix.js client
+## against the server, Autobahn conformance, fuzz smoke.
+test: lint unit js conformance fuzz-smoke
 	@echo "make test: all checks passed"
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
+
+## Node 20 tests with the official `phoenix` npm client (installs tests/js/node_modules).
+js:
+	bash scripts/js-tests.sh
 
 ## All 517 Autobahn TestSuite cases (kosoku) against `corecast serve --echo`; fails on any FAILED
 ## case or any regression against conformance/expected.txt.

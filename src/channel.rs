@@ -15,7 +15,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::handler::{InReply, Terminate};
+use crate::handler::{InReply, Socket, Terminate};
 use crate::proto::frame::OpCode;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload,
@@ -34,6 +34,8 @@ struct Joined {
 #[derive(Default)]
 pub struct Session {
     joins: Vec<Joined>,
+    /// The token's subject, if the socket brought a valid token.
+    user: Option<Box<str>>,
 }
 
 /// The connection this session belongs to.
@@ -51,8 +53,18 @@ const UNMATCHED: &str = r#"{"reason":"unmatched topic"}"#;
 const TOO_MANY: &str = r#"{"reason":"too many channels joined"}"#;
 
 impl Session {
-    pub fn new() -> Session {
-        Session::default()
+    pub fn new(user: Option<&str>) -> Session {
+        Session {
+            joins: Vec::new(),
+            user: user.map(Box::from),
+        }
+    }
+
+    fn socket(&self, ctx: Ctx<'_>) -> Socket<'_> {
+        Socket {
+            user: self.user.as_deref(),
+            core: ctx.shard.id,
+        }
     }
 
     /// Channels joined.
@@ -108,7 +120,10 @@ impl Session {
             return;
         }
         let handler = ctx.shard.handler();
-        let decision = catch_unwind(AssertUnwindSafe(|| handler.join(topic, msg.payload)));
+        let socket = self.socket(ctx);
+        let decision = catch_unwind(AssertUnwindSafe(|| {
+            handler.join(socket, topic, msg.payload)
+        }));
         match decision {
             Ok(Ok(response)) => {
                 let sub = ctx.shard.topics.borrow_mut().subscribe(
@@ -171,8 +186,9 @@ impl Session {
             return; // stale: meant for an earlier join of this topic
         }
         let handler = ctx.shard.handler();
+        let socket = self.socket(ctx);
         let decision = catch_unwind(AssertUnwindSafe(|| {
-            handler.handle_in(topic, &msg.event, msg.payload)
+            handler.handle_in(socket, topic, &msg.event, msg.payload)
         }));
         match decision {
             Ok(InReply::OkAndBroadcast) => {
@@ -217,7 +233,12 @@ impl Session {
         ctx.shard.topics.borrow_mut().unsubscribe(&j.sub);
         Stats::sub(&ctx.shard.stats.channels, 1);
         let handler = ctx.shard.handler();
-        if catch_unwind(AssertUnwindSafe(|| handler.terminate(&j.sub.topic, why))).is_err() {
+        let socket = self.socket(ctx);
+        if catch_unwind(AssertUnwindSafe(|| {
+            handler.terminate(socket, &j.sub.topic, why)
+        }))
+        .is_err()
+        {
             Stats::bump(&ctx.shard.stats.handler_panics);
         }
         if self.joins.is_empty() {

@@ -289,7 +289,7 @@ impl Conn {
                 self.respond(a.status, a.content_type, &a.body, &[]);
             }
             "/socket/websocket" => self.phoenix_upgrade(req, rest),
-            "/echo" if self.shard.cfg.echo => self.upgrade(req, Endpoint::Echo, None, rest),
+            "/echo" if self.shard.cfg.echo => self.upgrade(req, Endpoint::Echo, None, None, rest),
             _ => self.respond(404, "text/plain", b"not found\n", &[]),
         }
     }
@@ -341,7 +341,8 @@ impl Conn {
             .iter()
             .any(|p| p == "phoenix")
             .then_some("phoenix");
-        self.upgrade(req, Endpoint::Phoenix, protocol, rest);
+        let user = claims.as_ref().map(|c| c.sub.as_str());
+        self.upgrade(req, Endpoint::Phoenix, protocol, user, rest);
     }
 
     /// Answer the opening handshake and switch to WebSocket.
@@ -350,6 +351,7 @@ impl Conn {
         req: &Request,
         endpoint: Endpoint,
         protocol: Option<&str>,
+        user: Option<&str>,
         rest: &mut [u8],
     ) {
         let key = match handshake::check_upgrade(req) {
@@ -376,7 +378,7 @@ impl Conn {
         self.phase = Phase::Open {
             endpoint,
             decoder: Decoder::new(),
-            session: Session::new(),
+            session: Session::new(user),
         };
         if !rest.is_empty() {
             // Frames sent right behind the request, before our 101 was read.
@@ -587,7 +589,7 @@ mod tests {
     #[test]
     fn connection_task_state_is_small() {
         // The task's own state: socket, slot key, phase (which holds the frame decoder).
-        // Budget (x86_64): decoder 56 + session 24 + endpoint/discriminant 8 = 88 for the phase;
+        // Budget (x86_64): decoder 56 + session 40 + endpoint/discriminant 8 = 104 for the phase;
         // the connection adds the glommio socket, the core handle, key, generation, offset.
         let conn = std::mem::size_of::<Conn>();
         let phase = std::mem::size_of::<Phase>();
@@ -595,7 +597,7 @@ mod tests {
             "Conn {conn} B, Phase {phase} B, TcpStream {} B",
             std::mem::size_of::<TcpStream>()
         );
-        assert!(phase <= 88, "Phase is {phase} bytes");
+        assert!(phase <= 104, "Phase is {phase} bytes");
         assert!(conn <= 256, "Conn is {conn} bytes");
     }
 }

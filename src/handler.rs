@@ -21,6 +21,15 @@ pub struct ConnectInfo<'a> {
     pub origin: Option<&'a str>,
 }
 
+/// The socket a channel event comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Socket<'a> {
+    /// The token's subject (`sub`), when the socket connected with a valid token.
+    pub user: Option<&'a str>,
+    /// The core serving the socket.
+    pub core: usize,
+}
+
 /// What to answer to a push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InReply {
@@ -59,6 +68,7 @@ pub trait Handler: Send + Sync + 'static {
     /// `Ok(json)` is the join reply's response, `Err(json)` refuses the join with that response.
     fn join(
         &self,
+        _socket: Socket<'_>,
         _topic: &str,
         _payload: Payload<'_>,
     ) -> Result<Cow<'static, str>, Cow<'static, str>> {
@@ -66,12 +76,18 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// A push on a joined topic.
-    fn handle_in(&self, _topic: &str, _event: &str, _payload: Payload<'_>) -> InReply {
+    fn handle_in(
+        &self,
+        _socket: Socket<'_>,
+        _topic: &str,
+        _event: &str,
+        _payload: Payload<'_>,
+    ) -> InReply {
         InReply::OkAndBroadcast
     }
 
     /// A channel ended.
-    fn terminate(&self, _topic: &str, _why: Terminate) {}
+    fn terminate(&self, _socket: Socket<'_>, _topic: &str, _why: Terminate) {}
 }
 
 /// The default behaviour, with no code.

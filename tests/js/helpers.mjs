@@ -184,15 +184,17 @@ export function httpRequest(server, method, path, { headers = {}, body } = {}) {
   );
 }
 
-/** Parse `corecast_connections{core="N"} V` lines of GET /metrics -> {N: V}. */
-export async function connectionsPerCore(server) {
+/**
+ * GET /metrics and parse every per-core series `name{core="N"} V` -> {series: {name: {N: V}}, text}.
+ */
+export async function metricsSnapshot(server) {
   const res = await httpRequest(server, "GET", "/metrics");
   if (res.status !== 200) throw new Error(`GET /metrics -> ${res.status}: ${res.body}`);
-  const per = {};
-  const re = /^corecast_connections\{core="(\d+)"\}\s+(\d+(?:\.\d+)?)\s*$/gm;
+  const series = {};
+  const re = /^([a-zA-Z_:][a-zA-Z0-9_:]*)\{core="(\d+)"\}\s+(\d+(?:\.\d+)?)\s*$/gm;
   let m;
-  while ((m = re.exec(res.body))) per[m[1]] = Number(m[2]);
-  return { per, text: res.body };
+  while ((m = re.exec(res.body))) (series[m[1]] ||= {})[m[2]] = Number(m[3]);
+  return { series, text: res.body };
 }
 
 // ---------------------------------------------------------------------------------------------
