@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod proto;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod sys;
 pub mod topics;
 pub mod wheel;

@@ -25,6 +25,22 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a connection token (HMAC-SHA256, with expiry) for `auth_secret`; prints it on stdout.
     Token(TokenArgs),
+    /// Simulate N connections in this process without sockets (tables, state, subscriptions)
+    /// and time one broadcast to all of them; prints JSON.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Virtual connections.
+    #[arg(long, default_value_t = 2_000_000)]
+    conns: usize,
+    /// Cores (threads), each with its own shard.
+    #[arg(long, default_value_t = 2)]
+    cores: usize,
+    /// Topics the connections are spread over; the broadcast goes to topic 0.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
 }
 
 #[derive(Args)]
@@ -84,6 +100,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Sim(args) => {
+            let r = corecast::sim::run(args.conns, args.cores, args.topics);
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            Ok(())
+        }
         Command::Token(args) => {
             let exp = args
                 .exp_unix

@@ -258,6 +258,17 @@ impl Shard {
         Stats::add(&self.stats.frames_out, delivered);
     }
 
+    /// Take every queued frame of a connection without a socket (the simulation's null sink).
+    pub fn drain_queue(&self, key: usize, mut sink: impl FnMut(&[u8])) {
+        if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
+            for f in slot.outq.drain(..) {
+                sink(&f);
+            }
+            slot.out_bytes = 0;
+            slot.outq = VecDeque::new();
+        }
+    }
+
     /// Current wheel tick.
     pub fn now_tick(&self) -> u64 {
         self.wheel.borrow().now()

@@ -17,6 +17,7 @@ import {
   closeRaw,
   sleep,
   waitFor,
+  SUITE_TIMEOUT_MS,
 } from "./helpers.mjs";
 
 const SECRET = "s3cret";
@@ -40,7 +41,7 @@ async function expectPhoenixRefused(socket) {
   }
 }
 
-describe("token auth", () => {
+describe("token auth", { timeout: SUITE_TIMEOUT_MS }, () => {
   let server;
   const sockets = [];
   const raws = [];

@@ -18,9 +18,10 @@ import {
   waitFor,
   WAIT_MS,
   httpRequest,
+  SUITE_TIMEOUT_MS,
 } from "./helpers.mjs";
 
-describe("phoenix channels", () => {
+describe("phoenix channels", { timeout: SUITE_TIMEOUT_MS }, () => {
   let server;
   const sockets = [];
   const raws = [];

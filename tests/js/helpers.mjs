@@ -58,14 +58,27 @@ function toToml(config) {
   return lines.join("\n") + "\n";
 }
 
+// Never leave a server behind: kill any still running when this test process exits or is
+// interrupted (after() hooks stop them normally).
 const liveServers = new Set();
-process.on("exit", () => {
+function killLiveServers() {
   for (const s of liveServers) {
     try {
       s.proc.kill("SIGKILL");
     } catch {}
   }
-});
+  liveServers.clear();
+}
+process.on("exit", killLiveServers);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(sig, () => {
+    killLiveServers();
+    process.exit(128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 })[sig]);
+  });
+}
+
+/** Bound for a whole test file's suite (hooks included); each wait inside has its own. */
+export const SUITE_TIMEOUT_MS = 60000;
 
 /**
  * Start `corecast serve --listen 127.0.0.1:0 --cores 2 --config <tmp>` and wait for its
@@ -95,10 +108,14 @@ export async function startServer(config = {}, { cores = 2, startTimeoutMs = 100
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((r) => proc.once("exit", r));
         proc.kill("SIGTERM");
-        const ok = await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]);
+        const ok = await withTimeout(exited, 3000, "corecast to exit on SIGTERM").then(
+          () => true,
+          () => false,
+        );
         if (!ok) {
+          process.stderr.write(`corecast (pid ${proc.pid}) ignored SIGTERM for 3 s; sending SIGKILL\n`);
           proc.kill("SIGKILL");
-          await Promise.race([exited, sleep(2000)]);
+          await withTimeout(exited, 2000, "corecast to exit on SIGKILL").catch(() => {});
         }
       }
       rmSync(dir, { recursive: true, force: true });
@@ -134,6 +151,8 @@ export async function startServer(config = {}, { cores = 2, startTimeoutMs = 100
     await server.stop();
     throw e;
   });
+  // the server has read its config by the time it listens: the file is no longer needed
+  rmSync(dir, { recursive: true, force: true });
   server.port = port;
   server.wsUrl = `ws://127.0.0.1:${port}/socket`;
   server.httpUrl = `http://127.0.0.1:${port}`;

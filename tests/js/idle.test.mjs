@@ -3,9 +3,9 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, newSocket, connectSocket, joinOk, closeAll, rawConnect, closeRaw, sleep } from "./helpers.mjs";
+import { startServer, newSocket, connectSocket, joinOk, closeAll, rawConnect, closeRaw, sleep, SUITE_TIMEOUT_MS } from "./helpers.mjs";
 
-describe("idle timeout", () => {
+describe("idle timeout", { timeout: SUITE_TIMEOUT_MS }, () => {
   let server;
   const sockets = [];
   const raws = [];

@@ -15,13 +15,14 @@ import {
   httpRequest,
   sleep,
   waitFor,
+  SUITE_TIMEOUT_MS,
 } from "./helpers.mjs";
 
 const N = 20;
 const TOPIC = "room:1";
 const API_KEY = "k-test-123";
 
-describe("broadcast across cores", () => {
+describe("broadcast across cores", { timeout: SUITE_TIMEOUT_MS }, () => {
   let server;
   const sockets = [];
   const channels = [];
