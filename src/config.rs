@@ -56,6 +56,13 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Cross-core outbox capacity per peer core, in broadcasts (drops are counted above it).
     pub mesh_outbox: usize,
+    /// Allowed `Origin` headers for sockets (like Phoenix's `check_origin`): a full origin
+    /// (`https://app.example.com`) or a host pattern (`//example.com`, `//*.example.com`).
+    /// Empty: any. A request without an Origin header (not a browser) is allowed.
+    pub check_origin: Vec<String>,
+    /// Messages (frames of any kind) a socket may send per second, averaged over a one-second
+    /// bucket; a socket over it is closed with 1008. 0: no limit.
+    pub max_messages_per_sec: u32,
 }
 
 impl Default for Config {
@@ -82,6 +89,8 @@ impl Default for Config {
             require_token: false,
             api_key: None,
             mesh_outbox: 65_536,
+            check_origin: Vec::new(),
+            max_messages_per_sec: 0,
         }
     }
 }
@@ -134,6 +143,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.max_frame == 0 || self.max_message == 0 {
             return bad("max_frame and max_message must be > 0");
+        }
+        if self.max_frame > 1 << 30 || self.max_message > 1 << 30 {
+            return bad("max_frame and max_message must be <= 1 GiB");
         }
         if self.max_request_head < 256 {
             return bad("max_request_head must be >= 256");
@@ -191,6 +203,32 @@ impl Config {
             })
     }
 
+    /// Whether a socket with this `Origin` header may connect under `check_origin`.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        if self.check_origin.is_empty() {
+            return true;
+        }
+        let host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        self.check_origin
+            .iter()
+            .any(|allowed| match allowed.strip_prefix("//") {
+                Some(pattern) => match pattern.strip_prefix("*.") {
+                    Some(domain) => host == domain || host.ends_with(&format!(".{domain}")),
+                    None => host == pattern.to_ascii_lowercase(),
+                },
+                None => allowed.eq_ignore_ascii_case(origin),
+            })
+    }
+
     /// The frame limits handed to the protocol decoder.
     pub fn frame_limits(&self) -> crate::proto::frame::Limits {
         crate::proto::frame::Limits {
@@ -237,6 +275,23 @@ mod tests {
         assert!(!Config::default().topic_allowed(""));
         assert!(!Config::default().topic_allowed(&"x".repeat(256)));
         assert!(Config::from_toml("topics = [\"a*b\"]").is_err());
+    }
+
+    #[test]
+    fn origin_check() {
+        let c = Config::from_toml(
+            "check_origin = [\"https://app.example.com\", \"//*.corecast.io\", \"//localhost\"]",
+        )
+        .unwrap();
+        assert!(c.origin_allowed(None), "non-browser clients send no Origin");
+        assert!(c.origin_allowed(Some("https://app.example.com")));
+        assert!(!c.origin_allowed(Some("http://app.example.com")));
+        assert!(c.origin_allowed(Some("https://x.corecast.io")));
+        assert!(c.origin_allowed(Some("https://corecast.io")));
+        assert!(!c.origin_allowed(Some("https://evilcorecast.io")));
+        assert!(c.origin_allowed(Some("http://localhost:3000")));
+        assert!(!c.origin_allowed(Some("https://evil.com")));
+        assert!(Config::default().origin_allowed(Some("https://anything")));
     }
 
     #[test]

@@ -69,11 +69,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (key, generation) = shard.open_slot();
     shard.set_deadline(key, Some(shard.cfg.handshake_timeout()));
+    let rate_left = shard.cfg.max_messages_per_sec;
     let conn = Conn {
         shard,
         stream,
         key,
         generation,
+        rate_left,
+        rate_tick: 0,
         out_off: 0,
         phase: Phase::Http { buf: Vec::new() },
     };
@@ -85,8 +88,11 @@ struct Conn {
     stream: TcpStream,
     key: usize,
     generation: u32,
+    /// Token bucket for `max_messages_per_sec`: messages left, and the tick of the last refill.
+    rate_left: u32,
+    rate_tick: u32,
     /// Bytes of the front frame of the queue already written.
-    out_off: usize,
+    out_off: u32,
     phase: Phase,
 }
 
@@ -302,6 +308,10 @@ impl Conn {
             self.respond(403, "text/plain", b"unsupported vsn: use vsn=2.0.0\n", &[]);
             return;
         }
+        if !self.shard.cfg.origin_allowed(req.origin.as_deref()) {
+            self.respond(403, "text/plain", b"origin not allowed\n", &[]);
+            return;
+        }
         let token = handshake::query_param(&req.query, "token")
             .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
         let cfg = &self.shard.cfg;
@@ -407,6 +417,18 @@ impl Conn {
             generation: self.generation,
         };
         let limits = shard.cfg.frame_limits();
+        let rate = shard.cfg.max_messages_per_sec;
+        if rate > 0 {
+            // Refill the bucket for the time passed (ticks of 100 ms), up to one second's worth.
+            let now = shard.now_tick() as u32;
+            let ticks = now.wrapping_sub(self.rate_tick);
+            if ticks > 0 {
+                let refill = (u64::from(ticks) * u64::from(rate) / 10).min(u64::from(rate));
+                self.rate_left = (u64::from(self.rate_left) + refill).min(u64::from(rate)) as u32;
+                self.rate_tick = now;
+            }
+        }
+        let rate_left = &mut self.rate_left;
         let mut peer_close: Option<Option<u16>> = None;
         let mut app_close: Option<(u16, &'static str)> = None;
         let mut frames_in = 0u64;
@@ -421,6 +443,13 @@ impl Conn {
             frames_in += 1;
             if app_close.is_some() {
                 return; // closing: ignore what follows
+            }
+            if rate > 0 {
+                if *rate_left == 0 {
+                    app_close = Some((close_code::POLICY, "rate limit"));
+                    return;
+                }
+                *rate_left -= 1;
             }
             let data = match msg {
                 Message::Text(t) => Frame::Text(t),
@@ -475,7 +504,7 @@ impl Conn {
             slot.out_bytes = slot
                 .outq
                 .front()
-                .map_or(0, |f| (f.len() - self.out_off) as u32);
+                .map_or(0, |f| (f.len() - self.out_off as usize) as u32);
         }
     }
 
@@ -535,7 +564,7 @@ impl Conn {
                 }
                 return Poll::Ready(Ok(()));
             };
-            let off = self.out_off;
+            let off = self.out_off as usize;
             let written = if front.len() - off >= DIRECT_WRITE || slot.outq.len() == 1 {
                 match Pin::new(&mut self.stream).poll_write(cx, &front[off..]) {
                     Poll::Ready(Ok(n)) => n,
@@ -568,13 +597,13 @@ impl Conn {
                 let Some(front) = slot.outq.front() else {
                     break;
                 };
-                let remaining = front.len() - self.out_off;
+                let remaining = front.len() - self.out_off as usize;
                 if left >= remaining {
                     left -= remaining;
                     self.out_off = 0;
                     slot.outq.pop_front();
                 } else {
-                    self.out_off += left;
+                    self.out_off += left as u32;
                     left = 0;
                 }
             }

@@ -277,10 +277,18 @@ impl Shard {
     /// Push a connection's deadline later without touching the wheel: its entry is rescheduled
     /// when it fires. O(1); used on every message for the idle timeout.
     pub fn extend_deadline(&self, key: usize, after: std::time::Duration) {
-        let ticks = after.as_nanos().div_ceil(TICK.as_nanos()) as u64;
+        let at = self.deadline_tick(after);
         if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
-            slot.deadline = (self.now_tick() + ticks.max(1)).min(u32::MAX as u64) as u32;
+            slot.deadline = at.min(u32::MAX as u64) as u32;
         }
+    }
+
+    /// The tick at which `after` from now has surely passed. Counted from the real clock (the
+    /// wheel may lag by up to a tick), rounded up, plus one tick for the partial current one:
+    /// never early, at most two ticks late.
+    fn deadline_tick(&self, after: std::time::Duration) -> u64 {
+        let now = (self.started.elapsed().as_nanos() / TICK.as_nanos()) as u64;
+        now + (after.as_nanos().div_ceil(TICK.as_nanos()) as u64) + 1
     }
 
     /// True once the core has started draining (no new connections).
@@ -326,7 +334,7 @@ impl Shard {
             None => slot.deadline = 0,
             Some(d) => {
                 let mut wheel = self.wheel.borrow_mut();
-                let at = wheel.deadline_after(d);
+                let at = self.deadline_tick(d);
                 slot.deadline = at.min(u32::MAX as u64) as u32;
                 wheel.schedule(
                     at,

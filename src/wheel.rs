@@ -43,12 +43,6 @@ impl Wheel {
         self.now
     }
 
-    /// Convert a duration from now into an absolute tick, rounding up (never earlier than asked).
-    pub fn deadline_after(&self, d: Duration) -> u64 {
-        let ticks = d.as_nanos().div_ceil(TICK.as_nanos()) as u64;
-        self.now + ticks.max(1)
-    }
-
     /// Schedule `e` to fire at tick `at`. Deadlines in the past fire at the next advance;
     /// deadlines beyond the wheel's horizon fire at the horizon (the owner reschedules them).
     pub fn schedule(&mut self, at: u64, e: Entry) {
@@ -144,15 +138,6 @@ mod tests {
         assert_eq!(out.len(), 7);
         assert!(w.is_empty());
         assert_eq!(w.now(), 1000);
-    }
-
-    #[test]
-    fn deadline_after_rounds_up() {
-        let w = Wheel::new(8);
-        assert_eq!(w.deadline_after(Duration::from_millis(1)), 1);
-        assert_eq!(w.deadline_after(Duration::from_millis(100)), 1);
-        assert_eq!(w.deadline_after(Duration::from_millis(101)), 2);
-        assert_eq!(w.deadline_after(Duration::ZERO), 1);
     }
 
     #[test]

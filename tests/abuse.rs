@@ -1,0 +1,200 @@
+//! Hostile and broken clients: each gets a clear answer and costs the others nothing.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, http_exchange, read_close_code, read_frame, upgrade_request};
+use corecast::proto::frame::{OpCode, encode_masked};
+use serde_json::{Value, json};
+
+const MASK: [u8; 4] = [1, 2, 3, 4];
+
+fn start(cfg: &str) -> TestServer {
+    let dir = std::env::temp_dir().join(format!("corecast-abuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.toml", cfg.len()));
+    std::fs::write(&path, cfg).unwrap();
+    TestServer::start(&["--cores", "2", "--config", path.to_str().unwrap()])
+}
+
+fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
+    let mut s = stream;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (status, head) = http_exchange(
+        &mut s,
+        upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
+    );
+    assert_eq!(status, 101, "{head}");
+    let _ = srv;
+    s
+}
+
+fn send(s: &mut TcpStream, v: &Value) {
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Text, true, v.to_string().as_bytes(), MASK);
+    s.write_all(&out).unwrap();
+}
+
+fn recv(s: &mut TcpStream) -> Value {
+    loop {
+        let (op, payload) = read_frame(s).expect("frame");
+        if op == 1 {
+            return serde_json::from_slice(&payload).unwrap();
+        }
+        assert_ne!(op, 8, "unexpected close");
+    }
+}
+
+fn metric(srv: &TestServer, name: &str) -> u64 {
+    let mut s = srv.connect_tcp();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l.len() == name.len()
+                    || l.as_bytes()[name.len()] == b'{'
+                    || l.as_bytes()[name.len()] == b' ')
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn slow_consumer_is_closed_with_1013_and_fast_subscriber_loses_nothing() {
+    let srv = start("out_queue_max_bytes = 262144\n");
+    // The slow one: a tiny receive buffer, joins, then never reads.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&srv.addr.into()).unwrap();
+    let mut slow = phx_open(&srv, sock.into());
+    send(&mut slow, &json!(["1", "1", "room:flood", "phx_join", {}]));
+    assert_eq!(recv(&mut slow)[4]["status"], "ok");
+    // The fast one publishes and reads everything.
+    let mut fast = phx_open(&srv, srv.connect_tcp());
+    send(&mut fast, &json!(["1", "1", "room:flood", "phx_join", {}]));
+    assert_eq!(recv(&mut fast)[4]["status"], "ok");
+    let body = "x".repeat(4000);
+    let total = 2500u64;
+    let mut next_seen = 0u64;
+    let mut replies = 0u64;
+    let mut sent = 0u64;
+    let start = Instant::now();
+    while (next_seen < total || replies < total) && start.elapsed() < Duration::from_secs(60) {
+        while sent < total && sent < next_seen + 50 {
+            send(
+                &mut fast,
+                &json!(["1", sent.to_string(), "room:flood", "m", {"seq": sent, "body": body}]),
+            );
+            sent += 1;
+        }
+        let v = recv(&mut fast);
+        if v[3] == "m" {
+            assert_eq!(v[4]["seq"], next_seen, "fast subscriber: lost or reordered");
+            next_seen += 1;
+        } else {
+            assert_eq!(v[4]["status"], "ok");
+            replies += 1;
+        }
+    }
+    assert_eq!(
+        next_seen, total,
+        "fast subscriber got every broadcast in order"
+    );
+    assert!(
+        metric(&srv, "corecast_slow_consumer_closes_total") >= 1,
+        "slow consumer not closed"
+    );
+    // What reaches the slow socket ends with close 1013 (after whatever was queued before).
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_close_code(&mut slow), Some(1013));
+}
+
+#[test]
+fn message_flood_is_closed_by_the_rate_limit() {
+    let srv = start("max_messages_per_sec = 50\n");
+    let mut flood = phx_open(&srv, srv.connect_tcp());
+    let mut calm = phx_open(&srv, srv.connect_tcp());
+    for i in 0..500 {
+        let mut out = Vec::new();
+        let hb = json!([null, i.to_string(), "phoenix", "heartbeat", {}]).to_string();
+        encode_masked(&mut out, OpCode::Text, true, hb.as_bytes(), MASK);
+        if flood.write_all(&out).is_err() {
+            break;
+        }
+    }
+    assert_eq!(read_close_code(&mut flood), Some(1008));
+    send(&mut calm, &json!([null, "1", "phoenix", "heartbeat", {}]));
+    assert_eq!(recv(&mut calm)[4]["status"], "ok");
+}
+
+#[test]
+fn origin_outside_the_allowlist_is_refused() {
+    let srv = start("check_origin = [\"//*.example.com\"]\n");
+    let with_origin = |origin: &str| {
+        let mut s = srv.connect_tcp();
+        let req = upgrade_request("/socket/websocket?vsn=2.0.0")
+            .replace("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"));
+        http_exchange(&mut s, req.as_bytes()).0
+    };
+    assert_eq!(with_origin("https://evil.test"), 403);
+    assert_eq!(with_origin("https://app.example.com"), 101);
+}
+
+#[test]
+fn invalid_phoenix_input_never_hurts_the_server() {
+    let srv = start("");
+    let bad: Vec<(&str, Vec<u8>, u8, u16)> = vec![
+        ("not json", b"{{{".to_vec(), 1, 1007),
+        ("object", br#"{"topic":"x"}"#.to_vec(), 1, 1007),
+        (
+            "arity 4",
+            br#"["1","1","room:1","phx_join"]"#.to_vec(),
+            1,
+            1007,
+        ),
+        (
+            "number topic",
+            br#"["1","1",7,"phx_join",{}]"#.to_vec(),
+            1,
+            1007,
+        ),
+        ("binary kind 9", vec![9, 0, 0], 2, 1003),
+        (
+            "binary sizes past the end",
+            vec![0, 200, 200, 200, 200, 1],
+            2,
+            1003,
+        ),
+        ("empty binary", vec![], 2, 1003),
+    ];
+    for (name, payload, op, code) in bad {
+        let mut s = phx_open(&srv, srv.connect_tcp());
+        let mut out = Vec::new();
+        let opcode = if op == 1 {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        encode_masked(&mut out, opcode, true, &payload, MASK);
+        s.write_all(&out).unwrap();
+        assert_eq!(read_close_code(&mut s), Some(code), "{name}");
+    }
+    // Non-object payloads are fine in a push (Phoenix accepts any JSON value there).
+    let mut s = phx_open(&srv, srv.connect_tcp());
+    send(&mut s, &json!(["1", "1", "room:1", "phx_join", {}]));
+    assert_eq!(recv(&mut s)[4]["status"], "ok");
+    send(&mut s, &json!(["1", "2", "room:1", "n", 42]));
+    let mut got: Vec<Value> = vec![recv(&mut s), recv(&mut s)];
+    got.sort_by_key(|v| v[3].as_str().unwrap_or("").to_string());
+    assert_eq!(got[0], json!([null, null, "room:1", "n", 42]));
+    // A topic name over max_topic_len is refused.
+    let long = "room:".to_string() + &"x".repeat(300);
+    send(&mut s, &json!(["9", "9", long, "phx_join", {}]));
+    assert_eq!(recv(&mut s)[4]["response"]["reason"], "unmatched topic");
+}
