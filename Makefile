@@ -4,7 +4,7 @@ CARGO ?= cargo
 LISTEN ?= 0.0.0.0:4000
 FUZZ_SECONDS ?= 30
 
-.PHONY: run build test lint unit js conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -16,7 +16,7 @@ build:
 
 ## Everything CI checks: format, lints, unit + integration tests, the official phoenix.js client
 ## against the server, Autobahn conformance, fuzz smoke.
-test: lint unit js conformance fuzz-smoke
+test: lint unit js soak-short conformance fuzz-smoke
 	@echo "make test: all checks passed"
 
 lint:
@@ -29,6 +29,13 @@ unit:
 ## Node 20 tests with the official `phoenix` npm client (installs tests/js/node_modules).
 js:
 	bash scripts/js-tests.sh
+
+## Churn + broadcast soak: zero lost/duplicated, no leaked sockets, no RSS growth.
+soak:
+	SOAK_SECS=$${SOAK_SECS:-600} $(CARGO) test --release --test soak -- --ignored --nocapture
+
+soak-short:
+	SOAK_SECS=60 $(CARGO) test --release --test soak -- --ignored --nocapture
 
 ## All 517 Autobahn TestSuite cases (kosoku) against `corecast serve --echo`; fails on any FAILED
 ## case or any regression against conformance/expected.txt.

@@ -1,0 +1,249 @@
+//! A bounded soak: long-lived subscribers, one publisher, connect/join/push/close churn, for
+//! SOAK_SECS seconds (default 60). Asserts zero lost or duplicated broadcasts for the well-behaved
+//! subscribers, no leaked connections, and no RSS growth after warm-up.
+//!
+//! Not part of `cargo test` (it is `#[ignore]`): `make test` runs it for 60 s, `make soak` for 600.
+//!
+//! ```sh
+//! SOAK_SECS=60 cargo test --release --test soak -- --ignored --nocapture
+//! ```
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, http_exchange, read_frame, upgrade_request};
+use corecast::proto::frame::{OpCode, encode_masked};
+use serde_json::{Value, json};
+
+const MASK: [u8; 4] = [9, 8, 7, 6];
+const SUBSCRIBERS: usize = 40;
+const CHURNERS: usize = 4;
+const PUBLISH_EVERY: Duration = Duration::from_millis(4);
+
+fn open(addr: SocketAddr, source: Option<[u8; 4]>) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(ip) = source {
+        sock.bind(&SocketAddr::from((ip, 0)).into())?;
+    }
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    let (status, _) = http_exchange(
+        &mut s,
+        upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
+    );
+    if status != 101 {
+        return Err(std::io::Error::other(format!("upgrade: {status}")));
+    }
+    Ok(s)
+}
+
+fn send(s: &mut TcpStream, v: &Value) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Text, true, v.to_string().as_bytes(), MASK);
+    s.write_all(&out)
+}
+
+fn recv(s: &mut TcpStream) -> std::io::Result<Value> {
+    loop {
+        let (op, payload) = read_frame(s)?;
+        match op {
+            1 => return serde_json::from_slice(&payload).map_err(std::io::Error::other),
+            8 => return Err(std::io::Error::other("closed by server")),
+            _ => continue,
+        }
+    }
+}
+
+fn rss(addr: SocketAddr) -> u64 {
+    metric(addr, "corecast_rss_bytes")
+}
+
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "long: run by `make test` (60 s) and `make soak` (600 s)"]
+fn soak_loses_nothing_leaks_nothing() {
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let srv = TestServer::start(&["--cores", "2"]);
+    let addr = srv.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Long-lived subscribers: each checks the publisher's sequence, exactly once, in order.
+    let subs: Vec<_> = (0..SUBSCRIBERS)
+        .map(|i| {
+            let mut s = open(addr, None).expect("subscriber connect");
+            send(
+                &mut s,
+                &json!([i.to_string(), "j", "soak:main", "phx_join", {}]),
+            )
+            .unwrap();
+            assert_eq!(recv(&mut s).unwrap()[4]["status"], "ok");
+            std::thread::spawn(move || {
+                let mut next = 0u64;
+                loop {
+                    let v = recv(&mut s).expect("subscriber read");
+                    match v[3].as_str() {
+                        Some("tick") => {
+                            let seq = v[4]["seq"].as_u64().expect("seq");
+                            assert_eq!(seq, next, "subscriber {i}: lost or duplicated");
+                            next += 1;
+                        }
+                        Some("done") => {
+                            assert_eq!(v[4]["count"].as_u64(), Some(next), "subscriber {i}");
+                            return next;
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Churn: connect, join, push, leave or vanish, from many source addresses.
+    let cycles = Arc::new(AtomicU64::new(0));
+    let churn: Vec<_> = (0..CHURNERS)
+        .map(|c| {
+            let stop = stop.clone();
+            let cycles = cycles.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let src = [127, 0, (c + 1) as u8, (n % 250 + 2) as u8];
+                    let Ok(mut s) = open(addr, Some(src)) else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let topic = format!("soak:churn:{}", n % 7);
+                    let ok = send(&mut s, &json!(["1", "1", topic, "phx_join", {}])).is_ok()
+                        && recv(&mut s).is_ok()
+                        && send(&mut s, &json!(["1", "2", topic, "hello", {"n": n}])).is_ok()
+                        && recv(&mut s).is_ok();
+                    assert!(ok, "churn cycle failed");
+                    if n % 2 == 0 {
+                        // A clean close.
+                        let mut out = Vec::new();
+                        encode_masked(&mut out, OpCode::Close, true, &1000u16.to_be_bytes(), MASK);
+                        let _ = s.write_all(&out);
+                        let _ = read_frame(&mut s);
+                    } // else: just vanish
+                    cycles.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            })
+        })
+        .collect();
+
+    // The publisher, with a reader thread that drains its replies and own broadcasts.
+    let mut publisher = open(addr, None).expect("publisher");
+    send(
+        &mut publisher,
+        &json!(["p", "j", "soak:main", "phx_join", {}]),
+    )
+    .unwrap();
+    assert_eq!(recv(&mut publisher).unwrap()[4]["status"], "ok");
+    let mut reader = publisher.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut replies = 0u64;
+        while let Ok(v) = recv(&mut reader) {
+            if v[3] == "phx_reply" {
+                assert_eq!(v[4]["status"], "ok");
+                replies += 1;
+            }
+            if v[3] == "done" {
+                break;
+            }
+        }
+        replies
+    });
+
+    let start = Instant::now();
+    let mut seq = 0u64;
+    let mut samples = Vec::new();
+    let mut last_sample = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        send(
+            &mut publisher,
+            &json!(["p", seq.to_string(), "soak:main", "tick", {"seq": seq}]),
+        )
+        .unwrap();
+        seq += 1;
+        if last_sample.elapsed() >= Duration::from_secs(2) {
+            samples.push((start.elapsed().as_secs(), rss(addr)));
+            last_sample = Instant::now();
+        }
+        std::thread::sleep(PUBLISH_EVERY);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in churn {
+        t.join().expect("churner");
+    }
+    send(
+        &mut publisher,
+        &json!(["p", "end", "soak:main", "done", {"count": seq}]),
+    )
+    .unwrap();
+    let mut delivered = 0;
+    for t in subs {
+        let got = t.join().expect("subscriber");
+        assert_eq!(got, seq);
+        delivered += got;
+    }
+    let replies = drain.join().expect("publisher reader");
+    assert!(
+        replies >= seq,
+        "publisher got {replies} replies for {seq} pushes"
+    );
+
+    // No leaked sockets: the subscribers hung up after "done", the churners are gone; only the
+    // publisher remains open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut open_ws = metric(addr, "corecast_websockets");
+    while open_ws != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        open_ws = metric(addr, "corecast_websockets");
+    }
+    assert_eq!(open_ws, 1, "leaked sockets");
+    // No growth after warm-up: compare the end with the largest sample of the first fifth.
+    let warm_until = secs / 5;
+    let warm = samples
+        .iter()
+        .filter(|(t, _)| *t <= warm_until)
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(0);
+    let end = rss(addr);
+    println!(
+        "soak: {secs} s, {seq} broadcasts x {SUBSCRIBERS} subscribers = {delivered} deliveries, \
+         lost 0, duplicated 0, churn cycles {}, rss after warm-up {:.1} MiB, at end {:.1} MiB",
+        cycles.load(Ordering::Relaxed),
+        warm as f64 / 1048576.0,
+        end as f64 / 1048576.0
+    );
+    assert!(
+        end <= warm + 16 * 1024 * 1024,
+        "RSS grew from {warm} to {end} bytes; samples {samples:?}"
+    );
+}
