@@ -142,7 +142,7 @@ fn soak_loses_nothing_leaks_nothing() {
                         && send(&mut s, &json!(["1", "2", topic, "hello", {"n": n}])).is_ok()
                         && recv(&mut s).is_ok();
                     assert!(ok, "churn cycle failed");
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         // A clean close.
                         let mut out = Vec::new();
                         encode_masked(&mut out, OpCode::Close, true, &1000u16.to_be_bytes(), MASK);
