@@ -401,6 +401,30 @@ impl Shard {
         }
     }
 
+    /// Before closing sockets, let broadcasts already on their way between cores arrive, so they
+    /// are queued ahead of the close frames: wait (at most one second) until, over all cores,
+    /// every envelope sent has been received and no outbox holds any.
+    async fn settle_mesh(&self) {
+        if self.bus.borrow().is_none() {
+            return;
+        }
+        let all = &self.shared.stats;
+        let settled = || {
+            let sum = |f: fn(&Stats) -> &AtomicU64| -> u64 {
+                all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+            };
+            sum(|s| &s.mesh_backlog) == 0 && sum(|s| &s.mesh_sent) == sum(|s| &s.mesh_received)
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let mut calm = 0;
+        while calm < 2 && Instant::now() < deadline {
+            glommio::timer::sleep(TICK).await;
+            self.tick();
+            self.publish_mesh_stats();
+            calm = if settled() { calm + 1 } else { 0 };
+        }
+    }
+
     /// Tell every connection to close with 1001.
     fn signal_drain(&self) {
         for (_, slot) in self.slots.borrow_mut().iter_mut() {
@@ -439,6 +463,7 @@ impl Shard {
         acceptor.cancel().await;
         let open = self.connections();
         info!(core = self.id, open, "draining");
+        self.settle_mesh().await;
         self.signal_drain();
         let deadline = Instant::now() + self.cfg.shutdown_timeout();
         while self.connections() > 0 && Instant::now() < deadline {

@@ -1,0 +1,144 @@
+//! Slowloris and graceful drain, on real sockets.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, closed_within, http_exchange, read_frame, upgrade_request};
+use corecast::proto::frame::{OpCode, encode_masked};
+use serde_json::{Value, json};
+
+const MASK: [u8; 4] = [5, 6, 7, 8];
+
+fn phx(srv: &TestServer) -> TcpStream {
+    let mut s = srv.connect_tcp();
+    let (status, _) = http_exchange(
+        &mut s,
+        upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
+    );
+    assert_eq!(status, 101);
+    s
+}
+
+fn send(s: &mut TcpStream, v: &Value) {
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Text, true, v.to_string().as_bytes(), MASK);
+    s.write_all(&out).unwrap();
+}
+
+fn recv(s: &mut TcpStream) -> (u8, Value) {
+    let (op, payload) = read_frame(s).expect("frame");
+    if op == 8 {
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        return (8, json!(code));
+    }
+    (op, serde_json::from_slice(&payload).unwrap_or(Value::Null))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+#[test]
+fn slowloris_is_cut_at_the_handshake_timeout_while_others_are_served() {
+    let srv = TestServer::start(&["--cores", "2", "--handshake-timeout-ms", "1000"]);
+    // 300 that open TCP and send nothing, 100 that send the request one byte at a time.
+    let mut silent: Vec<TcpStream> = (0..300).map(|_| srv.connect_tcp()).collect();
+    let mut dribblers: Vec<TcpStream> = (0..100).map(|_| srv.connect_tcp()).collect();
+    let request = upgrade_request("/socket/websocket?vsn=2.0.0").into_bytes();
+    let mut legit = phx(&srv);
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        for d in dribblers.iter_mut() {
+            let _ = d.write_all(&request[i % request.len()..i % request.len() + 1]);
+        }
+        i += 1;
+        let t = Instant::now();
+        send(
+            &mut legit,
+            &json!([null, i.to_string(), "phoenix", "heartbeat", {}]),
+        );
+        let (_, v) = recv(&mut legit);
+        assert_eq!(v[4]["status"], "ok");
+        latencies.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in silent.iter_mut().chain(dribblers.iter_mut()) {
+        assert!(
+            closed_within(s, Duration::from_secs(3)),
+            "attacker still open"
+        );
+    }
+    latencies.sort();
+    println!(
+        "slowloris: 400 attackers cut after {:?}; {} heartbeats of a normal client during the attack: p50 {:?}, p99 {:?}, max {:?}",
+        start.elapsed(),
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+}
+
+#[test]
+fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
+    let mut srv = TestServer::start(&["--cores", "2", "--shutdown-timeout-ms", "5000"]);
+    let mut subs: Vec<TcpStream> = (0..20).map(|_| phx(&srv)).collect();
+    for (i, s) in subs.iter_mut().enumerate() {
+        send(
+            s,
+            &json!([i.to_string(), "j", "room:drain", "phx_join", {}]),
+        );
+        assert_eq!(recv(s).1[4]["status"], "ok");
+    }
+    let mut publisher = phx(&srv);
+    send(
+        &mut publisher,
+        &json!(["p", "j", "room:drain", "phx_join", {}]),
+    );
+    assert_eq!(recv(&mut publisher).1[4]["status"], "ok");
+    let n = 300;
+    for seq in 0..n {
+        send(
+            &mut publisher,
+            &json!(["p", seq.to_string(), "room:drain", "m", {"seq": seq}]),
+        );
+    }
+    // Wait until the server has taken every push (each is answered), then stop it at once.
+    let mut replies = 0;
+    while replies < n {
+        let (_, v) = recv(&mut publisher);
+        if v[3] == "phx_reply" {
+            replies += 1;
+        }
+    }
+    srv.terminate();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let mut next = 0;
+        loop {
+            match recv(s) {
+                (8, code) => {
+                    assert_eq!(code, json!(1001), "subscriber {i}");
+                    break;
+                }
+                (_, v) if v[3] == "m" => {
+                    assert_eq!(v[4]["seq"], next, "subscriber {i}");
+                    next += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(next, n, "subscriber {i} got {next} of {n} before the close");
+        let mut out = Vec::new();
+        encode_masked(&mut out, OpCode::Close, true, &1001u16.to_be_bytes(), MASK);
+        let _ = s.write_all(&out);
+    }
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("did not exit");
+    assert!(status.success());
+}
