@@ -6,11 +6,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, http_exchange, read_close_code, read_frame, upgrade_request};
+use common::{MASK, TestServer, http_exchange, read_close_code, upgrade_request};
 use corecast::proto::frame::{OpCode, encode_masked};
 use serde_json::{Value, json};
-
-const MASK: [u8; 4] = [1, 2, 3, 4];
 
 fn start(cfg: &str) -> TestServer {
     let dir = std::env::temp_dir().join(format!("corecast-abuse-{}", std::process::id()));
@@ -30,22 +28,6 @@ fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
     assert_eq!(status, 101, "{head}");
     let _ = srv;
     s
-}
-
-fn send(s: &mut TcpStream, v: &Value) {
-    let mut out = Vec::new();
-    encode_masked(&mut out, OpCode::Text, true, v.to_string().as_bytes(), MASK);
-    s.write_all(&out).unwrap();
-}
-
-fn recv(s: &mut TcpStream) -> Value {
-    loop {
-        let (op, payload) = read_frame(s).expect("frame");
-        if op == 1 {
-            return serde_json::from_slice(&payload).unwrap();
-        }
-        assert_ne!(op, 8, "unexpected close");
-    }
 }
 
 fn metric(srv: &TestServer, name: &str) -> u64 {
@@ -197,4 +179,12 @@ fn invalid_phoenix_input_never_hurts_the_server() {
     let long = "room:".to_string() + &"x".repeat(300);
     send(&mut s, &json!(["9", "9", long, "phx_join", {}]));
     assert_eq!(recv(&mut s)[4]["response"]["reason"], "unmatched topic");
+}
+
+fn send(s: &mut TcpStream, v: &Value) {
+    common::send_json(s, v).expect("send");
+}
+
+fn recv(s: &mut TcpStream) -> Value {
+    common::recv_json(s).expect("recv")
 }

@@ -6,11 +6,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, closed_within, http_exchange, read_frame, upgrade_request};
+use common::{Incoming, MASK, TestServer, closed_within, http_exchange, upgrade_request};
 use corecast::proto::frame::{OpCode, encode_masked};
 use serde_json::{Value, json};
-
-const MASK: [u8; 4] = [5, 6, 7, 8];
 
 fn phx(srv: &TestServer) -> TcpStream {
     let mut s = srv.connect_tcp();
@@ -20,21 +18,6 @@ fn phx(srv: &TestServer) -> TcpStream {
     );
     assert_eq!(status, 101);
     s
-}
-
-fn send(s: &mut TcpStream, v: &Value) {
-    let mut out = Vec::new();
-    encode_masked(&mut out, OpCode::Text, true, v.to_string().as_bytes(), MASK);
-    s.write_all(&out).unwrap();
-}
-
-fn recv(s: &mut TcpStream) -> (u8, Value) {
-    let (op, payload) = read_frame(s).expect("frame");
-    if op == 8 {
-        let code = u16::from_be_bytes([payload[0], payload[1]]);
-        return (8, json!(code));
-    }
-    (op, serde_json::from_slice(&payload).unwrap_or(Value::Null))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -62,8 +45,7 @@ fn slowloris_is_cut_at_the_handshake_timeout_while_others_are_served() {
             &mut legit,
             &json!([null, i.to_string(), "phoenix", "heartbeat", {}]),
         );
-        let (_, v) = recv(&mut legit);
-        assert_eq!(v[4]["status"], "ok");
+        assert!(matches!(recv(&mut legit), Incoming::Json(v) if v[4]["status"] == "ok"));
         latencies.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -93,14 +75,14 @@ fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
             s,
             &json!([i.to_string(), "j", "room:drain", "phx_join", {}]),
         );
-        assert_eq!(recv(s).1[4]["status"], "ok");
+        assert!(matches!(recv(s), Incoming::Json(v) if v[4]["status"] == "ok"));
     }
     let mut publisher = phx(&srv);
     send(
         &mut publisher,
         &json!(["p", "j", "room:drain", "phx_join", {}]),
     );
-    assert_eq!(recv(&mut publisher).1[4]["status"], "ok");
+    assert!(matches!(recv(&mut publisher), Incoming::Json(v) if v[4]["status"] == "ok"));
     let n = 300;
     for seq in 0..n {
         send(
@@ -111,8 +93,7 @@ fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
     // Wait until the server has taken every push (each is answered), then stop it at once.
     let mut replies = 0;
     while replies < n {
-        let (_, v) = recv(&mut publisher);
-        if v[3] == "phx_reply" {
+        if matches!(recv(&mut publisher), Incoming::Json(v) if v[3] == "phx_reply") {
             replies += 1;
         }
     }
@@ -121,11 +102,11 @@ fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
         let mut next = 0;
         loop {
             match recv(s) {
-                (8, code) => {
-                    assert_eq!(code, json!(1001), "subscriber {i}");
+                Incoming::Close(code) => {
+                    assert_eq!(code, Some(1001), "subscriber {i}");
                     break;
                 }
-                (_, v) if v[3] == "m" => {
+                Incoming::Json(v) if v[3] == "m" => {
                     assert_eq!(v[4]["seq"], next, "subscriber {i}");
                     next += 1;
                 }
@@ -141,4 +122,12 @@ fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
         .wait_exit(Duration::from_secs(10))
         .expect("did not exit");
     assert!(status.success());
+}
+
+fn send(s: &mut TcpStream, v: &Value) {
+    common::send_json(s, v).expect("send");
+}
+
+fn recv(s: &mut TcpStream) -> Incoming {
+    common::recv_incoming(s).expect("recv")
 }

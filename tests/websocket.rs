@@ -9,14 +9,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{
-    TestServer, closed_within, header, http_exchange, read_close_code, read_frame, upgrade_request,
+    MASK, TestServer, closed_within, header, http_exchange, read_close_code, read_frame,
+    upgrade_request,
 };
 use corecast::proto::frame::{OpCode, encode_masked};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, connect};
-
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 fn raw_open(srv: &TestServer) -> std::net::TcpStream {
     let mut s = srv.connect_tcp();

@@ -177,3 +177,54 @@ pub fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     }
     false
 }
+
+/// Mask used by the raw test clients.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// Send one JSON value as a masked text frame (a raw Phoenix V2 client).
+pub fn send_json(stream: &mut TcpStream, v: &serde_json::Value) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    corecast::proto::frame::encode_masked(
+        &mut out,
+        corecast::proto::frame::OpCode::Text,
+        true,
+        v.to_string().as_bytes(),
+        MASK,
+    );
+    stream.write_all(&out)
+}
+
+/// What a raw client reads next: a JSON text message or the server's close.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Json(serde_json::Value),
+    Close(Option<u16>),
+}
+
+/// Read the next text message or close frame, skipping other control frames.
+pub fn recv_incoming(stream: &mut TcpStream) -> std::io::Result<Incoming> {
+    loop {
+        let (op, payload) = read_frame(stream)?;
+        match op {
+            1 => {
+                return serde_json::from_slice(&payload)
+                    .map(Incoming::Json)
+                    .map_err(std::io::Error::other);
+            }
+            8 => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                return Ok(Incoming::Close(code));
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Read the next JSON text message; a close frame is an error.
+pub fn recv_json(stream: &mut TcpStream) -> std::io::Result<serde_json::Value> {
+    match recv_incoming(stream)? {
+        Incoming::Json(v) => Ok(v),
+        Incoming::Close(code) => Err(std::io::Error::other(format!("closed by server: {code:?}"))),
+    }
+}
