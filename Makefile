@@ -4,7 +4,9 @@ CARGO ?= cargo
 LISTEN ?= 0.0.0.0:4000
 FUZZ_SECONDS ?= 30
 
-.PHONY: run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+PREFIX ?= /usr/local
+
+.PHONY: install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -51,3 +53,15 @@ fuzz-tools:
 ## A short libFuzzer run of every fuzz target, starting from the committed seeds.
 fuzz-smoke: fuzz-tools
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## Preflight: every kernel/process limit too low for CONNS connections (default 2,000,000).
+preflight:
+	bash tuning/check.sh --conns $${CONNS:-2000000}
+
+## Raise kernel limits for CONNS connections (root); `make tune DRY=1` only prints.
+tune:
+	bash tuning/apply.sh --conns $${CONNS:-2000000} $(if $(DRY),--dry-run,)
+
+## Install binary, config (not overwritten) and systemd unit; `make install DRY=1` only prints.
+install: build
+	bash scripts/install.sh --prefix $(PREFIX) $(if $(DRY),--dry-run,)

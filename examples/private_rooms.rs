@@ -86,5 +86,5 @@ fn main() {
     };
     let server = start(cfg);
     println!("private_rooms listening on {}", server.local_addr());
-    server.join();
+    server.join().expect("server");
 }

@@ -165,7 +165,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.local_addr(),
         server.cores()
     );
-    server.join();
+    server
+        .join()
+        .map_err(|e| anyhow::anyhow!("a core stopped abnormally: {e}"))?;
     eprintln!("corecast: stopped");
     Ok(())
 }

@@ -27,6 +27,9 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// How long a core may take to come up before the start is declared failed.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A running server: one thread per core.
 pub struct Server {
     local_addr: SocketAddr,
@@ -85,6 +88,9 @@ impl Server {
             started: std::time::Instant::now(),
         });
         let mesh = (cores > 1).then(|| crate::mesh::mesh(cores));
+        // Each core reports once it is accepting; a core whose executor cannot start (e.g.
+        // RLIMIT_MEMLOCK too low for io_uring) drops its sender without a word.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
         let mut threads = Vec::with_capacity(cores);
         for (core, socket) in sockets.into_iter().enumerate() {
             // More cores than CPUs is allowed (e.g. tests); they share CPUs round-robin.
@@ -92,11 +98,14 @@ impl Server {
             let shared = shared.clone();
             let mesh = mesh.clone();
             let flag = shutdown.clone();
+            let ready = ready_tx.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("corecast-{core}"))
                 .spawn(move || async move {
                     let listener = sys::into_listener(socket);
-                    Shard::new(core, shared).run(listener, mesh, flag).await;
+                    Shard::new(core, shared)
+                        .run(listener, mesh, flag, ready)
+                        .await;
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -110,6 +119,28 @@ impl Server {
                         reason: e.to_string(),
                     });
                 }
+            }
+        }
+        drop(ready_tx);
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        for _ in 0..cores {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if ready_rx.recv_timeout(left).is_err() {
+                shutdown.store(true, Ordering::SeqCst);
+                let mut reasons = Vec::new();
+                for (core, t) in threads.into_iter().enumerate() {
+                    if let Err(e) = t.join() {
+                        reasons.push(format!("core {core}: {e}"));
+                    }
+                }
+                return Err(StartError::Executor {
+                    core: 0,
+                    reason: if reasons.is_empty() {
+                        "a core did not come up in time".into()
+                    } else {
+                        reasons.join("; ")
+                    },
+                });
             }
         }
         info!(%addr, cores, "listening");
@@ -136,10 +167,18 @@ impl Server {
         self.shutdown.store(true, Ordering::SeqCst);
     }
 
-    /// Wait until every core has stopped.
-    pub fn join(self) {
-        for t in self.threads {
-            let _ = t.join();
+    /// Wait until every core has stopped. An error names each core that died abnormally.
+    pub fn join(self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for (core, t) in self.threads.into_iter().enumerate() {
+            if let Err(e) = t.join() {
+                failed.push(format!("core {core}: {e}"));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
     }
 }

@@ -439,6 +439,7 @@ impl Shard {
         listener: TcpListener,
         mesh: Option<MeshBuilder<Envelope, Full>>,
         shutdown: Arc<AtomicBool>,
+        ready: std::sync::mpsc::Sender<usize>,
     ) {
         if let Some(mesh) = mesh {
             let me = Rc::downgrade(&self);
@@ -453,6 +454,8 @@ impl Shard {
             }
         }
         let acceptor = glommio::spawn_local(accept_loop(self.clone(), listener));
+        let _ = ready.send(self.id);
+        drop(ready);
         while !shutdown.load(Ordering::Relaxed) {
             glommio::timer::sleep(TICK).await;
             self.tick();

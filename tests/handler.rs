@@ -85,5 +85,5 @@ fn custom_handler_authorises_replies_and_survives_its_own_panic() {
     send(&mut other, json!([null, "1", "phoenix", "heartbeat", {}]));
     assert_eq!(recv(&mut other)[4]["status"], "ok");
     server.stop();
-    server.join();
+    server.join().expect("clean stop");
 }

@@ -139,3 +139,21 @@ fn bad_config_file_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lissten"), "{err}");
 }
+
+#[test]
+fn a_core_that_cannot_start_fails_the_process() {
+    // io_uring (glommio) needs RLIMIT_MEMLOCK >= 512 KiB; below it no executor can start, and
+    // the process must say so and exit non-zero (so a supervisor restarts or alerts).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 256 && exec {} serve --listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_corecast")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start executor"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "printed listening anyway");
+}
