@@ -188,3 +188,68 @@ fn send(s: &mut TcpStream, v: &Value) {
 fn recv(s: &mut TcpStream) -> Value {
     common::recv_json(s).expect("recv")
 }
+
+#[test]
+fn tokens_never_reach_the_log_even_at_trace() {
+    let dir = std::env::temp_dir().join(format!("corecast-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("auth.toml");
+    std::fs::write(&cfg, "auth_secret = \"k\"\nrequire_token = true\n").unwrap();
+    let log = dir.join("server.log");
+    let mut srv = TestServer::start_logging(
+        &["--cores", "2", "--config", cfg.to_str().unwrap()],
+        "trace",
+        &log,
+    );
+    let good = corecast::auth::mint(b"k", "alice", corecast::auth::now_unix() + 60);
+    let bad = corecast::auth::mint(b"wrong", "mallory", corecast::auth::now_unix() + 60);
+    for (token, want) in [(&good, 101), (&bad, 403)] {
+        let mut s = srv.connect_tcp();
+        let req = upgrade_request(&format!("/socket/websocket?vsn=2.0.0&token={token}"));
+        assert_eq!(http_exchange(&mut s, req.as_bytes()).0, want);
+    }
+    srv.terminate();
+    srv.wait_exit(Duration::from_secs(15)).expect("exit");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("token refused"),
+        "the refusal is logged (without the token)"
+    );
+    for token in [&good, &bad] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "token found in the log");
+    }
+}
+
+#[test]
+fn many_tiny_fragments_are_bounded_by_max_message() {
+    let srv = TestServer::start(&["--echo", "--max-message", "4096"]);
+    let open = || {
+        let mut s = srv.connect_tcp();
+        assert_eq!(
+            http_exchange(&mut s, upgrade_request("/echo").as_bytes()).0,
+            101
+        );
+        s
+    };
+    // 4,000 one-byte fragments: within the bound, echoed whole.
+    let mut s = open();
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, b"a", MASK);
+    for _ in 0..3998 {
+        encode_masked(&mut out, OpCode::Continuation, false, b"b", MASK);
+    }
+    encode_masked(&mut out, OpCode::Continuation, true, b"c", MASK);
+    s.write_all(&out).unwrap();
+    let (op, payload) = common::read_frame(&mut s).unwrap();
+    assert_eq!((op, payload.len()), (2, 4000));
+    // One more fragment than the bound allows: 1009.
+    let mut s = open();
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, b"a", MASK);
+    for _ in 0..5000 {
+        encode_masked(&mut out, OpCode::Continuation, false, b"b", MASK);
+    }
+    let _ = s.write_all(&out);
+    assert_eq!(read_close_code(&mut s), Some(1009));
+}

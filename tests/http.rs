@@ -155,5 +155,8 @@ fn a_core_that_cannot_start_fails_the_process() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot start executor"), "{err}");
-    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "printed listening anyway");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "printed listening anyway"
+    );
 }

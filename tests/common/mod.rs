@@ -15,12 +15,22 @@ pub struct TestServer {
 impl TestServer {
     /// Start `corecast serve --listen 127.0.0.1:0 <extra>` and wait for its "listening" line.
     pub fn start(extra: &[&str]) -> TestServer {
+        TestServer::spawn(extra, "warn", Stdio::inherit())
+    }
+
+    /// Like [`TestServer::start`] with logging at `level` written to `log`.
+    pub fn start_logging(extra: &[&str], level: &str, log: &std::path::Path) -> TestServer {
+        let file = std::fs::File::create(log).expect("log file");
+        TestServer::spawn(extra, level, Stdio::from(file))
+    }
+
+    fn spawn(extra: &[&str], level: &str, stderr: Stdio) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn corecast");
         let stdout = child.stdout.take().expect("stdout");
