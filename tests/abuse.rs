@@ -253,3 +253,60 @@ fn many_tiny_fragments_are_bounded_by_max_message() {
     let _ = s.write_all(&out);
     assert_eq!(read_close_code(&mut s), Some(1009));
 }
+
+#[test]
+fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
+    const SLOW: usize = 100;
+    const BOUND: u64 = 1 << 20;
+    let srv = start(&format!("out_queue_max_bytes = {BOUND}\n"));
+    let base = metric(&srv, "corecast_rss_bytes");
+    let mut slow = Vec::new();
+    for i in 0..SLOW {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        sock.connect(&srv.addr.into()).unwrap();
+        let mut s = phx_open(&srv, sock.into());
+        send(
+            &mut s,
+            &json!([i.to_string(), "1", "room:storm", "phx_join", {}]),
+        );
+        assert_eq!(recv(&mut s)[4]["status"], "ok");
+        slow.push(s); // and never read again
+    }
+    let mut publisher = phx_open(&srv, srv.connect_tcp());
+    send(
+        &mut publisher,
+        &json!(["p", "1", "room:storm", "phx_join", {}]),
+    );
+    assert_eq!(recv(&mut publisher)[4]["status"], "ok");
+    let body = "s".repeat(2000);
+    let mut peak = base;
+    for seq in 0..4000u64 {
+        send(
+            &mut publisher,
+            &json!(["p", seq.to_string(), "room:storm", "m", {"seq": seq, "b": body}]),
+        );
+        // The publisher reads its own reply and broadcast, so only the stalled ones back up.
+        recv(&mut publisher);
+        recv(&mut publisher);
+        if seq % 500 == 0 {
+            peak = peak.max(metric(&srv, "corecast_rss_bytes"));
+        }
+    }
+    peak = peak.max(metric(&srv, "corecast_rss_bytes"));
+    let closed = metric(&srv, "corecast_slow_consumer_closes_total");
+    let grew = peak.saturating_sub(base);
+    println!(
+        "storm: {SLOW} stalled subscribers, 4000 x 2 KB broadcasts: RSS grew {:.1} MiB at peak \
+         (bound {SLOW} x {} KiB = {:.0} MiB), {closed} closed with 1013",
+        grew as f64 / 1048576.0,
+        BOUND / 1024,
+        (SLOW as u64 * BOUND) as f64 / 1048576.0
+    );
+    assert_eq!(closed, SLOW as u64, "every stalled subscriber is closed");
+    assert!(
+        grew <= SLOW as u64 * BOUND,
+        "RSS grew {grew} bytes, over the queue bounds"
+    );
+}
