@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -65,3 +65,8 @@ tune:
 ## Install binary, config (not overwritten) and systemd unit; `make install DRY=1` only prints.
 install: build
 	bash scripts/install.sh --prefix $(PREFIX) $(if $(DRY),--dry-run,)
+
+## The same broadcast scenario against corecast and three baselines (tokio-tungstenite, Go
+## gorilla/websocket, Node ws), one run, ratios printed.
+peers:
+	bash scripts/peers.sh
