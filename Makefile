@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: bench bench-2m sim peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -70,3 +70,21 @@ install: build
 ## gorilla/websocket, Node ws), one run, ratios printed.
 peers:
 	bash scripts/peers.sh
+
+## Here, in a few minutes: 19k connections (memory per connection), a broadcast run, a one-topic
+## fan-out, then the 2 M no-socket simulation. Reports in reports/bench/<timestamp>/.
+bench: build
+	bash scripts/bench.sh
+	./target/release/corecast sim --conns 2000000 --cores 2 --topics 1
+
+sim: build
+	./target/release/corecast sim --conns $${CONNS:-2000000}
+
+## The 2 M scenario, for a tuned real box (see tuning/README.md). Refuses, without starting
+## anything, when the preflight finds a limit too low.
+bench-2m: build
+	@bash tuning/check.sh --conns 2000000 || { \
+	  echo "bench-2m: this machine is not ready for 2,000,000 connections (limits above)."; \
+	  echo "bench-2m: run 'make tune' as root on a box with >= 16 GB, then retry."; exit 1; }
+	BENCH_CONNECTIONS=2000000 BENCH_SERVER_NOFILE=2100000 BENCH_PER_PROCESS=250000 \
+	  BENCH_CONNECT_RATE=20000 bash scripts/bench.sh
