@@ -151,6 +151,8 @@ pub struct Shard {
     pub stats: Arc<Stats>,
     draining: Cell<bool>,
     next_generation: Cell<u32>,
+    /// Most connections seen since memory was last given back (see `maybe_release_memory`).
+    peak_connections: Cell<usize>,
     started: Instant,
 }
 
@@ -170,6 +172,7 @@ impl Shard {
             fbuf: RefCell::new(Vec::with_capacity(4096)),
             draining: Cell::new(false),
             next_generation: Cell::new(1),
+            peak_connections: Cell::new(0),
             started: Instant::now(),
         })
     }
@@ -390,6 +393,20 @@ impl Shard {
         }
     }
 
+    /// After a big drop in connections (at least 1,000 and half of the peak), shrink this core's
+    /// tables and hand freed heap back to the kernel, so RSS follows the load down.
+    fn maybe_release_memory(&self) {
+        let now = self.connections();
+        let peak = self.peak_connections.get().max(now);
+        if peak - now >= 1000 && now <= peak / 2 {
+            self.slots.borrow_mut().shrink_to_fit();
+            crate::sys::release_free_memory();
+            self.peak_connections.set(now);
+        } else {
+            self.peak_connections.set(peak);
+        }
+    }
+
     fn publish_mesh_stats(&self) {
         if let Some(bus) = self.bus.borrow().as_ref() {
             let st = &self.stats;
@@ -460,6 +477,7 @@ impl Shard {
             glommio::timer::sleep(TICK).await;
             self.tick();
             self.publish_mesh_stats();
+            self.maybe_release_memory();
         }
         // Drain: stop accepting, ask every connection to close, wait for them (bounded).
         self.draining.set(true);

@@ -131,3 +131,55 @@ fn send(s: &mut TcpStream, v: &Value) {
 fn recv(s: &mut TcpStream) -> Incoming {
     common::recv_incoming(s).expect("recv")
 }
+
+fn rss(srv: &TestServer) -> u64 {
+    let mut s = srv.connect_tcp();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("corecast_rss_bytes ")?.parse().ok())
+        .expect("corecast_rss_bytes")
+}
+
+#[test]
+fn memory_goes_back_down_after_a_mass_disconnect() {
+    let srv = TestServer::start(&["--cores", "2"]);
+    let before = rss(&srv);
+    let mut socks: Vec<TcpStream> = (0..3000).map(|_| phx(&srv)).collect();
+    for (i, s) in socks.iter_mut().enumerate() {
+        send(
+            s,
+            &json!([
+                i.to_string(),
+                "1",
+                format!("room:{}", i % 50),
+                "phx_join",
+                {}
+            ]),
+        );
+    }
+    for s in socks.iter_mut() {
+        assert!(matches!(recv(s), Incoming::Json(v) if v[4]["status"] == "ok"));
+    }
+    let loaded = rss(&srv);
+    drop(socks);
+    // The cores notice the drop on their next tick and give the memory back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = rss(&srv);
+    while after > before + (loaded - before) / 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss(&srv);
+    }
+    println!(
+        "memory: {:.1} MiB idle, {:.1} MiB with 3000 joined sockets, {:.1} MiB after they left",
+        before as f64 / 1048576.0,
+        loaded as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    assert!(loaded > before, "3000 sockets cost nothing?");
+    assert!(
+        after <= before + (loaded - before) / 2,
+        "RSS stayed up: {before} -> {loaded} -> {after}"
+    );
+}
