@@ -85,6 +85,26 @@ fn soak_loses_nothing_leaks_nothing() {
             )
             .unwrap();
             assert_eq!(recv(&mut s).unwrap()[4]["status"], "ok");
+            // Heartbeat like phoenix.js (every 30 s; here every 20 s), from a writer clone, so
+            // the server's 60 s idle timeout never fires on a live subscriber.
+            let mut writer = s.try_clone().unwrap();
+            let hb_stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                loop {
+                    for _ in 0..200 {
+                        if hb_stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    n += 1;
+                    let hb = json!([null, format!("hb{n}"), "phoenix", "heartbeat", {}]);
+                    if send(&mut writer, &hb).is_err() {
+                        return;
+                    }
+                }
+            });
             std::thread::spawn(move || {
                 let mut next = 0u64;
                 loop {
