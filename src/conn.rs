@@ -528,9 +528,7 @@ impl Conn {
         frame::encode_close(&mut out, code, reason);
         self.enqueue(out);
         self.shard.stats.close_sent(code);
-        self.phase = Phase::Closing { shut: false };
-        self.shard
-            .set_deadline(self.key, Some(self.shard.cfg.close_timeout()));
+        self.close_after_queued();
     }
 
     /// Queue a plain HTTP response and close after it.
@@ -538,17 +536,18 @@ impl Conn {
         let mut out = Vec::with_capacity(160 + body.len());
         handshake::write_response(&mut out, status, ctype, body, extra, false);
         self.enqueue(out);
+        self.close_after_queued();
+    }
+
+    /// Move to Closing behind what is queued, with the close deadline running.
+    fn close_after_queued(&mut self) {
         self.phase = Phase::Closing { shut: false };
         self.shard
             .set_deadline(self.key, Some(self.shard.cfg.close_timeout()));
     }
 
     fn enqueue(&mut self, bytes: Vec<u8>) {
-        let mut slots = self.shard.slots.borrow_mut();
-        if let Some(slot) = slots.get_mut(self.key) {
-            slot.out_bytes = slot.out_bytes.saturating_add(bytes.len() as u32);
-            slot.outq.push_back(Arc::from(bytes));
-        }
+        self.shard.queue_own(self.key, Arc::from(bytes));
     }
 
     /// Write queued frames until the queue is empty (Ready(Ok)) or the socket is full (Pending).

@@ -59,6 +59,12 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Append a frame to the outbound queue, keeping `out_bytes` in step.
+    pub fn push(&mut self, frame: Arc<[u8]>) {
+        self.out_bytes = self.out_bytes.saturating_add(frame.len() as u32);
+        self.outq.push_back(frame);
+    }
+
     /// Wake the task, if it is waiting.
     pub fn wake(&mut self) {
         if let Some(w) = self.waker.take() {
@@ -204,19 +210,27 @@ impl Shard {
         Ok(out)
     }
 
-    /// Queue one frame on a local connection (its own reply or echo). Returns false if the
-    /// connection is gone. Replies are not bounded here: the connection stops reading while its
-    /// queue is over the bound, so the peer cannot make it grow.
-    pub fn enqueue(&self, key: usize, frame: Arc<[u8]>) -> bool {
+    /// Queue bytes on a connection from inside that connection's own poll (its replies, echoes,
+    /// close frame, HTTP response). No wake: the connection flushes before it waits again.
+    /// Replies are not bounded here: the connection stops reading while its queue is over the
+    /// bound, so the peer cannot make it grow. Returns false if the connection is gone.
+    pub fn queue_own(&self, key: usize, bytes: Arc<[u8]>) -> bool {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(key) else {
             return false;
         };
-        slot.out_bytes = slot.out_bytes.saturating_add(frame.len() as u32);
-        slot.outq.push_back(frame);
-        Stats::bump(&self.stats.frames_out);
-        slot.wake();
+        slot.push(bytes);
         true
+    }
+
+    /// Queue one WebSocket frame on a connection from inside its own poll, counted in
+    /// `frames_out`; see [`Shard::queue_own`].
+    pub fn enqueue(&self, key: usize, frame: Arc<[u8]>) -> bool {
+        let queued = self.queue_own(key, frame);
+        if queued {
+            Stats::bump(&self.stats.frames_out);
+        }
+        queued
     }
 
     /// Publish a framed broadcast on `topic`: this core's subscribers now, every other core's
@@ -252,8 +266,7 @@ impl Shard {
                 slot.wake();
                 return;
             }
-            slot.out_bytes = slot.out_bytes.saturating_add(frame.len() as u32);
-            slot.outq.push_back(frame.clone());
+            slot.push(frame.clone());
             delivered += 1;
             slot.wake();
         });
