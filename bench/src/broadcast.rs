@@ -11,15 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::{Instant, sleep};
 
-use crate::cli::{BroadcastArgs, Target, Via, parse_source_ips, split, workers_needed};
-use crate::connect::topic_names;
+use crate::cli::{BroadcastArgs, Target, Via};
 use crate::hist::{self, Percentiles};
-use crate::pool::Pool;
+use crate::pool::{self, Pool};
 use crate::probe::{Prober, Sample};
 use crate::publish::{self, Outcome, Plan, publisher_topics};
 use crate::report::{self, Header, counter_delta, kernel_delta};
 use crate::tally::{Accounting, account, expected_deliveries};
-use crate::worker::{Rx, Spec};
+use crate::worker::Rx;
 
 #[derive(Serialize)]
 struct Params {
@@ -98,37 +97,11 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         "rates must be > 0"
     );
     let target = Target::from_url(&c.url)?;
-    let ips = parse_source_ips(&c.source_ips)?;
     let n = args.subscribers;
-    let workers = workers_needed(n, c.workers, c.per_process);
-    let topics = topic_names(&c.topic_prefix, args.topics);
-    let ramp_limit = Duration::from_secs_f64(n as f64 / args.connect_rate * 2.0 + 30.0)
-        + Duration::from_millis(c.connect_timeout_ms);
     let run_secs = args.warmup_secs + args.measure_secs + args.drain_secs;
-    let lifetime = ramp_limit.as_secs() + run_secs + 120;
-    let specs = split(n, workers)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first, count))| Spec {
-            index,
-            url: c.url.clone(),
-            source_ips: ips.clone(),
-            first,
-            count,
-            topics: topics.clone(),
-            rate: args.connect_rate * count as f64 / n as f64,
-            max_inflight: (c.max_inflight / workers).max(1),
-            connect_timeout_ms: c.connect_timeout_ms,
-            heartbeat_secs: c.heartbeat_secs,
-            progress_ms: 200,
-            lifetime_secs: lifetime,
-        })
-        .collect();
-    let prober = Prober {
-        target: target.clone(),
-        server_pid: c.server_pid,
-        use_metrics: !c.no_metrics,
-    };
+    let fleet = pool::plan(c, n, args.connect_rate, args.topics, run_secs, 200)?;
+    let (workers, topics, ramp_limit) = (fleet.workers, fleet.topics, fleet.ramp_limit);
+    let prober = Prober::from_options(target.clone(), c);
     let label = c.label.clone().unwrap_or_else(|| "broadcast".into());
     eprintln!(
         "[{label}] {n} subscribers over {} topics, {} publishers via {:?} at {} msgs/s, {workers} workers",
@@ -137,7 +110,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         args.via,
         args.rate
     );
-    let pool = Pool::spawn(&label, specs).await?;
+    let pool = Pool::spawn(&label, fleet.specs).await?;
     let ready = pool.wait_ready(ramp_limit).await;
     let mut subs = vec![0u64; topics.len()];
     for r in &ready {
@@ -284,7 +257,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             drain_secs_max: args.drain_secs,
             payload_bytes: args.payload_bytes,
             workers,
-            source_ips: ips.len(),
+            source_ips: fleet.source_ips,
         },
         results,
         server_counters,

@@ -7,12 +7,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::{Instant, sleep};
 
-use crate::cli::{ConnectArgs, Target, parse_source_ips, split, workers_needed};
+use crate::cli::{ConnectArgs, Target};
 use crate::hist::{self, Percentiles};
-use crate::pool::Pool;
+use crate::pool::{self, Pool};
 use crate::probe::{Prober, Sample};
 use crate::report::{self, Header, counter_delta, kernel_delta, per_conn};
-use crate::worker::{Report, Spec};
+use crate::worker::Report;
 
 #[derive(Serialize)]
 struct Params {
@@ -89,44 +89,25 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.connections > 0, "--connections must be > 0");
     anyhow::ensure!(args.rate > 0.0, "--rate must be > 0");
     let target = Target::from_url(&c.url)?;
-    let ips = parse_source_ips(&c.source_ips)?;
     let n = args.connections;
-    let workers = workers_needed(n, c.workers, c.per_process);
-    let topics = topic_names(&c.topic_prefix, args.topics);
-    let ramp_limit = Duration::from_secs_f64(n as f64 / args.rate * 2.0 + 30.0)
-        + Duration::from_millis(c.connect_timeout_ms);
-    let lifetime = ramp_limit.as_secs() + args.settle_secs + args.hold_secs + 120;
-    let specs = split(n, workers)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (first, count))| Spec {
-            index,
-            url: c.url.clone(),
-            source_ips: ips.clone(),
-            first,
-            count,
-            topics: topics.clone(),
-            rate: args.rate * count as f64 / n as f64,
-            max_inflight: (c.max_inflight / workers).max(1),
-            connect_timeout_ms: c.connect_timeout_ms,
-            heartbeat_secs: c.heartbeat_secs,
-            progress_ms: 500,
-            lifetime_secs: lifetime,
-        })
-        .collect();
-    let prober = Prober {
-        target,
-        server_pid: c.server_pid,
-        use_metrics: !c.no_metrics,
-    };
+    let fleet = pool::plan(
+        c,
+        n,
+        args.rate,
+        args.topics,
+        args.settle_secs + args.hold_secs,
+        500,
+    )?;
+    let (workers, topics, ramp_limit) = (fleet.workers, fleet.topics, fleet.ramp_limit);
+    let prober = Prober::from_options(target, c);
     eprintln!(
         "[connect] {n} connections at {}/s over {} topics, {workers} workers, {} source addresses",
         args.rate,
         topics.len(),
-        ips.len()
+        fleet.source_ips
     );
     let before = prober.sample().await;
-    let pool = Pool::spawn("connect", specs).await?;
+    let pool = Pool::spawn("connect", fleet.specs).await?;
     pool.wait_ready(ramp_limit).await;
     let ready_at = Instant::now();
     sleep(Duration::from_secs(args.settle_secs)).await;
@@ -193,7 +174,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
             settle_secs: args.settle_secs,
             heartbeat_secs: c.heartbeat_secs,
             workers,
-            source_ips: ips.len(),
+            source_ips: fleet.source_ips,
             max_inflight: c.max_inflight,
             connect_timeout_ms: c.connect_timeout_ms,
         },

@@ -11,8 +11,63 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::{Instant, sleep};
 
+use crate::cli::{Common, parse_source_ips, split, workers_needed};
+use crate::connect::topic_names;
 use crate::session::lock;
 use crate::worker::{Event, Progress, Ready, Report, Spec};
+
+/// What both scenarios start: `n` sockets over `topics` topics, opened at `rate` per second in
+/// total, split over enough worker processes, each told how long it may live.
+pub struct Fleet {
+    pub workers: usize,
+    pub source_ips: usize,
+    pub topics: Vec<String>,
+    pub specs: Vec<Spec>,
+    /// How long the ramp may take before the parent stops waiting for it.
+    pub ramp_limit: Duration,
+}
+
+/// Plan a fleet. `busy_secs` is how long the scenario keeps the sockets after the ramp.
+pub fn plan(
+    c: &Common,
+    n: usize,
+    rate: f64,
+    topics: usize,
+    busy_secs: u64,
+    progress_ms: u64,
+) -> anyhow::Result<Fleet> {
+    let ips = parse_source_ips(&c.source_ips)?;
+    let workers = workers_needed(n, c.workers, c.per_process);
+    let topics = topic_names(&c.topic_prefix, topics);
+    let ramp_limit = Duration::from_secs_f64(n as f64 / rate * 2.0 + 30.0)
+        + Duration::from_millis(c.connect_timeout_ms);
+    let lifetime = ramp_limit.as_secs() + busy_secs + 120;
+    let specs = split(n, workers)
+        .into_iter()
+        .enumerate()
+        .map(|(index, (first, count))| Spec {
+            index,
+            url: c.url.clone(),
+            source_ips: ips.clone(),
+            first,
+            count,
+            topics: topics.clone(),
+            rate: rate * count as f64 / n as f64,
+            max_inflight: (c.max_inflight / workers).max(1),
+            connect_timeout_ms: c.connect_timeout_ms,
+            heartbeat_secs: c.heartbeat_secs,
+            progress_ms,
+            lifetime_secs: lifetime,
+        })
+        .collect();
+    Ok(Fleet {
+        workers,
+        source_ips: ips.len(),
+        topics,
+        specs,
+        ramp_limit,
+    })
+}
 
 #[derive(Default)]
 struct State {

@@ -66,6 +66,15 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// The prober the command-line options ask for (`--server-pid`, `--no-metrics`).
+    pub fn from_options(target: Target, c: &crate::cli::Common) -> Prober {
+        Prober {
+            target,
+            server_pid: c.server_pid,
+            use_metrics: !c.no_metrics,
+        }
+    }
+
     pub async fn sample(&self) -> Sample {
         let mut s = Sample {
             at_ns: crate::proto::now_ns(),
