@@ -243,8 +243,10 @@ pub fn metrics(shard: &Shard) -> Answer {
         }
     }
     // Envelopes on the SPSC rings right now: sent by some core, not yet taken by the receiver.
-    let total = |f: Getter| -> u64 { all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum() };
-    let in_flight = total(|s| &s.mesh_sent).saturating_sub(total(|s| &s.mesh_received));
+    let shared = &shard.shared;
+    let in_flight = shared
+        .total(|s| &s.mesh_sent)
+        .saturating_sub(shared.total(|s| &s.mesh_received));
     let _ = writeln!(
         out,
         "# HELP corecast_mesh_in_flight Broadcasts on the cross-core rings (all cores, 100 ms resolution).\n# TYPE corecast_mesh_in_flight gauge\ncorecast_mesh_in_flight {in_flight}"

@@ -137,6 +137,16 @@ pub struct Shared {
     pub started: Instant,
 }
 
+impl Shared {
+    /// One counter summed over every core.
+    pub fn total(&self, counter: fn(&Stats) -> &AtomicU64) -> u64 {
+        self.stats
+            .iter()
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// One core's state.
 pub struct Shard {
     pub id: usize,
@@ -438,12 +448,10 @@ impl Shard {
         if self.bus.borrow().is_none() {
             return;
         }
-        let all = &self.shared.stats;
         let settled = || {
-            let sum = |f: fn(&Stats) -> &AtomicU64| -> u64 {
-                all.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
-            };
-            sum(|s| &s.mesh_backlog) == 0 && sum(|s| &s.mesh_sent) == sum(|s| &s.mesh_received)
+            let total = |f| self.shared.total(f);
+            total(|s| &s.mesh_backlog) == 0
+                && total(|s| &s.mesh_sent) == total(|s| &s.mesh_received)
         };
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
         let mut calm = 0;
