@@ -126,6 +126,12 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
         |s| &s.accept_errors,
     ),
     (
+        "corecast_poll_rearms_total",
+        "counter",
+        "Socket polls the kernel ended (a readiness burst past ring_entries) and re-armed.",
+        |s| &s.poll_rearms,
+    ),
+    (
         "corecast_handshake_timeouts_total",
         "counter",
         "Connections dropped at the handshake timeout.",

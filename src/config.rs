@@ -63,6 +63,11 @@ pub struct Config {
     /// Messages (frames of any kind) a socket may send per second, averaged over a one-second
     /// bucket; a socket over it is closed with 1008. 0: no limit.
     pub max_messages_per_sec: u32,
+    /// Completion-queue entries of each core's readiness ring: how many socket readiness events
+    /// one core can take in a burst before the kernel holds the rest back (then connections
+    /// re-arm their polls, which costs time, not messages). Power of two, 16 to 65,536 (the
+    /// kernel's limit).
+    pub ring_entries: u32,
 }
 
 impl Default for Config {
@@ -91,6 +96,7 @@ impl Default for Config {
             mesh_outbox: 65_536,
             check_origin: Vec::new(),
             max_messages_per_sec: 0,
+            ring_entries: 16_384,
         }
     }
 }
@@ -159,6 +165,9 @@ impl Config {
         if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.idle_timeout_ms == 0
         {
             return bad("timeouts must be > 0");
+        }
+        if !self.ring_entries.is_power_of_two() || !(16..=1 << 16).contains(&self.ring_entries) {
+            return bad("ring_entries must be a power of two from 16 to 65536");
         }
         if self.require_token && self.auth_secret.is_none() {
             return bad("require_token needs auth_secret");
@@ -299,5 +308,11 @@ mod tests {
         assert!(Config::from_toml("require_token = true").is_err());
         assert!(Config::from_toml("max_frame = 0").is_err());
         assert!(Config::from_toml("backlog = 0").is_err());
+        for bad in [0, 8, 1000, 1 << 17] {
+            assert!(Config::from_toml(&format!("ring_entries = {bad}")).is_err(), "{bad}");
+        }
+        for good in [16, 4096, 65536] {
+            assert!(Config::from_toml(&format!("ring_entries = {good}")).is_ok(), "{good}");
+        }
     }
 }

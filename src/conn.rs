@@ -1,19 +1,20 @@
 //! One connection's state machine: HTTP request -> (upgrade) WebSocket -> closing -> done.
 //!
-//! A connection is one glommio task that owns its socket and its protocol state; the core's slot
-//! ([`crate::shard::Slot`]) holds the outbound queue and the waker. The task is a hand-written
+//! A connection is one glommio task that owns its socket (a non-blocking `std::net::TcpStream`)
+//! and its protocol state; the core's slot ([`crate::shard::Slot`]) holds the outbound queue, the
+//! waker and the readiness bits the core's [`crate::reactor`] sets. The task is a hand-written
 //! `poll` so that a read borrows the core's scratch buffer only for the duration of one
 //! non-blocking `recv` and the parse that follows: nothing is held across a wait, so an idle
 //! connection holds no read buffer.
 
 use std::future::Future;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use tracing::trace;
 
 use crate::auth;
@@ -22,7 +23,8 @@ use crate::handler::ConnectInfo;
 use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode};
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::proto::phoenix::Frame;
-use crate::shard::{Shard, Stats, WRITE_COALESCE, signal};
+use crate::reactor::ready;
+use crate::shard::{Shard, Slot, Stats, WRITE_COALESCE, signal};
 
 /// Frames at least this big are written straight from their buffer instead of being coalesced.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -64,13 +66,18 @@ enum Phase {
     Closing { shut: bool },
 }
 
-/// Serve one accepted connection until it is closed. Runs as its own task on the accepting core.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let (key, generation) = shard.open_slot();
+/// Serve one accepted connection (already in slot `key`, watched by the reactor) until it is
+/// closed: the returned future is the connection's whole task state (see
+/// `connection_task_state_is_small`). Spawned as its own task on the accepting core.
+pub fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    key: usize,
+    generation: u32,
+) -> impl Future<Output = ()> {
     shard.set_deadline(key, Some(shard.cfg.handshake_timeout()));
     let rate_left = shard.cfg.max_messages_per_sec;
-    let conn = Conn {
+    Conn {
         shard,
         stream,
         key,
@@ -79,8 +86,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         rate_tick: 0,
         out_off: 0,
         phase: Phase::Http { buf: Vec::new() },
-    };
-    conn.await;
+    }
 }
 
 struct Conn {
@@ -99,6 +105,16 @@ struct Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.leave_open();
+        let write_armed = self
+            .shard
+            .slots
+            .borrow()
+            .get(self.key)
+            .is_some_and(|s| s.io & ready::WRITE_ARMED != 0);
+        if let Some(io) = self.shard.io() {
+            // Before the socket closes (when `stream` drops, right after this).
+            io.forget(self.key, self.generation, write_armed);
+        }
         self.shard.close_slot(self.key);
     }
 }
@@ -166,7 +182,7 @@ impl Conn {
             }
 
             // 2. Write what is queued.
-            let flushed = match self.poll_flush(cx) {
+            let flushed = match self.poll_flush() {
                 Poll::Ready(Ok(())) => true,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Pending => false,
@@ -177,7 +193,7 @@ impl Conn {
             {
                 *shut = true;
                 // Half-close: the peer sees our last bytes followed by FIN.
-                if Pin::new(&mut self.stream).poll_close(cx).is_ready() {
+                if self.stream.shutdown(Shutdown::Write).is_ok() {
                     trace!(key = self.key, "write side shut");
                 }
             }
@@ -198,7 +214,7 @@ impl Conn {
                 return Poll::Pending;
             }
             reads += 1;
-            match self.poll_read_and_handle(cx) {
+            match self.poll_read_and_handle() {
                 Poll::Ready(Step::Continue) => continue,
                 Poll::Ready(Step::Finished) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
@@ -206,14 +222,37 @@ impl Conn {
         }
     }
 
-    /// Read once into the core's scratch buffer and act on the bytes before returning.
-    fn poll_read_and_handle(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+    /// Read once into the core's scratch buffer and act on the bytes before returning. Pending
+    /// when the socket has nothing: the reactor wakes the task when it has.
+    fn poll_read_and_handle(&mut self) -> Poll<Step> {
         let shard = self.shard.clone();
+        {
+            let mut slots = shard.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(self.key) else {
+                return Poll::Ready(Step::Finished);
+            };
+            if slot.io & ready::REARM != 0 {
+                slot.io &= !ready::REARM;
+                if let Some(io) = shard.io() {
+                    io.watch(&self.stream, self.key, self.generation);
+                }
+            }
+            if slot.io & ready::READABLE == 0 {
+                return Poll::Pending;
+            }
+        }
         let mut scratch = shard.scratch.borrow_mut();
-        let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => return Poll::Ready(Step::Finished),
-            Poll::Ready(Ok(n)) => n,
+        let n = match (&self.stream).read(&mut scratch[..]) {
+            Ok(0) => return Poll::Ready(Step::Finished),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if let Some(slot) = shard.slots.borrow_mut().get_mut(self.key) {
+                    slot.io &= !ready::READABLE;
+                }
+                return Poll::Pending;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Poll::Ready(Step::Continue),
+            Err(_) => return Poll::Ready(Step::Finished),
         };
         let input = &mut scratch[..n];
         let step = match &mut self.phase {
@@ -550,8 +589,9 @@ impl Conn {
         self.shard.queue_own(self.key, Arc::from(bytes));
     }
 
-    /// Write queued frames until the queue is empty (Ready(Ok)) or the socket is full (Pending).
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    /// Write queued frames until the queue is empty (Ready(Ok)) or the socket is full (Pending,
+    /// with a write poll armed).
+    fn poll_flush(&mut self) -> Poll<std::io::Result<()>> {
         loop {
             let mut slots = self.shard.slots.borrow_mut();
             let Some(slot) = slots.get_mut(self.key) else {
@@ -564,12 +604,8 @@ impl Conn {
                 return Poll::Ready(Ok(()));
             };
             let off = self.out_off as usize;
-            let written = if front.len() - off >= DIRECT_WRITE || slot.outq.len() == 1 {
-                match Pin::new(&mut self.stream).poll_write(cx, &front[off..]) {
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
+            let result = if front.len() - off >= DIRECT_WRITE || slot.outq.len() == 1 {
+                (&self.stream).write(&front[off..])
             } else {
                 let mut wbuf = self.shard.wbuf.borrow_mut();
                 wbuf.clear();
@@ -580,15 +616,18 @@ impl Conn {
                     }
                     wbuf.extend_from_slice(f);
                 }
-                match Pin::new(&mut self.stream).poll_write(cx, &wbuf) {
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
+                (&self.stream).write(&wbuf)
             };
-            if written == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
+            let written = match result {
+                Ok(0) => return Poll::Ready(Err(ErrorKind::WriteZero.into())),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.wait_writable(slot);
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             slot.out_bytes = slot.out_bytes.saturating_sub(written as u32);
             Stats::add(&self.shard.stats.bytes_out, written as u64);
             let mut left = written;
@@ -608,6 +647,16 @@ impl Conn {
             }
         }
     }
+
+    /// The socket is full: have the reactor wake us when it has room (once per wait).
+    fn wait_writable(&self, slot: &mut Slot) {
+        if slot.io & ready::WRITE_ARMED == 0
+            && let Some(io) = self.shard.io()
+        {
+            slot.io |= ready::WRITE_ARMED;
+            io.want_write(&self.stream, self.key, self.generation);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -616,16 +665,20 @@ mod tests {
 
     #[test]
     fn connection_task_state_is_small() {
-        // The task's own state: socket, slot key, phase (which holds the frame decoder).
-        // Budget (x86_64): decoder 56 + session 40 + endpoint/discriminant 8 = 104 for the phase;
-        // the connection adds the glommio socket, the core handle, key, generation, offset.
+        // The task's own state (the future `serve` returns is the `Conn` itself): socket, core
+        // handle, slot key, generation, rate bucket, write offset, phase.
+        // Budget (x86_64): phase 104 (decoder 56 + session 40 + endpoint/discriminant 8) +
+        // shard 8 + socket 4 + key 8 + generation 4 + rate 8 + offset 4 = 140, padded to 144.
+        // glommio adds a 40-byte task header and its scheduling handle around it.
         let conn = std::mem::size_of::<Conn>();
         let phase = std::mem::size_of::<Phase>();
-        println!(
-            "Conn {conn} B, Phase {phase} B, TcpStream {} B",
-            std::mem::size_of::<TcpStream>()
+        println!("Conn {conn} B, Phase {phase} B");
+        assert_eq!(
+            std::mem::size_of::<TcpStream>(),
+            4,
+            "the socket is a bare descriptor"
         );
         assert!(phase <= 104, "Phase is {phase} bytes");
-        assert!(conn <= 256, "Conn is {conn} bytes");
+        assert!(conn <= 144, "Conn is {conn} bytes");
     }
 }

@@ -16,6 +16,7 @@ pub mod conn;
 pub mod handler;
 pub mod mesh;
 pub mod proto;
+pub mod reactor;
 pub mod server;
 pub mod shard;
 pub mod sim;

@@ -102,7 +102,7 @@ impl Server {
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("corecast-{core}"))
                 .spawn(move || async move {
-                    let listener = sys::into_listener(socket);
+                    let listener = std::net::TcpListener::from(socket);
                     Shard::new(core, shared)
                         .run(listener, mesh, flag, ready)
                         .await;

@@ -4,7 +4,7 @@
 //! A connection's socket and protocol state live in its own task ([`crate::conn`]); the shard
 //! keeps only what other parts of the core must reach: the outbound queue, the waker, the deadline.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,14 +13,14 @@ use std::task::Waker;
 use std::time::Instant;
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
-use glommio::net::TcpListener;
 use slab::Slab;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::mesh::{Bus, Envelope};
 use crate::proto::frame::{self, OpCode};
+use crate::reactor::{self, Reactor, ready};
 use crate::topics::Topics;
 use crate::wheel::{Entry, TICK, Wheel};
 
@@ -41,8 +41,8 @@ pub mod signal {
 
 /// What the core keeps per connection (besides the connection task itself).
 ///
-/// Layout (x86_64): waker 16 + queue 32 + out_bytes 4 + generation 4 + deadline 4 + signals 1,
-/// padded to 64 bytes. Checked by `slot_is_small` below.
+/// Layout (x86_64): waker 16 + queue 32 + out_bytes 4 + generation 4 + deadline 4 + signals 1 +
+/// io 1, padded to 64 bytes. Checked by `slot_is_small` below.
 pub struct Slot {
     /// Wakes the connection task when something is queued or a signal is set.
     pub waker: Option<Waker>,
@@ -56,6 +56,8 @@ pub struct Slot {
     pub deadline: u32,
     /// Bit set of [`signal`] values.
     pub signals: u8,
+    /// Bit set of [`reactor::ready`] values: socket readiness, kept by the core's reactor.
+    pub io: u8,
 }
 
 impl Slot {
@@ -84,6 +86,9 @@ pub struct Stats {
     pub upgraded: AtomicU64,
     pub http_requests: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Multishot polls the kernel ended (e.g. a burst past `ring_entries`) and the connection
+    /// re-armed.
+    pub poll_rearms: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub frames_in: AtomicU64,
@@ -165,6 +170,8 @@ pub struct Shard {
     /// Where outgoing frames are built before their one copy into a shared buffer.
     fbuf: RefCell<Vec<u8>>,
     pub stats: Arc<Stats>,
+    /// The core's readiness reactor (set when the core starts serving; the simulation has none).
+    io: OnceCell<Reactor>,
     draining: Cell<bool>,
     next_generation: Cell<u32>,
     /// Most connections seen since memory was last given back (see `maybe_release_memory`).
@@ -186,11 +193,17 @@ impl Shard {
             scratch: RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice()),
             wbuf: RefCell::new(Vec::with_capacity(WRITE_COALESCE)),
             fbuf: RefCell::new(Vec::with_capacity(4096)),
+            io: OnceCell::new(),
             draining: Cell::new(false),
             next_generation: Cell::new(1),
             peak_connections: Cell::new(0),
             started: Instant::now(),
         })
+    }
+
+    /// The core's reactor, once the core serves sockets.
+    pub fn io(&self) -> Option<&Reactor> {
+        self.io.get()
     }
 
     /// The channel handler.
@@ -338,6 +351,8 @@ impl Shard {
             generation,
             deadline: 0,
             signals: 0,
+            // Optimistic: the first read finds out (a request often arrives with the connection).
+            io: ready::READABLE,
         });
         Stats::bump(&self.stats.connections);
         (key, generation)
@@ -474,7 +489,7 @@ impl Shard {
     /// Run this core until `shutdown` is set and the drain has finished (or timed out).
     pub async fn run(
         self: Rc<Self>,
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         mesh: Option<MeshBuilder<Envelope, Full>>,
         shutdown: Arc<AtomicBool>,
         ready: std::sync::mpsc::Sender<usize>,
@@ -491,18 +506,28 @@ impl Shard {
                 Err(e) => warn!(core = self.id, error = %e, "cannot join the core mesh"),
             }
         }
-        let acceptor = glommio::spawn_local(accept_loop(self.clone(), listener));
+        let io = match Reactor::new(self.id, self.cfg.ring_entries) {
+            Ok(io) => self.io.get_or_init(|| io),
+            Err(e) => {
+                // Not reporting ready fails the start with this core named.
+                warn!(core = self.id, error = %e, "cannot create the core's io_uring");
+                return;
+            }
+        };
+        let driver = glommio::spawn_local(reactor::drive(self.clone()));
+        io.listen(listener);
         let _ = ready.send(self.id);
         drop(ready);
         while !shutdown.load(Ordering::Relaxed) {
             glommio::timer::sleep(TICK).await;
             self.tick();
+            io.on_tick();
             self.publish_mesh_stats();
             self.maybe_release_memory();
         }
         // Drain: stop accepting, ask every connection to close, wait for them (bounded).
         self.draining.set(true);
-        acceptor.cancel().await;
+        io.stop_listening();
         let open = self.connections();
         info!(core = self.id, open, "draining");
         self.settle_mesh().await;
@@ -519,23 +544,8 @@ impl Shard {
                 left, "shutdown timeout: dropping connections"
             );
         }
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                Stats::bump(&shard.stats.accepted);
-                glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
-            }
-            Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on the error.
-                Stats::bump(&shard.stats.accept_errors);
-                debug!(core = shard.id, error = %e, "accept failed");
-                glommio::timer::sleep(TICK).await;
-            }
-        }
+        driver.cancel().await;
+        io.shutdown();
     }
 }
 

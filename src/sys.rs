@@ -1,10 +1,11 @@
 //! The one module that talks to the OS below glommio, and the only one with `unsafe`.
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 
-use glommio::net::TcpListener;
+use io_uring::{IoUring, opcode, types};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bind a listening socket with SO_REUSEPORT (so every core binds the same address and the kernel
@@ -19,12 +20,128 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Hand a listening socket to the calling core's glommio reactor. Must run on that core.
-pub fn into_listener(socket: Socket) -> TcpListener {
-    let fd = socket.into_raw_fd();
-    // SAFETY: `fd` was just released by `into_raw_fd` from a socket we created, bound and put in
-    // the listening state; nothing else owns it, so the listener takes sole ownership and closes it.
-    unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+/// A core's own io_uring, used only for readiness: poll requests carry a `user_data` tag and no
+/// buffer, so nothing the kernel holds points into our memory (STYLE 6 holds trivially).
+///
+/// A poll request pins the polled file until it completes or is removed, so a socket must not be
+/// closed with an unsubmitted poll in the queue: callers `submit` before closing (see
+/// `reactor::Reactor::forget`).
+pub struct Ring {
+    ring: IoUring,
+}
+
+/// One completion: the request's tag, its result (a poll mask or `-errno`), and whether a
+/// multishot request stays armed after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub tag: u64,
+    pub result: i32,
+    pub more: bool,
+}
+
+impl Ring {
+    /// A ring with `sq` submission and `cq` completion entries.
+    pub fn new(sq: u32, cq: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder().setup_cqsize(cq).build(sq)?;
+        Ok(Ring { ring })
+    }
+
+    /// Have the kernel signal `eventfd` whenever completions are posted (while enabled).
+    pub fn register_eventfd(&self, eventfd: &File) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(eventfd.as_raw_fd())
+    }
+
+    /// Queue a multishot poll for `mask` on `fd`: one completion per readiness change until it is
+    /// removed (or the kernel ends it: then `more` is false on its last completion).
+    pub fn poll_multishot(&mut self, fd: BorrowedFd<'_>, mask: i16, tag: u64) {
+        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask as u16 as u32)
+            .multi(true)
+            .build()
+            .user_data(tag);
+        self.push(&e);
+    }
+
+    /// Queue a one-shot poll for `mask` on `fd`.
+    pub fn poll_once(&mut self, fd: BorrowedFd<'_>, mask: i16, tag: u64) {
+        let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask as u16 as u32)
+            .build()
+            .user_data(tag);
+        self.push(&e);
+    }
+
+    /// Queue the removal of the poll tagged `target`; its own completion carries `tag`.
+    pub fn poll_remove(&mut self, target: u64, tag: u64) {
+        let e = opcode::PollRemove::new(target).build().user_data(tag);
+        self.push(&e);
+    }
+
+    fn push(&mut self, e: &io_uring::squeue::Entry) {
+        loop {
+            // SAFETY: poll-add and poll-remove entries reference no memory of ours; the polled fd
+            // is open now and stays open until the entry is submitted (callers submit before
+            // closing a socket), and the kernel takes its own reference to the file at submission.
+            if unsafe { self.ring.submission().push(e) }.is_ok() {
+                return;
+            }
+            // Queue full: hand what is queued to the kernel and try again.
+            if self.submit().is_err() {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Whether the kernel needs an `io_uring_enter`: entries are queued but not submitted, or
+    /// completions overflowed the ring and wait in the kernel to be flushed into it.
+    pub fn needs_enter(&mut self) -> bool {
+        let sq = self.ring.submission();
+        !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
+    }
+
+    /// Hand the queued entries to the kernel and flush overflowed completions into the ring (one
+    /// `io_uring_enter`, no wait).
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.ring.submit()
+    }
+
+    /// Move up to `max` completions into `out`; returns how many.
+    pub fn reap(&mut self, max: usize, out: &mut Vec<Completion>) -> usize {
+        let mut n = 0;
+        for c in self.ring.completion().take(max) {
+            out.push(Completion {
+                tag: c.user_data(),
+                result: c.result(),
+                more: io_uring::cqueue::more(c.flags()),
+            });
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether completions are waiting.
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// Turn the registered eventfd's notifications on or off.
+    pub fn set_eventfd_enabled(&mut self, on: bool) {
+        let cq = self.ring.completion();
+        if on {
+            cq.enable_eventfd();
+        } else {
+            cq.disable_eventfd();
+        }
+    }
+}
+
+/// A blocking eventfd (close-on-exec), as a `File`: 8-byte reads take the counter, writes add.
+pub fn eventfd() -> io::Result<File> {
+    // SAFETY: eventfd takes no pointers; a negative return is an error, checked below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns; the File closes it.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Give memory freed by the allocator back to the kernel (glibc keeps freed chunks in its arenas,
