@@ -14,6 +14,7 @@
 # reports/bench/<UTC timestamp>/ and a summary table is printed at the end.
 # Server and load generator share this machine's cores, so compare figures within one run.
 #
+# BENCH_SERVER_BIN=path benchmarks another build (e.g. the previous commit) with the same load.
 # Every size, rate and duration can be overridden from the environment (BENCH_*), so a bigger
 # box can reuse this script, e.g. for two million connections:
 #   BENCH_CONNECTIONS=2000000 BENCH_SERVER_NOFILE=2100000 BENCH_PER_PROCESS=250000 \
@@ -64,7 +65,7 @@ fi
 
 log "building (release)"
 cargo build --release -p corecast -p corecast-bench
-SERVER_BIN="$ROOT/target/release/corecast"
+SERVER_BIN="${BENCH_SERVER_BIN:-$ROOT/target/release/corecast}"  # another build, for A/B runs
 BENCH_BIN="$ROOT/target/release/corecast-bench"
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -126,6 +127,9 @@ export BENCH_SERVER_COMMIT
 BENCH_SERVER_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if ! GIT_OPTIONAL_LOCKS=0 git diff-index --quiet HEAD -- 2>/dev/null; then
     BENCH_SERVER_COMMIT="$BENCH_SERVER_COMMIT-dirty"
+fi
+if [[ -n ${BENCH_SERVER_BIN:-} ]]; then
+    BENCH_SERVER_COMMIT="$SERVER_BIN"  # another build: name it by its path, not this checkout
 fi
 
 # Each scenario bounds its own waits; `timeout` is the backstop.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 5's design question, measured: user-space bytes per idle joined connection of corecast
-# (glommio: a task and an armed reactor source per socket) against the alternative design (one
-# io_uring, a multishot POLL_ADD per socket, no task), same client, same count, one run.
+# (a glommio task per socket, readiness from the core's own io_uring) against the floor of that
+# design (one io_uring, a multishot POLL_ADD per socket, no task, no channels), same client, same
+# count, one run.
 #   bash scripts/uring-compare.sh [CONNECTIONS]   (default 19000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ target/release/uring_idle 127.0.0.1:4700 >/dev/null 2>&1 & pids+=($!)
 target/release/corecast serve --listen 127.0.0.1:4701 --cores 1 >/dev/null 2>&1 & pids+=($!)
 sleep 1
 out=reports/uring-compare/$(date -u +%Y%m%dT%H%M%SZ)
-for spec in "${pids[0]} 4700 multishot-poll" "${pids[1]} 4701 corecast-glommio"; do
+for spec in "${pids[0]} 4700 multishot-poll" "${pids[1]} 4701 corecast"; do
   read -r pid port name <<<"$spec"
   echo "== $name (pid $pid)"
   timeout 180 "$BENCH" connect --url "ws://127.0.0.1:$port/socket/websocket?vsn=2.0.0" -n "$N" \

@@ -309,10 +309,16 @@ mod tests {
         assert!(Config::from_toml("max_frame = 0").is_err());
         assert!(Config::from_toml("backlog = 0").is_err());
         for bad in [0, 8, 1000, 1 << 17] {
-            assert!(Config::from_toml(&format!("ring_entries = {bad}")).is_err(), "{bad}");
+            assert!(
+                Config::from_toml(&format!("ring_entries = {bad}")).is_err(),
+                "{bad}"
+            );
         }
         for good in [16, 4096, 65536] {
-            assert!(Config::from_toml(&format!("ring_entries = {good}")).is_ok(), "{good}");
+            assert!(
+                Config::from_toml(&format!("ring_entries = {good}")).is_ok(),
+                "{good}"
+            );
         }
     }
 }

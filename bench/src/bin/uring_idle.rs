@@ -1,7 +1,8 @@
-//! uring-idle: the per-connection cost of the alternative design of issue 5, measured.
+//! uring-idle: the floor of corecast's readiness design (issue 5), measured.
 //!
-//! One thread, one io_uring, a multishot `POLL_ADD` armed per idle socket, no task and no
-//! per-socket reactor source: readiness completions carry the slab key. It speaks just enough
+//! One thread, one io_uring, a multishot `POLL_ADD` armed per idle socket, no task, no topic
+//! table: readiness completions carry the slab key. corecast does the same per core
+//! (`src/reactor.rs`) with a glommio task, a slot and a Phoenix session per socket on top. It speaks just enough
 //! Phoenix V2 for `corecast-bench connect` (upgrade, phx_join, heartbeat), reusing corecast's
 //! `proto` code, so the same client measures it and corecast side by side.
 //!
