@@ -247,6 +247,15 @@ fn soak_loses_nothing_leaks_nothing() {
         warm as f64 / 1048576.0,
         end as f64 / 1048576.0
     );
+    // The trend, to tell a plateau (allocator warm-up) from a leak (steady growth).
+    let fifths: Vec<String> = (1..=5)
+        .filter_map(|k| samples.get((samples.len() * k / 5).saturating_sub(1)))
+        .map(|(t, r)| format!("{t} s {:.1}", *r as f64 / 1048576.0))
+        .collect();
+    println!(
+        "soak: rss by fifths of the run (MiB): {}",
+        fifths.join(", ")
+    );
     assert!(
         end <= warm + 16 * 1024 * 1024,
         "RSS grew from {warm} to {end} bytes; samples {samples:?}"
