@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: bench bench-2m sim uring-compare peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: bench bench-2m sim uring-compare churn peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -89,6 +89,11 @@ bench-2m: build
 	BENCH_CONNECTIONS=2000000 BENCH_SERVER_NOFILE=2100000 BENCH_PER_PROCESS=250000 \
 	  BENCH_CONNECT_RATE=20000 bash scripts/bench.sh
 
-## Bytes per idle connection: corecast (glommio) vs one io_uring with multishot poll, same client.
+## Bytes per idle connection: corecast vs a task-less one-io_uring multishot-poll probe, same client.
 uring-compare:
 	bash scripts/uring-compare.sh
+
+## Connection churn (connect, upgrade, join, close) for 130 s: server memory growth per cycle
+## after the warm-up; fails above 1 byte per cycle.
+churn: build
+	python3 scripts/churn.py

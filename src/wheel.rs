@@ -5,7 +5,9 @@
 //! Entries are never removed on cancel: when a bucket fires, the owner looks the entry's slot up
 //! and checks the generation and the slot's *current* deadline, so a stale entry is skipped and an
 //! entry whose deadline moved later (activity pushed the idle deadline) is simply scheduled again.
-//! This keeps "message arrived" O(1): it only stores the new deadline in the slot.
+//! This keeps "message arrived" O(1): it only stores the new deadline in the slot. The price: a
+//! closed connection's entry stays until its tick (8 bytes x close rate x the longest timeout,
+//! e.g. 4.5 MB for 9,300 closes/s with the 60 s idle timeout), then goes.
 
 use std::time::Duration;
 
@@ -15,6 +17,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Default number of buckets: 1024 ticks of 100 ms cover 102.4 s; later deadlines fire early and
 /// are rescheduled.
 pub const DEFAULT_BUCKETS: usize = 1024;
+
+/// Entries of capacity an emptied bucket keeps (512 B); a bigger one is freed and regrown
+/// (amortised doubling) the next time it fills.
+const KEEP_CAPACITY: usize = 64;
 
 /// What the wheel stores per scheduled deadline: a slab key and the slot generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +69,10 @@ impl Wheel {
         for t in first..=last {
             let bucket = &mut self.buckets[(t % n) as usize];
             fired.append(bucket);
-            if bucket.capacity() > 1024 {
-                // Give back memory after a burst (e.g. a mass handshake timeout).
+            if bucket.capacity() > KEEP_CAPACITY {
+                // Give back memory after a burst (e.g. a mass handshake timeout). Keeping every
+                // bucket at its largest size ever would let idle memory creep up to
+                // buckets x peak over a long run.
                 *bucket = Vec::new();
             }
         }
@@ -78,6 +86,11 @@ impl Wheel {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Entries the buckets have room for (memory held, for tests).
+    pub fn capacity(&self) -> usize {
+        self.buckets.iter().map(Vec::capacity).sum()
     }
 }
 
@@ -143,5 +156,27 @@ mod tests {
     #[test]
     fn entry_is_eight_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 8);
+    }
+
+    #[test]
+    fn emptied_buckets_give_their_memory_back() {
+        // Churn: 100 ticks x 1,000 entries each, all fired. What stays is at most KEEP_CAPACITY
+        // per bucket, not each bucket's peak.
+        let mut w = Wheel::new(128);
+        let mut out = Vec::new();
+        for t in 1..=100u64 {
+            for k in 0..1000 {
+                w.schedule(t, e(k));
+            }
+        }
+        assert!(w.capacity() >= 100_000);
+        w.advance(101, &mut out);
+        assert_eq!(out.len(), 100_000);
+        assert!(w.is_empty());
+        assert!(
+            w.capacity() <= 128 * KEEP_CAPACITY,
+            "{} entries kept",
+            w.capacity()
+        );
     }
 }
