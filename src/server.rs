@@ -88,9 +88,10 @@ impl Server {
             started: std::time::Instant::now(),
         });
         let mesh = (cores > 1).then(|| crate::mesh::mesh(cores));
-        // Each core reports once it is accepting; a core whose executor cannot start (e.g.
-        // RLIMIT_MEMLOCK too low for io_uring) drops its sender without a word.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
+        // Each core reports once it is accepting, or why it cannot (its readiness ring); a core
+        // whose executor cannot start (e.g. RLIMIT_MEMLOCK too low for glommio's io_uring) drops
+        // its sender without a word.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
         let mut threads = Vec::with_capacity(cores);
         for (core, socket) in sockets.into_iter().enumerate() {
             // More cores than CPUs is allowed (e.g. tests); they share CPUs round-robin.
@@ -125,9 +126,14 @@ impl Server {
         let deadline = std::time::Instant::now() + START_TIMEOUT;
         for _ in 0..cores {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if ready_rx.recv_timeout(left).is_err() {
+            let failed = match ready_rx.recv_timeout(left) {
+                Ok(Ok(_)) => None,
+                Ok(Err(reason)) => Some(Some(reason)),
+                Err(_) => Some(None),
+            };
+            if let Some(reason) = failed {
                 shutdown.store(true, Ordering::SeqCst);
-                let mut reasons = Vec::new();
+                let mut reasons: Vec<String> = reason.into_iter().collect();
                 for (core, t) in threads.into_iter().enumerate() {
                     if let Err(e) = t.join() {
                         reasons.push(format!("core {core}: {e}"));

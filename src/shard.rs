@@ -492,7 +492,7 @@ impl Shard {
         listener: std::net::TcpListener,
         mesh: Option<MeshBuilder<Envelope, Full>>,
         shutdown: Arc<AtomicBool>,
-        ready: std::sync::mpsc::Sender<usize>,
+        ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
         if let Some(mesh) = mesh {
             let me = Rc::downgrade(&self);
@@ -509,14 +509,17 @@ impl Shard {
         let io = match Reactor::new(self.id, self.cfg.ring_entries) {
             Ok(io) => self.io.get_or_init(|| io),
             Err(e) => {
-                // Not reporting ready fails the start with this core named.
                 warn!(core = self.id, error = %e, "cannot create the core's io_uring");
+                let _ = ready.send(Err(format!(
+                    "core {}: cannot create its io_uring: {e}",
+                    self.id
+                )));
                 return;
             }
         };
         let driver = glommio::spawn_local(reactor::drive(self.clone()));
         io.listen(listener);
-        let _ = ready.send(self.id);
+        let _ = ready.send(Ok(self.id));
         drop(ready);
         while !shutdown.load(Ordering::Relaxed) {
             glommio::timer::sleep(TICK).await;
