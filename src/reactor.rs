@@ -60,9 +60,12 @@ enum Kind {
 }
 
 /// A request's tag: generation (32 bits), slab key (30 bits), kind (2 bits).
-fn tag(kind: Kind, key: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | ((key as u64 & 0x3fff_ffff) << 2) | kind as u64
+const fn tag(kind: Kind, key: usize, generation: u32) -> u64 {
+    ((generation as u64) << 32) | ((key as u64 & 0x3fff_ffff) << 2) | kind as u64
 }
+
+/// The listener's poll (one per core).
+const LISTEN_TAG: u64 = tag(Kind::Listen, 0, 0);
 
 fn untag(t: u64) -> (Kind, usize, u32) {
     let kind = match t & 3 {
@@ -167,21 +170,26 @@ impl Reactor {
 
     /// Accept connections on `listener` (non-blocking) from now on.
     pub fn listen(&self, listener: TcpListener) {
-        self.ring.borrow_mut().poll_multishot(
-            listener.as_fd(),
-            libc::POLLIN,
-            tag(Kind::Listen, 0, 0),
-        );
         *self.listener.borrow_mut() = Some(listener);
-        self.poke();
+        self.watch_listener();
         self.accept_more.set(true); // connections may be waiting already
+    }
+
+    /// Arm the listener's multishot poll (at start, and again if the kernel ended it).
+    fn watch_listener(&self) {
+        if let Some(l) = self.listener.borrow().as_ref() {
+            self.ring
+                .borrow_mut()
+                .poll_multishot(l.as_fd(), libc::POLLIN, LISTEN_TAG);
+            self.poke();
+        }
     }
 
     /// Stop accepting and close the listener.
     pub fn stop_listening(&self) {
         if let Some(l) = self.listener.borrow_mut().take() {
             let mut ring = self.ring.borrow_mut();
-            ring.poll_remove(tag(Kind::Listen, 0, 0), tag(Kind::Removal, 0, 0));
+            ring.poll_remove(LISTEN_TAG, tag(Kind::Removal, 0, 0));
             let _ = ring.submit();
             drop(l);
         }
@@ -312,14 +320,8 @@ fn dispatch(shard: &Rc<Shard>, io: &Reactor, c: Completion) {
             if c.result == -libc::ECANCELED {
                 return; // removed: we stopped listening
             }
-            if !c.more
-                && let Some(l) = io.listener.borrow().as_ref()
-            {
-                io.ring.borrow_mut().poll_multishot(
-                    l.as_fd(),
-                    libc::POLLIN,
-                    tag(Kind::Listen, 0, 0),
-                );
+            if !c.more {
+                io.watch_listener();
             }
             io.accept_more.set(true);
         }
