@@ -11,11 +11,7 @@ use corecast::proto::frame::{OpCode, encode_masked};
 use serde_json::{Value, json};
 
 fn start(cfg: &str) -> TestServer {
-    let dir = std::env::temp_dir().join(format!("corecast-abuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.toml", cfg.len()));
-    std::fs::write(&path, cfg).unwrap();
-    TestServer::start(&["--cores", "2", "--config", path.to_str().unwrap()])
+    TestServer::start_with_config(cfg, &["--cores", "2"])
 }
 
 fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
@@ -28,22 +24,6 @@ fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
     assert_eq!(status, 101, "{head}");
     let _ = srv;
     s
-}
-
-fn metric(srv: &TestServer, name: &str) -> u64 {
-    let mut s = srv.connect_tcp();
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.len() == name.len()
-                    || l.as_bytes()[name.len()] == b'{'
-                    || l.as_bytes()[name.len()] == b' ')
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]
@@ -92,7 +72,7 @@ fn slow_consumer_is_closed_with_1013_and_fast_subscriber_loses_nothing() {
         "fast subscriber got every broadcast in order"
     );
     assert!(
-        metric(&srv, "corecast_slow_consumer_closes_total") >= 1,
+        srv.metric("corecast_slow_consumer_closes_total") >= 1,
         "slow consumer not closed"
     );
     latencies.sort();
@@ -272,7 +252,7 @@ fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
     const SLOW: usize = 100;
     const BOUND: u64 = 1 << 20;
     let srv = start(&format!("out_queue_max_bytes = {BOUND}\n"));
-    let base = metric(&srv, "corecast_rss_bytes");
+    let base = srv.metric("corecast_rss_bytes");
     let mut slow = Vec::new();
     for i in 0..SLOW {
         let sock =
@@ -304,11 +284,11 @@ fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
         recv(&mut publisher);
         recv(&mut publisher);
         if seq % 500 == 0 {
-            peak = peak.max(metric(&srv, "corecast_rss_bytes"));
+            peak = peak.max(srv.metric("corecast_rss_bytes"));
         }
     }
-    peak = peak.max(metric(&srv, "corecast_rss_bytes"));
-    let closed = metric(&srv, "corecast_slow_consumer_closes_total");
+    peak = peak.max(srv.metric("corecast_rss_bytes"));
+    let closed = srv.metric("corecast_slow_consumer_closes_total");
     let grew = peak.saturating_sub(base);
     println!(
         "storm: {SLOW} stalled subscribers, 4000 x 2 KB broadcasts: RSS grew {:.1} MiB at peak \

@@ -3,48 +3,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
-use common::{MASK, TestServer, http_exchange, read_frame, upgrade_request};
+use common::{MASK, TestServer, read_frame};
 use corecast::proto::frame::{OpCode, encode_masked};
-
-fn metric(srv: &TestServer, name: &str) -> u64 {
-    let mut s = srv.connect_tcp();
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn server_with(config: &str, extra: &[&str]) -> TestServer {
-    let dir = std::env::temp_dir().join(format!("corecast-reactor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.toml", config.len()));
-    std::fs::write(&path, config).unwrap();
-    let mut args = vec!["--config", path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    TestServer::start(&args)
-}
-
-fn open_echo(srv: &TestServer) -> std::net::TcpStream {
-    let mut s = srv.connect_tcp();
-    let (status, head) = http_exchange(&mut s, upgrade_request("/echo").as_bytes());
-    assert_eq!(status, 101, "{head}");
-    s
-}
 
 #[test]
 fn readiness_bursts_past_the_ring_are_rearmed_and_nothing_is_lost() {
     // A 16-entry completion ring and 400 sockets made readable at once: the kernel must hold
     // completions back and end multishot polls; every connection re-arms and is still served.
-    let srv = server_with("ring_entries = 16\n", &["--echo", "--cores", "1"]);
-    let mut conns: Vec<_> = (0..400).map(|_| open_echo(&srv)).collect();
+    let srv = TestServer::start_with_config("ring_entries = 16\n", &["--echo", "--cores", "1"]);
+    let mut conns: Vec<_> = (0..400).map(|_| srv.open_echo()).collect();
     for round in 0..10 {
         let mut burst = Vec::new();
         for (i, s) in conns.iter_mut().enumerate() {
@@ -64,7 +34,7 @@ fn readiness_bursts_past_the_ring_are_rearmed_and_nothing_is_lost() {
             assert_eq!(payload, format!("{round}:{i}").as_bytes());
         }
     }
-    let rearms = metric(&srv, "corecast_poll_rearms_total");
+    let rearms = srv.metric("corecast_poll_rearms_total");
     println!("{rearms} polls re-armed");
     assert!(
         rearms > 0,
@@ -77,7 +47,7 @@ fn a_full_socket_resumes_when_the_peer_reads() {
     // The client sends a 1 MiB message and reads nothing until it is all sent: the server's echo
     // fills the socket, waits for room (a write poll), and finishes once the client reads.
     let srv = TestServer::start(&["--echo", "--cores", "1"]);
-    let mut s = open_echo(&srv);
+    let mut s = srv.open_echo();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let payload: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
     let mut out = Vec::new();
@@ -99,21 +69,21 @@ fn connections_closed_together_are_all_released() {
     // 500 connections dropped by their clients at once: each one's poll is removed and its slot
     // freed (the gauge returns to zero), and the server keeps accepting.
     let srv = TestServer::start(&["--echo", "--cores", "2"]);
-    let conns: Vec<_> = (0..500).map(|_| open_echo(&srv)).collect();
-    assert!(metric(&srv, "corecast_connections") >= 500);
+    let conns: Vec<_> = (0..500).map(|_| srv.open_echo()).collect();
+    assert!(srv.metric("corecast_connections") >= 500);
     drop(conns);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut open = u64::MAX;
     while std::time::Instant::now() < deadline {
         // The /metrics request itself is one open connection.
-        open = metric(&srv, "corecast_connections");
+        open = srv.metric("corecast_connections");
         if open <= 1 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(open <= 1, "{open} connections still open");
-    let mut s = open_echo(&srv);
+    let mut s = srv.open_echo();
     let mut out = Vec::new();
     encode_masked(&mut out, OpCode::Text, true, b"still here", MASK);
     s.write_all(&out).unwrap();

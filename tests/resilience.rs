@@ -133,13 +133,9 @@ fn recv(s: &mut TcpStream) -> Incoming {
 }
 
 fn rss(srv: &TestServer) -> u64 {
-    let mut s = srv.connect_tcp();
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("corecast_rss_bytes ")?.parse().ok())
-        .expect("corecast_rss_bytes")
+    let rss = srv.metric("corecast_rss_bytes");
+    assert!(rss > 0, "corecast_rss_bytes missing from /metrics");
+    rss
 }
 
 #[test]

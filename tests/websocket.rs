@@ -17,13 +17,6 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, connect};
 
-fn raw_open(srv: &TestServer) -> std::net::TcpStream {
-    let mut s = srv.connect_tcp();
-    let (status, head) = http_exchange(&mut s, upgrade_request("/echo").as_bytes());
-    assert_eq!(status, 101, "{head}");
-    s
-}
-
 fn send(s: &mut std::net::TcpStream, op: OpCode, fin: bool, payload: &[u8]) {
     let mut out = Vec::new();
     encode_masked(&mut out, op, fin, payload, MASK);
@@ -64,7 +57,7 @@ fn echoes_text_and_binary_on_connections_spread_over_cores() {
 #[test]
 fn fragmented_message_with_interleaved_ping_is_reassembled() {
     let srv = TestServer::start(&["--echo"]);
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Text, false, "héllo ".as_bytes());
     send(&mut s, OpCode::Ping, true, b"p1");
     send(
@@ -84,7 +77,7 @@ fn fragmented_message_with_interleaved_ping_is_reassembled() {
 #[test]
 fn ping_gets_pong_with_the_same_payload() {
     let srv = TestServer::start(&["--echo"]);
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Ping, true, b"are you there?");
     assert_eq!(
         read_frame(&mut s).unwrap(),
@@ -117,30 +110,30 @@ fn close_handshake_echoes_the_code_and_closes_tcp() {
 fn protocol_errors_close_with_1002() {
     let srv = TestServer::start(&["--echo"]);
     // An unmasked client frame.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
     assert_eq!(read_close_code(&mut s), Some(1002));
     assert!(closed_within(&mut s, Duration::from_secs(5)));
     // A reserved bit set.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     let mut f = Vec::new();
     encode_masked(&mut f, OpCode::Text, true, b"x", MASK);
     f[0] |= 0x40;
     s.write_all(&f).unwrap();
     assert_eq!(read_close_code(&mut s), Some(1002));
     // A reserved opcode.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     let mut f = Vec::new();
     encode_masked(&mut f, OpCode::Binary, true, b"x", MASK);
     f[0] = 0x80 | 0x3;
     s.write_all(&f).unwrap();
     assert_eq!(read_close_code(&mut s), Some(1002));
     // A continuation with no message started.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Continuation, true, b"x");
     assert_eq!(read_close_code(&mut s), Some(1002));
     // A 64-bit length with the top bit set.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     let mut f = vec![0x82, 0x80 | 127];
     f.extend_from_slice(&(1u64 << 63).to_be_bytes());
     f.extend_from_slice(&MASK);
@@ -151,11 +144,11 @@ fn protocol_errors_close_with_1002() {
 #[test]
 fn invalid_utf8_closes_with_1007() {
     let srv = TestServer::start(&["--echo"]);
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Text, true, &[b'o', b'k', 0xff, 0xfe]);
     assert_eq!(read_close_code(&mut s), Some(1007));
     // Invalid across fragments: a lead byte, then a non-continuation byte.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Text, false, &[b'a', 0xe2]);
     send(&mut s, OpCode::Continuation, true, b"zz");
     assert_eq!(read_close_code(&mut s), Some(1007));
@@ -164,18 +157,18 @@ fn invalid_utf8_closes_with_1007() {
 #[test]
 fn oversize_frame_and_message_close_with_1009() {
     let srv = TestServer::start(&["--echo", "--max-frame", "1024", "--max-message", "2048"]);
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Binary, true, &[7u8; 1025]);
     assert_eq!(read_close_code(&mut s), Some(1009));
     // A header announcing 2^40 bytes is refused from the header alone.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     let mut f = vec![0x82, 0x80 | 127];
     f.extend_from_slice(&(1u64 << 40).to_be_bytes());
     f.extend_from_slice(&MASK);
     s.write_all(&f).unwrap();
     assert_eq!(read_close_code(&mut s), Some(1009));
     // Fragments each under max_frame, together over max_message.
-    let mut s = raw_open(&srv);
+    let mut s = srv.open_echo();
     send(&mut s, OpCode::Binary, false, &[1u8; 1000]);
     send(&mut s, OpCode::Continuation, false, &[1u8; 1000]);
     send(&mut s, OpCode::Continuation, true, &[1u8; 1000]);
@@ -196,7 +189,7 @@ fn frames_sent_right_behind_the_request_are_not_lost() {
 #[test]
 fn sigterm_sends_1001_and_exits_in_bounded_time() {
     let mut srv = TestServer::start(&["--echo", "--cores", "2", "--shutdown-timeout-ms", "3000"]);
-    let mut socks: Vec<_> = (0..6).map(|_| raw_open(&srv)).collect();
+    let mut socks: Vec<_> = (0..6).map(|_| srv.open_echo()).collect();
     // Prove they are open.
     for s in socks.iter_mut() {
         send(s, OpCode::Text, true, b"x");
@@ -228,7 +221,7 @@ fn sigterm_sends_1001_and_exits_in_bounded_time() {
 fn many_connections_stay_independent_when_one_misbehaves() {
     let srv = TestServer::start(&["--echo", "--cores", "2"]);
     let (mut good, _) = connect(srv.url("/echo")).unwrap();
-    let mut bad = raw_open(&srv);
+    let mut bad = srv.open_echo();
     bad.write_all(&[0x81, 0x05, 1, 2, 3, 4, 5]).unwrap(); // unmasked
     assert_eq!(read_close_code(&mut bad), Some(1002));
     good.send(Message::text("still here")).unwrap();

@@ -18,6 +18,20 @@ impl TestServer {
         TestServer::spawn(extra, "warn", Stdio::inherit())
     }
 
+    /// Like [`TestServer::start`] with `config` (TOML text) written to a file of its own and
+    /// passed as `--config`, before `extra`.
+    pub fn start_with_config(config: &str, extra: &[&str]) -> TestServer {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("corecast-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{n}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        TestServer::start(&args)
+    }
+
     /// Like [`TestServer::start`] with logging at `level` written to `log`.
     pub fn start_logging(extra: &[&str], level: &str, log: &std::path::Path) -> TestServer {
         let file = std::fs::File::create(log).expect("log file");
@@ -55,6 +69,28 @@ impl TestServer {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
         s
+    }
+
+    /// A raw socket upgraded on `GET /echo` (the server needs `--echo`).
+    pub fn open_echo(&self) -> TcpStream {
+        let mut s = self.connect_tcp();
+        let (status, head) = http_exchange(&mut s, upgrade_request("/echo").as_bytes());
+        assert_eq!(status, 101, "{head}");
+        s
+    }
+
+    /// A `/metrics` series summed over its labels (per-core series add up); 0 if absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        let mut s = self.connect_tcp();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Send SIGTERM.
