@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::channel::broadcast_frame;
+use crate::channel::publish;
 use crate::proto::handshake::Request;
 use crate::proto::phoenix::Payload;
 use crate::shard::{CLOSE_CODES, Shard, Stats};
@@ -67,16 +67,15 @@ pub fn broadcast(shard: &Shard, req: &Request, body: &[u8]) -> Answer {
     if topic.is_empty() || topic.len() > shard.cfg.max_topic_len || parsed.event.is_empty() {
         return Answer::json(400, r#"{"error":"bad topic or event"}"#);
     }
-    let Some(frame) = broadcast_frame(
+    match publish(
         shard,
         topic,
         &parsed.event,
         Payload::Json(parsed.payload.get()),
-    ) else {
-        return Answer::json(400, r#"{"error":"cannot encode"}"#);
-    };
-    shard.broadcast(topic, frame);
-    Answer::json(202, r#"{"ok":true}"#)
+    ) {
+        Ok(()) => Answer::json(202, r#"{"ok":true}"#),
+        Err(why) => Answer::json(400, &format!(r#"{{"error":"{}"}}"#, why.reason())),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -196,6 +195,18 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
         "counter",
         "Panics caught in channel handlers.",
         |s| &s.handler_panics,
+    ),
+    (
+        "corecast_refused_events_total",
+        "counter",
+        "Client pushes and broadcasts refused for a reserved event (phx_*, presence_*).",
+        |s| &s.refused_events,
+    ),
+    (
+        "corecast_refused_payloads_total",
+        "counter",
+        "Broadcasts refused for a JSON payload that is not an object.",
+        |s| &s.refused_payloads,
     ),
     (
         "corecast_mesh_sent_total",

@@ -10,8 +10,13 @@
 //! - A push on a joined topic -> the handler decides (default: ok reply + broadcast to the topic).
 //!   A push on a topic not joined -> error `{"reason":"unmatched topic"}`.
 //!   A message whose join_ref is not the current join of its topic is stale and ignored.
+//! - A push whose event is reserved (every `phx_*` but join and leave, `presence_state`,
+//!   `presence_diff`) never reaches the handler and is never broadcast: error
+//!   `{"reason":"reserved event"}` when the push has a ref, counted in `refused_events`.
+//! - A broadcast is refused, whoever asks for it (the default push behaviour, the HTTP API):
+//!   for a reserved event, or a JSON payload that is not an object (see [`publish`]).
 //! - A frame that is not a Phoenix message closes the socket (Phoenix's socket process crashes on
-//!   it): 1007 for text, 1003 for binary.
+//!   it): 1007 for text, 1003 for binary; a ref longer than 64 bytes closes it with 1008.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -19,7 +24,7 @@ use crate::handler::{InReply, Socket, Terminate};
 use crate::proto::frame::OpCode;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload,
-    TOPIC_PHOENIX, binary, json,
+    TOPIC_PHOENIX, binary, is_reserved_event, json,
 };
 use crate::shard::{Shard, Stats};
 use crate::topics::{Sub, Subscription};
@@ -52,6 +57,37 @@ pub type CloseWith = (u16, &'static str);
 const UNMATCHED: &str = r#"{"reason":"unmatched topic"}"#;
 const TOO_MANY: &str = r#"{"reason":"too many channels joined"}"#;
 
+/// Why a broadcast was refused. Nothing was sent to anybody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The event is reserved ([`is_reserved_event`]): the client libraries would act on it.
+    ReservedEvent,
+    /// The JSON payload is not an object (Phoenix never broadcasts anything else).
+    NotAnObject,
+    /// A field does not fit the wire format (a binary header string over 255 bytes).
+    TooLong,
+}
+
+impl Refused {
+    /// The reason, in words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::ReservedEvent => "reserved event",
+            Refused::NotAnObject => "payload must be a JSON object",
+            Refused::TooLong => "too long",
+        }
+    }
+
+    /// The `phx_reply` response a client is told: `{"reason": ..}`.
+    pub fn response(self) -> &'static str {
+        match self {
+            Refused::ReservedEvent => r#"{"reason":"reserved event"}"#,
+            Refused::NotAnObject => r#"{"reason":"payload must be a JSON object"}"#,
+            Refused::TooLong => r#"{"reason":"too long"}"#,
+        }
+    }
+}
+
 impl Session {
     pub fn new(user: Option<&str>) -> Session {
         Session {
@@ -78,6 +114,7 @@ impl Session {
             Ok(m) => m,
             Err(phoenix::DecodeError::Json(_)) => return Err((1007, "not a phoenix message")),
             Err(phoenix::DecodeError::Binary(_)) => return Err((1003, "not a phoenix message")),
+            Err(phoenix::DecodeError::RefTooLong { .. }) => return Err((1008, "ref too long")),
         };
         if msg.is_heartbeat() {
             reply(ctx, None, msg.msg_ref.as_deref(), TOPIC_PHOENIX, true, "{}");
@@ -86,6 +123,14 @@ impl Session {
         match &*msg.event {
             EVENT_JOIN => self.join(ctx, &msg),
             EVENT_LEAVE => self.leave(ctx, &msg),
+            event if is_reserved_event(event) => {
+                Stats::bump(&ctx.shard.stats.refused_events);
+                if msg.msg_ref.is_some() {
+                    let r = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+                    let reason = Refused::ReservedEvent.response();
+                    reply(ctx, r.0, r.1, &msg.topic, false, reason);
+                }
+            }
             _ => self.push(ctx, &msg),
         }
         Ok(())
@@ -191,21 +236,11 @@ impl Session {
             handler.handle_in(socket, topic, &msg.event, msg.payload)
         }));
         match decision {
-            Ok(InReply::OkAndBroadcast) => {
-                if let Some(frame) = broadcast_frame(ctx.shard, topic, &msg.event, msg.payload) {
-                    ctx.shard.broadcast(topic, frame);
-                    reply(ctx, join_ref, msg_ref, topic, true, "{}");
-                } else {
-                    reply(
-                        ctx,
-                        join_ref,
-                        msg_ref,
-                        topic,
-                        false,
-                        r#"{"reason":"too long"}"#,
-                    );
-                }
-            }
+            Ok(InReply::OkAndBroadcast) => match publish(ctx.shard, topic, &msg.event, msg.payload)
+            {
+                Ok(()) => reply(ctx, join_ref, msg_ref, topic, true, "{}"),
+                Err(why) => reply(ctx, join_ref, msg_ref, topic, false, why.response()),
+            },
             Ok(InReply::Reply { ok, response }) => {
                 reply(ctx, join_ref, msg_ref, topic, ok, &response)
             }
@@ -255,9 +290,33 @@ impl Session {
     }
 }
 
+/// Broadcast `event` with `payload` to every subscriber of `topic` on every core: the one way
+/// into the fan-out, for client pushes and the HTTP API alike. Refuses a reserved event and a
+/// JSON payload that is not an object (counted), so no caller can send what the client
+/// libraries would take for the server's own message.
+pub fn publish(
+    shard: &Shard,
+    topic: &str,
+    event: &str,
+    payload: Payload<'_>,
+) -> Result<(), Refused> {
+    if is_reserved_event(event) {
+        Stats::bump(&shard.stats.refused_events);
+        return Err(Refused::ReservedEvent);
+    }
+    if !payload.is_relayable() {
+        Stats::bump(&shard.stats.refused_payloads);
+        return Err(Refused::NotAnObject);
+    }
+    let frame = broadcast_frame(shard, topic, event, payload).ok_or(Refused::TooLong)?;
+    shard.broadcast(topic, frame);
+    Ok(())
+}
+
 /// Encode a broadcast once, as a complete WebSocket frame: text for a JSON payload, binary
-/// (V2 kind 2) for a binary one. None if a binary header field is over 255 bytes.
-pub fn broadcast_frame(
+/// (V2 kind 2) for a binary one. None if a binary header field is over 255 bytes. Unchecked:
+/// only [`publish`] (and the simulation) call it.
+pub(crate) fn broadcast_frame(
     shard: &Shard,
     topic: &str,
     event: &str,

@@ -100,6 +100,10 @@ pub struct Stats {
     pub deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub handler_panics: AtomicU64,
+    /// Client pushes and broadcasts refused for a reserved event name.
+    pub refused_events: AtomicU64,
+    /// Broadcasts refused for a JSON payload that is not an object.
+    pub refused_payloads: AtomicU64,
     pub mesh_sent: AtomicU64,
     pub mesh_received: AtomicU64,
     pub mesh_dropped: AtomicU64,

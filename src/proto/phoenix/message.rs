@@ -18,6 +18,13 @@ pub const EVENT_CLOSE: &str = "phx_close";
 pub const EVENT_ERROR: &str = "phx_error";
 /// Client -> server on topic [`TOPIC_PHOENIX`]: keep-alive; answered with an `ok` reply.
 pub const EVENT_HEARTBEAT: &str = "heartbeat";
+/// Server -> client: the full presence list of a topic (phoenix.js `Presence`).
+pub const EVENT_PRESENCE_STATE: &str = "presence_state";
+/// Server -> client: presence joins and leaves (phoenix.js `Presence`).
+pub const EVENT_PRESENCE_DIFF: &str = "presence_diff";
+/// Longest `join_ref` or `ref` accepted from a client, in bytes. phoenix.js sends short decimal
+/// counters; a join ref is kept for as long as its channel is joined, so it must be bounded.
+pub const MAX_REF_LEN: usize = 64;
 /// Reply status for success.
 pub const STATUS_OK: &str = "ok";
 /// Reply status for failure.
@@ -57,12 +64,44 @@ impl Message<'_> {
         self.topic == TOPIC_PHOENIX && self.event == EVENT_HEARTBEAT
     }
 
-    /// True if the event is one of the `phx_*` names the protocol reserves.
+    /// True if the event is one the client libraries treat as the server's own (see
+    /// [`is_reserved_event`]).
     pub fn is_reserved_event(&self) -> bool {
-        matches!(
-            &*self.event,
-            EVENT_JOIN | EVENT_LEAVE | EVENT_REPLY | EVENT_CLOSE | EVENT_ERROR
-        )
+        is_reserved_event(&self.event)
+    }
+
+    /// The first ref over [`MAX_REF_LEN`], if any.
+    pub fn overlong_ref(&self) -> Option<Field> {
+        let long = |r: &Option<Cow<'_, str>>| r.as_ref().is_some_and(|r| r.len() > MAX_REF_LEN);
+        if long(&self.join_ref) {
+            Some(Field::JoinRef)
+        } else if long(&self.msg_ref) {
+            Some(Field::Ref)
+        } else {
+            None
+        }
+    }
+}
+
+/// True for an event name that phoenix.js (and the other Phoenix clients) treat specially when
+/// it arrives from the server: every `phx_*` name (`phx_reply`, `phx_close`, `phx_error`, and
+/// `phx_join` / `phx_leave`, which only mean something from a client) and the two presence
+/// events. Such an event is never taken from a client as an application event and never
+/// broadcast: a broadcast `phx_close` would close every member's channel, a `presence_diff`
+/// would plant entries in every member's `Presence`.
+pub fn is_reserved_event(event: &str) -> bool {
+    event.starts_with("phx_") || event == EVENT_PRESENCE_STATE || event == EVENT_PRESENCE_DIFF
+}
+
+impl Payload<'_> {
+    /// True if this payload may be sent to other clients: a JSON object (Phoenix sends nothing
+    /// else in a push or broadcast; phoenix.js reads `payload.status` and throws on `null`) or
+    /// binary bytes (opaque to the protocol). The JSON text is already known to be well formed.
+    pub fn is_relayable(&self) -> bool {
+        match self {
+            Payload::Json(text) => text.trim_start().starts_with('{'),
+            Payload::Binary(_) => true,
+        }
     }
 }
 
@@ -125,8 +164,37 @@ mod tests {
         ] {
             assert!(msg("t", e).is_reserved_event(), "{e}");
         }
+        for e in ["phx_anything", "presence_state", "presence_diff"] {
+            assert!(msg("t", e).is_reserved_event(), "{e}");
+        }
         assert!(!msg("t", "heartbeat").is_reserved_event());
         assert!(!msg("t", "new_msg").is_reserved_event());
+        assert!(!msg("t", "presence").is_reserved_event());
+        assert!(!msg("t", "phx").is_reserved_event());
+    }
+
+    #[test]
+    fn only_objects_and_binary_are_relayable() {
+        for p in [r#"{}"#, r#" {"a":1}"#] {
+            assert!(Payload::Json(p).is_relayable(), "{p}");
+        }
+        for p in ["null", "[]", "1", r#""s""#, "true", " [{}]"] {
+            assert!(!Payload::Json(p).is_relayable(), "{p}");
+        }
+        assert!(Payload::Binary(b"").is_relayable());
+    }
+
+    #[test]
+    fn refs_longer_than_the_bound_are_found() {
+        let mut m = msg("t", "e");
+        assert_eq!(m.overlong_ref(), None);
+        m.msg_ref = Some(Cow::Owned("1".repeat(MAX_REF_LEN)));
+        assert_eq!(m.overlong_ref(), None, "exactly the bound is fine");
+        m.join_ref = Some(Cow::Owned("1".repeat(MAX_REF_LEN + 1)));
+        assert_eq!(m.overlong_ref(), Some(Field::JoinRef));
+        m.join_ref = None;
+        m.msg_ref = Some(Cow::Owned("x".repeat(1 << 20)));
+        assert_eq!(m.overlong_ref(), Some(Field::Ref));
     }
 
     #[test]

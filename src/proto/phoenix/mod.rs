@@ -54,8 +54,9 @@ pub mod json;
 pub mod message;
 
 pub use message::{
-    EVENT_CLOSE, EVENT_ERROR, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, EVENT_REPLY, Field,
-    Message, Payload, STATUS_ERROR, STATUS_OK, TOPIC_PHOENIX,
+    EVENT_CLOSE, EVENT_ERROR, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, EVENT_PRESENCE_DIFF,
+    EVENT_PRESENCE_STATE, EVENT_REPLY, Field, MAX_REF_LEN, Message, Payload, STATUS_ERROR,
+    STATUS_OK, TOPIC_PHOENIX, is_reserved_event,
 };
 
 /// A WebSocket data message as the transport hands it over.
@@ -76,14 +77,26 @@ pub enum DecodeError {
     /// A bad binary frame. Close the connection (1007 for bad UTF-8, else 1008).
     #[error(transparent)]
     Binary(#[from] binary::DecodeError),
+    /// A `join_ref` or `ref` longer than [`MAX_REF_LEN`]. Close the connection (1008): a reply
+    /// cannot echo it, and a join ref is kept for the channel's lifetime.
+    #[error("{field} longer than {MAX_REF_LEN} bytes")]
+    RefTooLong {
+        /// The offending ref.
+        field: Field,
+    },
 }
 
-/// Decodes one message from a client, text or binary.
+/// Decodes one message from a client, text or binary. Every serializer's messages pass here,
+/// so the bounds on client-chosen fields are checked once, for all of them.
 pub fn decode(frame: Frame<'_>) -> Result<Message<'_>, DecodeError> {
-    match frame {
-        Frame::Text(text) => Ok(json::decode(text)?),
-        Frame::Binary(bytes) => Ok(binary::decode_push(bytes)?),
+    let msg = match frame {
+        Frame::Text(text) => json::decode(text)?,
+        Frame::Binary(bytes) => binary::decode_push(bytes)?,
+    };
+    if let Some(field) = msg.overlong_ref() {
+        return Err(DecodeError::RefTooLong { field });
     }
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -127,6 +140,30 @@ mod tests {
         assert_eq!(e, Err(DecodeError::Json(json::DecodeError::NotArray)));
         let e = decode(Frame::Binary(&[1, 0, 0, 0, 0]));
         assert_eq!(e, Err(binary::DecodeError::UnexpectedKind(1).into()));
+    }
+
+    #[test]
+    fn overlong_refs_are_refused_in_text_and_binary() {
+        let long = "9".repeat(MAX_REF_LEN + 1);
+        let text = format!(r#"["{long}","2","t","e",{{}}]"#);
+        let e = decode(Frame::Text(&text));
+        assert_eq!(
+            e,
+            Err(DecodeError::RefTooLong {
+                field: Field::JoinRef
+            })
+        );
+        let ok = format!(r#"["1","{}","t","e",{{}}]"#, &long[1..]);
+        assert!(
+            decode(Frame::Text(&ok)).is_ok(),
+            "{MAX_REF_LEN} bytes is allowed"
+        );
+        let mut bin = vec![0u8, 1, long.len() as u8, 1, 1];
+        bin.extend_from_slice(b"1");
+        bin.extend_from_slice(long.as_bytes());
+        bin.extend_from_slice(b"te!");
+        let e = decode(Frame::Binary(&bin));
+        assert_eq!(e, Err(DecodeError::RefTooLong { field: Field::Ref }));
     }
 
     #[test]
