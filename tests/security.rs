@@ -176,13 +176,11 @@ fn overlong_refs_close_the_socket_and_pin_nothing() {
     ] {
         let mut ws = open(&srv);
         send(&mut ws, json!([jr, r, "room:r", "phx_join", {}]));
-        let code = loop {
-            match ws.read() {
-                Ok(Message::Close(Some(c))) => break c.code,
-                Ok(Message::Close(None)) => panic!("close without a code"),
-                Ok(other) => panic!("expected a close, got {other:?}"),
-                Err(e) => panic!("expected a close frame, got {e}"),
-            }
+        let code = match ws.read() {
+            Ok(Message::Close(Some(c))) => c.code,
+            Ok(Message::Close(None)) => panic!("close without a code"),
+            Ok(other) => panic!("expected a close, got {other:?}"),
+            Err(e) => panic!("expected a close frame, got {e}"),
         };
         assert_eq!(code, CloseCode::Policy);
     }
