@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: bench bench-2m sim uring-compare churn peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: json-compare bench bench-2m sim uring-compare churn peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -92,6 +92,11 @@ bench-2m: build
 ## Bytes per idle connection: corecast vs a task-less one-io_uring multishot-poll probe, same client.
 uring-compare:
 	bash scripts/uring-compare.sh
+
+## serde_json (used) vs simd-json on the hot path's JSON job: decode a Phoenix message and
+## validate its payload, 100 B to 256 KB.
+json-compare:
+	$(CARGO) run --release -p corecast-bench --bin json_compare
 
 ## Connection churn (connect, upgrade, join, close) for 130 s: server memory growth per cycle
 ## after the warm-up; fails above 1 byte per cycle.
