@@ -1,5 +1,6 @@
 //! The one module that talks to the OS below glommio, and the only one with `unsafe`.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -23,11 +24,16 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
 /// A core's own io_uring, used only for readiness: poll requests carry a `user_data` tag and no
 /// buffer, so nothing the kernel holds points into our memory (STYLE 6 holds trivially).
 ///
-/// A poll request pins the polled file until it completes or is removed, so a socket must not be
-/// closed with an unsubmitted poll in the queue: callers `submit` before closing (see
-/// `reactor::Reactor::forget`).
+/// A poll request pins the polled file until it completes or is removed. Entries reach the
+/// kernel in the order they were queued, and a closing socket queues the removal of its polls
+/// behind them (see `reactor::Reactor::forget`), so a poll submitted late is removed right after.
+///
+/// When the submission queue is full and the kernel cannot take entries (`EBUSY`: completions
+/// wait to be reaped, which only this core's thread does), entries wait in `backlog`, in order,
+/// until the next [`Ring::submit`] after a reap: the core never spins on its own ring.
 pub struct Ring {
     ring: IoUring,
+    backlog: VecDeque<io_uring::squeue::Entry>,
 }
 
 /// One completion: the request's tag, its result (a poll mask or `-errno`), and whether a
@@ -43,7 +49,10 @@ impl Ring {
     /// A ring with `sq` submission and `cq` completion entries.
     pub fn new(sq: u32, cq: u32) -> io::Result<Ring> {
         let ring = IoUring::builder().setup_cqsize(cq).build(sq)?;
-        Ok(Ring { ring })
+        Ok(Ring {
+            ring,
+            backlog: VecDeque::new(),
+        })
     }
 
     /// Have the kernel signal `eventfd` whenever completions are posted (while enabled).
@@ -58,7 +67,7 @@ impl Ring {
             .multi(true)
             .build()
             .user_data(tag);
-        self.push(&e);
+        self.push(e);
     }
 
     /// Queue a one-shot poll for `mask` on `fd`.
@@ -66,41 +75,75 @@ impl Ring {
         let e = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), mask as u16 as u32)
             .build()
             .user_data(tag);
-        self.push(&e);
+        self.push(e);
     }
 
     /// Queue the removal of the poll tagged `target`; its own completion carries `tag`.
     pub fn poll_remove(&mut self, target: u64, tag: u64) {
         let e = opcode::PollRemove::new(target).build().user_data(tag);
-        self.push(&e);
+        self.push(e);
     }
 
-    fn push(&mut self, e: &io_uring::squeue::Entry) {
-        loop {
-            // SAFETY: poll-add and poll-remove entries reference no memory of ours; the polled fd
-            // is open now and stays open until the entry is submitted (callers submit before
-            // closing a socket), and the kernel takes its own reference to the file at submission.
-            if unsafe { self.ring.submission().push(e) }.is_ok() {
+    /// Queue `e` behind everything queued before it. Never waits.
+    fn push(&mut self, e: io_uring::squeue::Entry) {
+        if self.backlog.is_empty() {
+            if self.try_push(&e) {
                 return;
             }
-            // Queue full: hand what is queued to the kernel and try again.
-            if self.submit().is_err() {
-                std::thread::yield_now();
+            // Full: hand the queue to the kernel once; if it takes it, there is room now.
+            if self.ring.submit().is_ok() && self.try_push(&e) {
+                return;
             }
+        }
+        self.backlog.push_back(e);
+    }
+
+    fn try_push(&mut self, e: &io_uring::squeue::Entry) -> bool {
+        // SAFETY: the entries built here (poll add, poll remove) reference no memory of ours, only
+        // a descriptor number and a tag, so nothing the kernel reads can dangle. A descriptor
+        // closed before its poll is submitted makes that poll fail or attach to a reused number,
+        // and the removal queued behind it on close ends it (order is kept, see the type's doc).
+        unsafe { self.ring.submission().push(e) }.is_ok()
+    }
+
+    /// Move backlog entries into the submission queue while it has room.
+    fn refill(&mut self) {
+        while let Some(e) = self.backlog.pop_front() {
+            if !self.try_push(&e) {
+                self.backlog.push_front(e);
+                break;
+            }
+        }
+        if self.backlog.is_empty() && self.backlog.capacity() > 64 {
+            self.backlog = VecDeque::new();
         }
     }
 
     /// Whether the kernel needs an `io_uring_enter`: entries are queued but not submitted, or
     /// completions overflowed the ring and wait in the kernel to be flushed into it.
     pub fn needs_enter(&mut self) -> bool {
+        let backlog = !self.backlog.is_empty();
         let sq = self.ring.submission();
-        !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
+        backlog || !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
     }
 
-    /// Hand the queued entries to the kernel and flush overflowed completions into the ring (one
-    /// `io_uring_enter`, no wait).
+    /// Hand the queued entries (backlog included, as far as the kernel takes them) to the kernel
+    /// and flush overflowed completions into the ring. No wait.
     pub fn submit(&mut self) -> io::Result<usize> {
-        self.ring.submit()
+        let mut total = 0;
+        loop {
+            self.refill();
+            let n = self.ring.submit()?;
+            total += n;
+            if self.backlog.is_empty() || n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Entries waiting for room in the submission queue.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
     }
 
     /// Move up to `max` completions into `out`; returns how many.
@@ -180,6 +223,53 @@ pub fn allowed_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_ring_queues_entries_instead_of_spinning() {
+        // 4 submission and 16 completion entries; 300 removals of polls that do not exist, each
+        // completing with -ENOENT, pushed while the kernel refuses every submit: the old push
+        // looped on submit() on the core's own thread and never returned.
+        // The ring starts disabled, so every submit fails (EBADFD) as a busy kernel's would.
+        let ring = IoUring::builder()
+            .setup_cqsize(16)
+            .setup_r_disabled()
+            .build(4)
+            .expect("ring");
+        let mut ring = Ring {
+            ring,
+            backlog: VecDeque::new(),
+        };
+        for i in 0..300u64 {
+            ring.poll_remove(1_000_000 + i, i);
+        }
+        assert!(ring.submit().is_err(), "the kernel refuses while disabled");
+        assert_eq!(
+            ring.backlog(),
+            296,
+            "4 in the submission queue, the rest waiting in order"
+        );
+        assert!(ring.needs_enter());
+        ring.ring
+            .submitter()
+            .register_enable_rings()
+            .expect("enable");
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 300 && std::time::Instant::now() < deadline {
+            let _ = ring.submit();
+            ring.reap(usize::MAX, &mut got);
+        }
+        assert_eq!(
+            got.len(),
+            300,
+            "every entry reached the kernel and completed"
+        );
+        assert_eq!(ring.backlog(), 0);
+        let mut tags: Vec<u64> = got.iter().map(|c| c.tag).collect();
+        tags.sort_unstable();
+        assert_eq!(tags, (0..300).collect::<Vec<_>>());
+        assert!(got.iter().all(|c| c.result == -libc::ENOENT));
+    }
 
     #[test]
     fn rss_is_readable() {
