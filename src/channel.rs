@@ -24,7 +24,7 @@ use crate::handler::{InReply, Socket, Terminate};
 use crate::proto::frame::OpCode;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload,
-    TOPIC_PHOENIX, binary, is_reserved_event, json,
+    STATUS_ERROR, STATUS_OK, TOPIC_PHOENIX, binary, is_reserved_event, json,
 };
 use crate::shard::{Shard, Stats};
 use crate::topics::{Sub, Subscription};
@@ -101,11 +101,6 @@ impl Session {
             user: self.user.as_deref(),
             core: ctx.shard.id,
         }
-    }
-
-    /// Channels joined.
-    pub fn channels(&self) -> usize {
-        self.joins.len()
     }
 
     /// Handle one data message from the client.
@@ -343,7 +338,7 @@ fn reply(
     ok: bool,
     response: &str,
 ) {
-    let status = if ok { "ok" } else { "error" };
+    let status = if ok { STATUS_OK } else { STATUS_ERROR };
     let frame = ctx.shard.build_frame(OpCode::Text, |b| {
         json::encode_reply(b, join_ref, msg_ref, topic, status, response)
     });
@@ -355,7 +350,7 @@ fn reply(
                 join_ref,
                 msg_ref,
                 topic,
-                "error",
+                STATUS_ERROR,
                 r#"{"reason":"bad reply"}"#,
             )
         })
