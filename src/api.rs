@@ -1,5 +1,8 @@
 //! Plain HTTP on the WebSocket port: `GET /metrics` (Prometheus text) and
 //! `POST /api/broadcast` (server-side publishing to every subscriber on every core).
+//!
+//! Who may call them, with which method, content type and body length is decided from the
+//! request head in [`crate::http`] before any body byte is read; these functions only answer.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -9,7 +12,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::channel::publish;
-use crate::proto::handshake::Request;
 use crate::proto::phoenix::Payload;
 use crate::shard::{CLOSE_CODES, Shard, Stats};
 use crate::sys;
@@ -22,7 +24,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn json(status: u16, body: &str) -> Answer {
+    pub fn json(status: u16, body: &str) -> Answer {
         Answer {
             status,
             content_type: "application/json",
@@ -41,21 +43,9 @@ struct BroadcastRequest<'a> {
     payload: &'a RawValue,
 }
 
-/// `POST /api/broadcast` with `{"topic": .., "event": .., "payload": ..}`.
-pub fn broadcast(shard: &Shard, req: &Request, body: &[u8]) -> Answer {
-    if req.method != "POST" {
-        return Answer::json(405, r#"{"error":"use POST"}"#);
-    }
-    if let Some(key) = &shard.cfg.api_key {
-        let given = req
-            .authorization
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return Answer::json(401, r#"{"error":"missing or wrong bearer key"}"#);
-        }
-    }
+/// `POST /api/broadcast` with `{"topic": .., "event": .., "payload": ..}`: the body of a request
+/// [`crate::http::plan`] accepted (caller allowed, `application/json`, within the size bounds).
+pub fn broadcast(shard: &Shard, body: &[u8]) -> Answer {
     let parsed: BroadcastRequest<'_> = match serde_json::from_slice(body) {
         Ok(p) => p,
         Err(e) => {
@@ -76,10 +66,6 @@ pub fn broadcast(shard: &Shard, req: &Request, body: &[u8]) -> Answer {
         Ok(()) => Answer::json(202, r#"{"ok":true}"#),
         Err(why) => Answer::json(400, &format!(r#"{{"error":"{}"}}"#, why.reason())),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Getter = fn(&Stats) -> &AtomicU64;
@@ -117,6 +103,18 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
         "counter",
         "HTTP requests parsed.",
         |s| &s.http_requests,
+    ),
+    (
+        "corecast_http_body_bytes",
+        "gauge",
+        "Request-body bytes reserved (being read or handled), of max_body_bytes_in_flight.",
+        |s| &s.http_body_bytes,
+    ),
+    (
+        "corecast_http_body_busy_total",
+        "counter",
+        "Requests answered 503: their body would pass max_body_bytes_in_flight.",
+        |s| &s.http_body_busy,
     ),
     (
         "corecast_accept_errors_total",

@@ -27,8 +27,15 @@ pub struct Config {
     pub max_message: usize,
     /// Largest HTTP request head, in bytes (431 above it).
     pub max_request_head: usize,
-    /// Largest HTTP request body (`POST /api/...`), in bytes (413 above it).
+    /// Largest HTTP request body (`POST /api/...`), in bytes (413 above it, answered from the
+    /// head before any body byte is read).
     pub max_request_body: usize,
+    /// Request-body bytes one core holds at once, over all its connections (reserved from the
+    /// `Content-Length` when a request head is accepted, given back when the request is answered
+    /// or its connection closes). A request that would pass it is answered 503 with
+    /// `Retry-After: 1`, before any body byte is read. Per core: the process holds at most
+    /// cores x this in request bodies. Must be >= `max_request_body`.
+    pub max_body_bytes_in_flight: usize,
     /// A connection that has not completed its HTTP request within this time is closed.
     pub handshake_timeout_ms: u64,
     /// After sending a close frame, how long to wait for the peer's close before dropping the socket.
@@ -52,8 +59,19 @@ pub struct Config {
     pub auth_secret: Option<String>,
     /// Refuse sockets (HTTP 403) that bring no valid token. Needs `auth_secret`.
     pub require_token: bool,
-    /// If set, `POST /api/broadcast` requires `Authorization: Bearer <api_key>`.
+    /// If set, `/api/*` needs `Authorization: Bearer <api_key>` (401 without it) and answers
+    /// any address that has it. If not set, `/api/*` answers loopback peers only (403 for any
+    /// other address). Behind a reverse proxy on the same host every request comes from
+    /// loopback: set a key there.
     pub api_key: Option<String>,
+    /// Origins allowed to call `/api/*` from a browser, in the syntax of `check_origin`. A request
+    /// that carries an `Origin` header is refused (403) unless its origin is listed; empty (the
+    /// default): every request with an `Origin` header is refused, so no web page a user visits
+    /// can publish (CSRF). Servers and scripts send no `Origin` and are not affected.
+    pub api_origins: Vec<String>,
+    /// If set, `GET /metrics` needs `Authorization: Bearer <metrics_key>` from any address (401
+    /// without it). If not set, `/metrics` answers loopback peers only (403 otherwise).
+    pub metrics_key: Option<String>,
     /// Cross-core outbox capacity per peer core, in broadcasts (drops are counted above it).
     pub mesh_outbox: usize,
     /// Allowed `Origin` headers for sockets (like Phoenix's `check_origin`): a full origin
@@ -81,6 +99,7 @@ impl Default for Config {
             max_message: 1 << 20,
             max_request_head: 8 * 1024,
             max_request_body: 1 << 20,
+            max_body_bytes_in_flight: 8 << 20,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 2_000,
             shutdown_timeout_ms: 10_000,
@@ -93,6 +112,8 @@ impl Default for Config {
             auth_secret: None,
             require_token: false,
             api_key: None,
+            api_origins: Vec::new(),
+            metrics_key: None,
             mesh_outbox: 65_536,
             check_origin: Vec::new(),
             max_messages_per_sec: 0,
@@ -169,6 +190,12 @@ impl Config {
         if !self.ring_entries.is_power_of_two() || !(16..=1 << 16).contains(&self.ring_entries) {
             return bad("ring_entries must be a power of two from 16 to 65536");
         }
+        if self.max_body_bytes_in_flight < self.max_request_body {
+            return bad("max_body_bytes_in_flight must be >= max_request_body");
+        }
+        if self.api_key.as_deref() == Some("") || self.metrics_key.as_deref() == Some("") {
+            return bad("api_key and metrics_key must not be empty (leave them out instead)");
+        }
         if self.require_token && self.auth_secret.is_none() {
             return bad("require_token needs auth_secret");
         }
@@ -217,25 +244,13 @@ impl Config {
         let Some(origin) = origin else {
             return true;
         };
-        if self.check_origin.is_empty() {
-            return true;
-        }
-        let host = origin
-            .split_once("://")
-            .map_or(origin, |(_, rest)| rest)
-            .split(['/', ':'])
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        self.check_origin
-            .iter()
-            .any(|allowed| match allowed.strip_prefix("//") {
-                Some(pattern) => match pattern.strip_prefix("*.") {
-                    Some(domain) => host == domain || host.ends_with(&format!(".{domain}")),
-                    None => host == pattern.to_ascii_lowercase(),
-                },
-                None => allowed.eq_ignore_ascii_case(origin),
-            })
+        self.check_origin.is_empty() || origin_matches(&self.check_origin, origin)
+    }
+
+    /// Whether a request to `/api/*` with this `Origin` header is allowed under `api_origins`
+    /// (an empty list allows none).
+    pub fn api_origin_allowed(&self, origin: &str) -> bool {
+        origin_matches(&self.api_origins, origin)
     }
 
     /// The frame limits handed to the protocol decoder.
@@ -245,6 +260,27 @@ impl Config {
             max_message: self.max_message,
         }
     }
+}
+
+/// Whether `origin` matches one of `patterns`: a full origin (compared case-insensitively) or a
+/// host pattern `//host` / `//*.domain` (the origin's host, port and scheme aside).
+fn origin_matches(patterns: &[String], origin: &str) -> bool {
+    let host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    patterns
+        .iter()
+        .any(|allowed| match allowed.strip_prefix("//") {
+            Some(pattern) => match pattern.strip_prefix("*.") {
+                Some(domain) => host == domain || host.ends_with(&format!(".{domain}")),
+                None => host == pattern.to_ascii_lowercase(),
+            },
+            None => allowed.eq_ignore_ascii_case(origin),
+        })
 }
 
 #[cfg(test)]
@@ -304,7 +340,29 @@ mod tests {
     }
 
     #[test]
+    fn api_origins_allow_none_unless_listed() {
+        assert!(!Config::default().api_origin_allowed("http://127.0.0.1:4000"));
+        assert!(!Config::default().api_origin_allowed("null"));
+        let c = Config::from_toml("api_origins = [\"https://admin.example.com\", \"//*.ops.io\"]")
+            .unwrap();
+        assert!(c.api_origin_allowed("https://admin.example.com"));
+        assert!(c.api_origin_allowed("https://a.ops.io"));
+        assert!(!c.api_origin_allowed("https://evil.com"));
+        assert!(!c.api_origin_allowed("http://admin.example.com"));
+        // check_origin (sockets) is a separate list.
+        assert!(c.origin_allowed(Some("https://evil.com")));
+    }
+
+    #[test]
     fn invalid_values_are_rejected() {
+        assert!(
+            Config::from_toml("max_request_body = 100\nmax_body_bytes_in_flight = 99").is_err()
+        );
+        assert!(
+            Config::from_toml("max_request_body = 100\nmax_body_bytes_in_flight = 100").is_ok()
+        );
+        assert!(Config::from_toml("api_key = \"\"").is_err());
+        assert!(Config::from_toml("metrics_key = \"\"").is_err());
         assert!(Config::from_toml("require_token = true").is_err());
         assert!(Config::from_toml("max_frame = 0").is_err());
         assert!(Config::from_toml("backlog = 0").is_err());

@@ -20,6 +20,7 @@ use tracing::trace;
 use crate::auth;
 use crate::channel::{Ctx, Session};
 use crate::handler::ConnectInfo;
+use crate::http::{self, Api, BodyReservation, Plan, Refusal};
 use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode};
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::proto::phoenix::Frame;
@@ -53,8 +54,12 @@ pub enum Endpoint {
 }
 
 enum Phase {
-    /// Reading the request head (and body); `buf` is dropped once it is complete.
-    Http { buf: Vec<u8> },
+    /// Reading the request head, then (`body` set: the head was accepted) its body; `buf` is
+    /// dropped once the request is answered.
+    Http {
+        buf: Vec<u8>,
+        body: Option<Box<PendingBody>>,
+    },
     /// An open WebSocket.
     Open {
         endpoint: Endpoint,
@@ -64,6 +69,22 @@ enum Phase {
     /// Our last bytes (a close frame or an HTTP response) are queued: flush them, shut the write
     /// side, then read and discard until the peer closes or the close deadline passes.
     Closing { shut: bool },
+}
+
+/// A request whose head was accepted and whose body is being read into the phase's `buf`
+/// (`req.head_len` bytes of head, then the body). Holds its bytes of the core's body budget
+/// until it is dropped: when answered, or with the connection, whichever way it ends.
+struct PendingBody {
+    req: Request,
+    api: Api,
+    reservation: BodyReservation,
+}
+
+impl PendingBody {
+    /// Bytes of head and body: `buf` is complete at this length.
+    fn end(&self) -> usize {
+        self.req.head_len + self.reservation.bytes()
+    }
 }
 
 /// Serve one accepted connection (already in slot `key`, watched by the reactor) until it is
@@ -85,7 +106,10 @@ pub fn serve(
         rate_left,
         rate_tick: 0,
         out_off: 0,
-        phase: Phase::Http { buf: Vec::new() },
+        phase: Phase::Http {
+            buf: Vec::new(),
+            body: None,
+        },
     }
 }
 
@@ -256,10 +280,14 @@ impl Conn {
         };
         let input = &mut scratch[..n];
         let step = match &mut self.phase {
-            Phase::Http { buf } => {
-                // Bounded: parse_request fails with TooLarge once the head passes its limit,
-                // so `buf` never holds more than that limit plus one read.
-                buf.extend_from_slice(input);
+            Phase::Http { buf, body } => {
+                // Bounded: until the head is accepted, parse_request fails with TooLarge once it
+                // passes its limit, so `buf` holds at most that limit plus one read; after it,
+                // only the reserved body bytes are kept (anything past them is dropped).
+                let want = body
+                    .as_ref()
+                    .map_or(input.len(), |b| b.end().saturating_sub(buf.len()));
+                buf.extend_from_slice(&input[..want.min(input.len())]);
                 self.on_http_bytes()
             }
             Phase::Open { .. } => {
@@ -271,11 +299,24 @@ impl Conn {
         Poll::Ready(step)
     }
 
-    /// Parse the buffered request; route it once its head (and body, if any) is complete.
+    /// Parse the buffered request head and act on it at once (see [`http::plan`]): refuse,
+    /// answer, upgrade, or (an accepted API call) reserve its body's bytes and read it; once the
+    /// body is complete, answer it.
     fn on_http_bytes(&mut self) -> Step {
-        let Phase::Http { buf } = &mut self.phase else {
+        let Phase::Http { buf, body } = &mut self.phase else {
             return Step::Continue;
         };
+        if body.as_ref().is_some_and(|p| buf.len() < p.end()) {
+            return Step::Continue; // the body is still coming
+        }
+        if let Some(pending) = body.take() {
+            let buf = std::mem::take(buf);
+            let a = match pending.api {
+                Api::Broadcast => crate::api::broadcast(&self.shard, &buf[pending.req.head_len..]),
+            };
+            self.respond(a.status, a.content_type, &a.body, &[]);
+            return Step::Continue; // `pending` gives its budget back here
+        }
         let req = match handshake::parse_request(buf, self.shard.cfg.max_request_head) {
             Ok(None) => return Step::Continue,
             Ok(Some(req)) => req,
@@ -288,35 +329,12 @@ impl Conn {
                 return Step::Continue;
             }
         };
-        if req.chunked {
-            self.respond(
-                411,
-                "text/plain",
-                b"chunked bodies are not supported\n",
-                &[],
-            );
-            return Step::Continue;
-        }
-        let body_len = req.content_length.unwrap_or(0);
-        if body_len > self.shard.cfg.max_request_body {
-            self.respond(413, "text/plain", b"request body too large\n", &[]);
-            return Step::Continue;
-        }
-        let end = req.head_len + body_len;
-        if buf.len() < end {
-            return Step::Continue; // the body is still coming
-        }
-        let mut rest = buf.split_off(end);
-        let body = buf.split_off(req.head_len);
         Stats::bump(&self.shard.stats.http_requests);
-        self.route(&req, &body, &mut rest);
-        Step::Continue
-    }
-
-    fn route(&mut self, req: &Request, body: &[u8], rest: &mut [u8]) {
-        let get = req.method == "GET" || req.method == "HEAD";
-        match req.path.as_str() {
-            "/health" if get => {
+        let stream = &self.stream;
+        let peer = || stream.peer_addr().ok().map(|a| a.ip());
+        match http::plan(&req, &self.shard.cfg, peer) {
+            Plan::Refuse(refusal) => self.refuse(&refusal),
+            Plan::Health => {
                 let body = format!(
                     "{{\"status\":\"ok\",\"core\":{},\"connections\":{}}}\n",
                     self.shard.id,
@@ -324,19 +342,47 @@ impl Conn {
                 );
                 self.respond(200, "application/json", body.as_bytes(), &[]);
             }
-            "/metrics" if get => {
+            Plan::Metrics => {
                 let a = crate::api::metrics(&self.shard);
                 self.respond(a.status, a.content_type, &a.body, &[]);
             }
-            "/health" | "/metrics" => self.respond(405, "text/plain", b"method not allowed\n", &[]),
-            "/api/broadcast" => {
-                let a = crate::api::broadcast(&self.shard, req, body);
-                self.respond(a.status, a.content_type, &a.body, &[]);
+            Plan::Phoenix => {
+                let mut rest = buf.split_off(req.head_len);
+                self.phoenix_upgrade(&req, &mut rest);
             }
-            "/socket/websocket" => self.phoenix_upgrade(req, rest),
-            "/echo" if self.shard.cfg.echo => self.upgrade(req, Endpoint::Echo, None, None, rest),
-            _ => self.respond(404, "text/plain", b"not found\n", &[]),
+            Plan::Echo => {
+                let mut rest = buf.split_off(req.head_len);
+                self.upgrade(&req, Endpoint::Echo, None, None, &mut rest);
+            }
+            Plan::Body { api, len } => {
+                let limit = self.shard.cfg.max_body_bytes_in_flight;
+                let Some(reservation) = BodyReservation::take(&self.shard.stats, limit, len) else {
+                    self.refuse(&Refusal::BUSY);
+                    return Step::Continue;
+                };
+                let end = req.head_len + len;
+                buf.truncate(end); // bytes past the body (pipelined) are not served
+                buf.reserve_exact(end - buf.len());
+                let waiting = req.expect_continue && buf.len() == req.head_len && len > 0;
+                *body = Some(Box::new(PendingBody {
+                    req,
+                    api,
+                    reservation,
+                }));
+                if waiting {
+                    // The client holds its body back until it hears that it may send it.
+                    self.enqueue(handshake::CONTINUE.to_vec());
+                }
+                return self.on_http_bytes(); // the body may be here already
+            }
         }
+        Step::Continue
+    }
+
+    /// Answer a refused request and close (its body, if any, is never read).
+    fn refuse(&mut self, refusal: &Refusal) {
+        let (content_type, body) = refusal.body();
+        self.respond(refusal.status, content_type, &body, refusal.headers);
     }
 
     /// Phoenix's connect: transport version, token, the handler's verdict; then the upgrade.

@@ -3,6 +3,8 @@
 //! Layers, bottom up:
 //! - [`proto`]: pure protocol code (HTTP upgrade, RFC 6455 frames, Phoenix messages). No I/O.
 //! - [`wheel`]: the per-core timer wheel (handshake and idle timeouts).
+//! - [`http`]: plain HTTP on the WebSocket port, decided from the request head (access, routes,
+//!   limits) before any body is read; [`api`] answers the accepted requests.
 //! - [`conn`]: one connection's state machine, driven by its core.
 //! - [`shard`]: one core's world: listener, connection slab, timer wheel.
 //! - [`server`]: starts one pinned glommio executor per core, handles signals and drain.
@@ -14,6 +16,7 @@ pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod handler;
+pub mod http;
 pub mod mesh;
 pub mod proto;
 pub mod reactor;

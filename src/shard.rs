@@ -85,6 +85,10 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub upgraded: AtomicU64,
     pub http_requests: AtomicU64,
+    /// Request-body bytes reserved on this core right now (see `crate::http::BodyReservation`).
+    pub http_body_bytes: AtomicU64,
+    /// Requests answered 503 because their body would pass `max_body_bytes_in_flight`.
+    pub http_body_busy: AtomicU64,
     pub accept_errors: AtomicU64,
     /// Multishot polls the kernel ended (e.g. a burst past `ring_entries`) and the connection
     /// re-armed.

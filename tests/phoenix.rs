@@ -238,7 +238,7 @@ fn api_broadcast_with_key_reaches_subscribers() {
     );
     // A bad body is a 400, not a broadcast.
     let mut s = srv.connect_tcp();
-    let req = "POST /api/broadcast HTTP/1.1\r\nAuthorization: Bearer k1\r\nContent-Length: 5\r\n\r\n{bad}";
+    let req = "POST /api/broadcast HTTP/1.1\r\nAuthorization: Bearer k1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{bad}";
     assert_eq!(http_exchange(&mut s, req.as_bytes()).0, 400);
 }
 

@@ -1,13 +1,16 @@
 //! Fuzz the HTTP/1.1 upgrade parser: arbitrary bytes must never panic, prefixes of a head must
 //! never look complete before the whole head does, and whatever passes `check_upgrade` must
-//! produce a well-formed 101 response.
+//! produce a well-formed 101 response. Every parsed head also goes through `http::plan` (the
+//! plain-HTTP decision): it must not panic and never accepts a body past `max_request_body`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
+use corecast::config::Config;
+use corecast::http::{Plan, plan};
 use corecast::proto::handshake::{
-    Request, accept_key, bearer_token_from_protocols, check_upgrade, parse_request, query_param,
-    write_switching,
+    Request, accept_key, bearer_credentials, bearer_token_from_protocols, check_upgrade,
+    media_type_is, parse_request, query_param, write_switching,
 };
 
 const MAX_HEAD: usize = 8192;
@@ -35,9 +38,21 @@ fuzz_target!(|data: &[u8]| {
     let (query, name) = text.split_once('\n').unwrap_or((&text, "token"));
     let _ = query_param(query, name);
     let _ = query_param(&text, "vsn");
+    let _ = (bearer_credentials(&text), media_type_is(&text, "application/json"));
 });
 
 fn exercise(req: &Request) {
+    let keyed = Config {
+        api_key: Some("k".into()),
+        metrics_key: Some("m".into()),
+        ..Config::default()
+    };
+    for (cfg, loopback) in [(Config::default(), true), (Config::default(), false), (keyed, false)] {
+        let peer = || Some(std::net::IpAddr::from([if loopback { 127 } else { 10 }, 0, 0, 1]));
+        if let Plan::Body { len, .. } = plan(req, &cfg, peer) {
+            assert!(len <= cfg.max_request_body && req.content_length == Some(len));
+        }
+    }
     let _ = query_param(&req.query, "vsn");
     let _ = query_param(&req.query, "token");
     let _ = bearer_token_from_protocols(&req.protocols);

@@ -37,6 +37,11 @@ pub struct Request {
     pub origin: Option<String>,
     /// `Authorization` header value, trimmed.
     pub authorization: Option<String>,
+    /// `Content-Type` header value, trimmed (see [`media_type_is`]).
+    pub content_type: Option<String>,
+    /// An `Expect` header lists `100-continue` (case-insensitive): the client waits for an
+    /// interim `100 Continue` (or a final answer) before it sends the body.
+    pub expect_continue: bool,
     /// `Content-Length`, validated (digits only; repeated values must agree).
     pub content_length: Option<usize>,
     /// `Transfer-Encoding` is present and its final coding is `chunked`.
@@ -80,7 +85,7 @@ const MAX_HEADERS: usize = 64;
 /// header this function reads; a bad or conflicting `Content-Length`; a `Transfer-Encoding` whose
 /// final coding is not `chunked`, or one sent together with `Content-Length` (request-smuggling
 /// guards, RFC 9112 6.1/6.3); and a repeated `Host`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version`,
-/// `Origin` or `Authorization` header. A missing `Host` is not checked here.
+/// `Origin`, `Authorization` or `Content-Type` header. A missing `Host` is not checked here.
 pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request>, HttpError> {
     // Never look past `max_head` bytes: a head that has not ended by then is too large.
     let buf = buf.get(..max_head).unwrap_or(buf);
@@ -126,6 +131,10 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request>, Htt
             set_once(&mut req.origin, name, h.value)?;
         } else if field("authorization") {
             set_once(&mut req.authorization, name, h.value)?;
+        } else if field("content-type") {
+            set_once(&mut req.content_type, name, h.value)?;
+        } else if field("expect") {
+            req.expect_continue |= has_token(utf8(name, h.value)?, "100-continue");
         } else if field("content-length") {
             add_content_length(&mut req.content_length, h.value)?;
         } else if field("transfer-encoding") {
@@ -271,9 +280,13 @@ pub fn write_response(
     }
 }
 
+/// The interim response to a request with `Expect: 100-continue` whose body will be read.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Reason phrase for the statuses corecast uses; `"Unknown"` otherwise.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
@@ -282,7 +295,9 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -290,6 +305,22 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Unknown",
     }
+}
+
+/// Whether a `Content-Type` value names the media type `essence` (`type/subtype`): compared
+/// ASCII case-insensitively, parameters after `';'` ignored (RFC 9110 8.3.1), so
+/// `application/json; charset=utf-8` is `application/json`.
+pub fn media_type_is(content_type: &str, essence: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("");
+    trim(media).eq_ignore_ascii_case(essence)
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` value (the scheme name is
+/// case-insensitive, RFC 9110 11.1); `None` for another scheme or no credentials.
+pub fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.split_once([' ', '\t'])?;
+    let credentials = trim(rest);
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
 }
 
 /// Value of query parameter `name`: percent-decoded (`'+'` as space), first occurrence.
@@ -579,6 +610,41 @@ mod tests {
         assert_eq!((req.path.as_str(), req.query.as_str()), ("/health", ""));
         assert_eq!(req.version_minor, 0);
         assert_eq!(check_upgrade(&req), Err(UpgradeError::NotUpgrade));
+    }
+
+    #[test]
+    fn content_type_expect_and_bearer() {
+        let raw =
+            b"POST /api/broadcast HTTP/1.1\r\ncontent-type:  Application/JSON; charset=utf-8 \r\n\
+            Expect: 100-Continue\r\nAuthorization: bearer  k1 \r\nContent-Length: 2\r\n\r\n{}";
+        let req = parse(raw).unwrap().unwrap();
+        let ct = req.content_type.as_deref().unwrap();
+        assert_eq!(ct, "Application/JSON; charset=utf-8");
+        assert!(media_type_is(ct, "application/json") && req.expect_continue);
+        assert_eq!(
+            bearer_credentials(req.authorization.as_deref().unwrap()),
+            Some("k1")
+        );
+        for not_json in [
+            "text/plain",
+            "application/json-seq",
+            "",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(!media_type_is(not_json, "application/json"), "{not_json}");
+        }
+        assert!(media_type_is("application/json", "application/json"));
+        for not_bearer in ["Basic azE=", "Bearer", "Bearer   ", "Bearerk1", ""] {
+            assert_eq!(bearer_credentials(not_bearer), None, "{not_bearer}");
+        }
+        let twice = b"POST / HTTP/1.1\r\nContent-Type: a/b\r\nContent-Type: c/d\r\n\r\n";
+        assert!(matches!(parse(twice), Err(HttpError::Malformed(_))));
+        let req = chrome_with("", "");
+        assert!(req.content_type.is_none() && !req.expect_continue);
+        assert_eq!(
+            (reason_phrase(411), reason_phrase(415)),
+            ("Length Required", "Unsupported Media Type")
+        );
     }
 
     #[test]

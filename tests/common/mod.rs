@@ -15,12 +15,19 @@ pub struct TestServer {
 impl TestServer {
     /// Start `corecast serve --listen 127.0.0.1:0 <extra>` and wait for its "listening" line.
     pub fn start(extra: &[&str]) -> TestServer {
-        TestServer::spawn(extra, "warn", Stdio::inherit())
+        TestServer::spawn("127.0.0.1:0", extra, "warn", Stdio::inherit())
     }
 
     /// Like [`TestServer::start`] with `config` (TOML text) written to a file of its own and
     /// passed as `--config`, before `extra`.
     pub fn start_with_config(config: &str, extra: &[&str]) -> TestServer {
+        TestServer::start_on("127.0.0.1:0", config, extra)
+    }
+
+    /// Like [`TestServer::start_with_config`], listening on `listen` (e.g. `0.0.0.0:0`, to be
+    /// reached from a non-loopback address); `addr` is then `0.0.0.0:PORT`, which connects
+    /// over loopback.
+    pub fn start_on(listen: &str, config: &str, extra: &[&str]) -> TestServer {
         static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("corecast-test-{}", std::process::id()));
@@ -29,18 +36,18 @@ impl TestServer {
         std::fs::write(&path, config).unwrap();
         let mut args = vec!["--config", path.to_str().unwrap()];
         args.extend_from_slice(extra);
-        TestServer::start(&args)
+        TestServer::spawn(listen, &args, "warn", Stdio::inherit())
     }
 
     /// Like [`TestServer::start`] with logging at `level` written to `log`.
     pub fn start_logging(extra: &[&str], level: &str, log: &std::path::Path) -> TestServer {
         let file = std::fs::File::create(log).expect("log file");
-        TestServer::spawn(extra, level, Stdio::from(file))
+        TestServer::spawn("127.0.0.1:0", extra, level, Stdio::from(file))
     }
 
-    fn spawn(extra: &[&str], level: &str, stderr: Stdio) -> TestServer {
+    fn spawn(listen: &str, extra: &[&str], level: &str, stderr: Stdio) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(extra)
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
@@ -91,6 +98,18 @@ impl TestServer {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
+    }
+
+    /// The server's resident set size, from /proc/PID/status (no request to the server).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
     }
 
     /// Send SIGTERM.

@@ -1,0 +1,469 @@
+//! Plain HTTP on the WebSocket port: what to do with a request, decided from its head alone.
+//!
+//! [`plan`] takes a parsed request head, the configuration and (only when the answer depends on
+//! it) the peer's address, and says what the connection does next: answer now, upgrade, or read
+//! a body of a known length first. Every refusal — malformed framing (400), authentication
+//! (401/403), route (404), method (405), framing (411), size (413), content type (415) — is made
+//! here, before a single body byte is buffered; only a request that passed all of them gets its
+//! body read, and only if its core's body budget has room ([`BodyReservation`], else 503).
+//!
+//! Access (issue 10, point 2):
+//! - `/health` is open (load balancers).
+//! - `/metrics`: with `metrics_key`, `Authorization: Bearer <metrics_key>` from any address;
+//!   without it, loopback peers only.
+//! - `/api/*`: a request with an `Origin` header is refused unless the origin is in
+//!   `api_origins` (no web page can publish by default); then, with `api_key`, the bearer key
+//!   from any address; without it, loopback peers only. Bodies must be `application/json`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::proto::handshake::{self, Request};
+use crate::shard::Stats;
+
+/// What the connection does with a request whose head is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Answer with this and close; the body, if any, is never read.
+    Refuse(Refusal),
+    /// `GET /health`.
+    Health,
+    /// `GET /metrics` (the caller is allowed).
+    Metrics,
+    /// `/socket/websocket`: Phoenix's connect checks, then the upgrade.
+    Phoenix,
+    /// `/echo` (only with `echo`): the upgrade.
+    Echo,
+    /// An API call: reserve `len` bytes of the core's body budget, read the body, then answer.
+    Body { api: Api, len: usize },
+}
+
+/// The API endpoints that take a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `POST /api/broadcast`.
+    Broadcast,
+}
+
+/// A refusal: status, a short reason for the body, and the headers the status calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+    /// Answer with `{"error": reason}` (the API) instead of plain text.
+    pub json: bool,
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Refusal {
+    const fn new(status: u16, reason: &'static str, json: bool) -> Refusal {
+        Refusal {
+            status,
+            reason,
+            json,
+            headers: &[],
+        }
+    }
+
+    const fn with(self, headers: &'static [(&'static str, &'static str)]) -> Refusal {
+        Refusal { headers, ..self }
+    }
+
+    /// The request's body would pass the core's `max_body_bytes_in_flight`.
+    pub const BUSY: Refusal =
+        Refusal::new(503, "server busy: too many request bodies in flight", true)
+            .with(&[("Retry-After", "1")]);
+
+    /// `Content-Type` and body of the answer.
+    pub fn body(&self) -> (&'static str, Vec<u8>) {
+        if self.json {
+            let reason = serde_json::to_string(self.reason).unwrap_or_default();
+            (
+                "application/json",
+                format!("{{\"error\":{reason}}}\n").into_bytes(),
+            )
+        } else {
+            ("text/plain", format!("{}\n", self.reason).into_bytes())
+        }
+    }
+}
+
+const BEARER: &[(&str, &str)] = &[("WWW-Authenticate", "Bearer")];
+
+/// Decide what to do with `req` from its head. `peer` gives the peer's address; it is called
+/// only when the answer depends on it (`/metrics` without `metrics_key`, `/api/*` without
+/// `api_key`), and `None` (unknown) counts as not loopback.
+pub fn plan(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) -> Plan {
+    let path = req.path.as_str();
+    let api = path == "/api" || path.starts_with("/api/");
+    let get = req.method == "GET" || req.method == "HEAD";
+    let has_body = req.chunked || req.content_length.is_some_and(|n| n > 0);
+    if has_body && (get || req.upgrade_websocket) {
+        let why = "a GET, HEAD or upgrade request must not have a body";
+        return Plan::Refuse(Refusal::new(400, why, api));
+    }
+    match path {
+        "/health" if get => Plan::Health,
+        "/metrics" => match access(&cfg.metrics_key, req, peer, false) {
+            Err(refusal) => Plan::Refuse(refusal),
+            Ok(()) if get => Plan::Metrics,
+            Ok(()) => Plan::Refuse(method_not_allowed(false)),
+        },
+        "/health" => Plan::Refuse(method_not_allowed(false)),
+        _ if api => plan_api(req, cfg, peer),
+        "/socket/websocket" => Plan::Phoenix,
+        "/echo" if cfg.echo => Plan::Echo,
+        _ => Plan::Refuse(Refusal::new(404, "not found", false)),
+    }
+}
+
+/// `/api/*`: origin, caller, route, method, framing, content type, length; in that order, so a
+/// caller who may not use the API learns nothing about it.
+fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) -> Plan {
+    let refuse = |status, why| Plan::Refuse(Refusal::new(status, why, true));
+    if req
+        .origin
+        .as_deref()
+        .is_some_and(|o| !cfg.api_origin_allowed(o))
+    {
+        return refuse(403, "origin not allowed (see api_origins)");
+    }
+    if let Err(refusal) = access(&cfg.api_key, req, peer, true) {
+        return Plan::Refuse(refusal);
+    }
+    let api = match req.path.as_str() {
+        "/api/broadcast" => Api::Broadcast,
+        _ => return refuse(404, "no such API endpoint"),
+    };
+    if req.method != "POST" {
+        return Plan::Refuse(Refusal::new(405, "use POST", true).with(&[("Allow", "POST")]));
+    }
+    if req.chunked {
+        return refuse(411, "chunked bodies are not supported: send Content-Length");
+    }
+    let json = req
+        .content_type
+        .as_deref()
+        .is_some_and(|ct| handshake::media_type_is(ct, "application/json"));
+    if !json {
+        return refuse(415, "Content-Type must be application/json");
+    }
+    let Some(len) = req.content_length else {
+        return refuse(411, "Content-Length required");
+    };
+    if len > cfg.max_request_body {
+        return refuse(413, "request body too large (max_request_body)");
+    }
+    Plan::Body { api, len }
+}
+
+/// With a key: the request must carry it as a bearer token, from any address (401). Without
+/// one: only loopback peers (403).
+fn access(
+    key: &Option<String>,
+    req: &Request,
+    peer: impl FnOnce() -> Option<IpAddr>,
+    json: bool,
+) -> Result<(), Refusal> {
+    match key {
+        Some(key) => {
+            let given = req
+                .authorization
+                .as_deref()
+                .and_then(handshake::bearer_credentials)
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+                Ok(())
+            } else {
+                Err(Refusal::new(401, "missing or wrong bearer key", json).with(BEARER))
+            }
+        }
+        None if peer().is_some_and(is_loopback) => Ok(()),
+        None => Err(Refusal::new(
+            403,
+            "loopback peers only: no key is configured",
+            json,
+        )),
+    }
+}
+
+fn method_not_allowed(json: bool) -> Refusal {
+    Refusal::new(405, "method not allowed", json).with(&[("Allow", "GET, HEAD")])
+}
+
+/// A loopback peer: 127.0.0.0/8, `::1`, or either as an IPv4-mapped IPv6 address (a server
+/// listening on `[::]` sees IPv4 clients as `::ffff:a.b.c.d`).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// Compare without an early exit, so the time taken does not tell how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Request-body bytes held against one core's `max_body_bytes_in_flight` budget, from the moment
+/// a request head is accepted until the value is dropped: when the request is answered, or
+/// with the connection (every exit path: the reservation lives in the connection's HTTP phase).
+///
+/// The budget is the core's `http_body_bytes` gauge. Only the owning core writes its `Stats`
+/// and a connection never leaves its core, so the check-then-add cannot race.
+pub struct BodyReservation {
+    stats: Arc<Stats>,
+    bytes: usize,
+}
+
+impl BodyReservation {
+    /// Reserve `bytes`, or `None` (counted in `http_body_busy`) if that would pass `limit`.
+    pub fn take(stats: &Arc<Stats>, limit: usize, bytes: usize) -> Option<BodyReservation> {
+        let used = stats
+            .http_body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if used.saturating_add(bytes as u64) > limit as u64 {
+            Stats::bump(&stats.http_body_busy);
+            return None;
+        }
+        Stats::add(&stats.http_body_bytes, bytes as u64);
+        Some(BodyReservation {
+            stats: stats.clone(),
+            bytes,
+        })
+    }
+
+    /// The bytes reserved: the body's length.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        Stats::sub(&self.stats.http_body_bytes, self.bytes as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const LOCAL: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    const REMOTE: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+
+    fn req(raw: &str) -> Request {
+        handshake::parse_request(raw.as_bytes(), 8192)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn status(plan: Plan) -> u16 {
+        match plan {
+            Plan::Refuse(r) => r.status,
+            Plan::Body { .. } => 0,
+            _ => 200,
+        }
+    }
+
+    const POST: &str = "POST /api/broadcast HTTP/1.1\r\nContent-Type: application/json\r\n\
+        Content-Length: 2\r\n\r\n";
+
+    #[test]
+    fn loopback_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.255.255.254",
+            "::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "192.0.2.2",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "::ffff:192.0.2.2",
+            "fd00::2",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!is_loopback(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+    }
+
+    #[test]
+    fn api_without_key_answers_loopback_only() {
+        let cfg = Config::default();
+        let want = Plan::Body {
+            api: Api::Broadcast,
+            len: 2,
+        };
+        assert_eq!(plan(&req(POST), &cfg, || LOCAL), want);
+        let refused = plan(&req(POST), &cfg, || REMOTE);
+        assert!(
+            matches!(refused, Plan::Refuse(r) if r.status == 403 && r.json),
+            "{refused:?}"
+        );
+        assert_eq!(status(plan(&req(POST), &cfg, || None)), 403);
+    }
+
+    #[test]
+    fn api_with_key_answers_any_address_with_the_key() {
+        let cfg = Config::from_toml("api_key = \"k1\"").unwrap();
+        let with = |auth: &str| req(&POST.replace("\r\n\r\n", &format!("\r\n{auth}\r\n\r\n")));
+        let never = || -> Option<IpAddr> { panic!("the peer does not matter with a key") };
+        assert_eq!(
+            status(plan(&with("Authorization: Bearer k1"), &cfg, never)),
+            0
+        );
+        assert_eq!(
+            status(plan(&with("Authorization: bearer k1"), &cfg, never)),
+            0
+        );
+        for bad in [
+            "Authorization: Bearer k2",
+            "Authorization: Bearer k",
+            "Authorization: Basic k1",
+        ] {
+            let p = plan(&with(bad), &cfg, never);
+            assert!(
+                matches!(p, Plan::Refuse(r) if r.status == 401 && r.headers == BEARER),
+                "{bad}"
+            );
+        }
+        // The key is needed from loopback too.
+        assert_eq!(status(plan(&req(POST), &cfg, || LOCAL)), 401);
+    }
+
+    #[test]
+    fn api_origin_content_type_method_and_length() {
+        let cfg = Config::from_toml("api_origins = [\"https://admin.example.com\"]").unwrap();
+        let case =
+            |old: &str, new: &str| status(plan(&req(&POST.replace(old, new)), &cfg, || LOCAL));
+        let origin = |o: &str| format!("HTTP/1.1\r\nOrigin: {o}");
+        assert_eq!(case("HTTP/1.1", &origin("https://evil.example")), 403);
+        assert_eq!(case("HTTP/1.1", &origin("null")), 403);
+        assert_eq!(case("HTTP/1.1", &origin("https://admin.example.com")), 0);
+        let default = Config::default();
+        let with_origin = req(&POST.replace("HTTP/1.1", &origin("http://127.0.0.1:4000")));
+        assert_eq!(status(plan(&with_origin, &default, || LOCAL)), 403);
+
+        assert_eq!(case("application/json", "text/plain"), 415);
+        assert_eq!(case("Content-Type: application/json\r\n", ""), 415);
+        assert_eq!(
+            case("application/json", "application/json; charset=utf-8"),
+            0
+        );
+        assert_eq!(
+            case("application/json", "application/x-www-form-urlencoded"),
+            415
+        );
+        assert_eq!(case("POST", "PUT"), 405);
+        assert_eq!(case("/api/broadcast", "/api/nope"), 404);
+        assert_eq!(case("/api/broadcast", "/api"), 404);
+        assert_eq!(case("Content-Length: 2", "Transfer-Encoding: chunked"), 411);
+        assert_eq!(case("Content-Length: 2\r\n", ""), 411);
+        assert_eq!(case("Content-Length: 2", "Content-Length: 1048576"), 0);
+        assert_eq!(case("Content-Length: 2", "Content-Length: 1048577"), 413);
+    }
+
+    #[test]
+    fn a_caller_not_allowed_learns_nothing_about_the_api() {
+        // The same 403 for a real endpoint, an unknown one, a wrong method or a bad body.
+        let cfg = Config::default();
+        for raw in [
+            POST.to_string(),
+            POST.replace("/api/broadcast", "/api/nope"),
+            "GET /api/broadcast HTTP/1.1\r\n\r\n".into(),
+            POST.replace("application/json", "text/plain"),
+            POST.replace("Content-Length: 2", "Content-Length: 999999999"),
+        ] {
+            assert_eq!(status(plan(&req(&raw), &cfg, || REMOTE)), 403, "{raw}");
+        }
+    }
+
+    #[test]
+    fn metrics_and_health() {
+        let get = |path: &str| req(&format!("GET {path} HTTP/1.1\r\n\r\n"));
+        let cfg = Config::default();
+        assert_eq!(plan(&get("/health"), &cfg, || REMOTE), Plan::Health);
+        assert_eq!(plan(&get("/metrics"), &cfg, || LOCAL), Plan::Metrics);
+        assert_eq!(status(plan(&get("/metrics"), &cfg, || REMOTE)), 403);
+        let keyed = Config::from_toml("metrics_key = \"m1\"").unwrap();
+        assert_eq!(status(plan(&get("/metrics"), &keyed, || LOCAL)), 401);
+        let with_key = req("GET /metrics HTTP/1.1\r\nAuthorization: Bearer m1\r\n\r\n");
+        assert_eq!(plan(&with_key, &keyed, || REMOTE), Plan::Metrics);
+        let post = req("POST /health HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n");
+        assert_eq!(status(plan(&post, &cfg, || LOCAL)), 405);
+        let post = req("POST /metrics HTTP/1.1\r\n\r\n");
+        assert_eq!(status(plan(&post, &cfg, || LOCAL)), 405);
+        assert_eq!(status(plan(&get("/nope"), &cfg, || LOCAL)), 404);
+    }
+
+    #[test]
+    fn bodies_on_get_and_upgrades_are_refused() {
+        let cfg = Config::from_toml("echo = true").unwrap();
+        let upgrade =
+            "GET /socket/websocket HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+        for raw in [
+            "GET /health HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n".to_string(),
+            "HEAD /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            "GET /nope HTTP/1.1\r\nContent-Length: 1\r\n\r\n".into(),
+            format!("{upgrade}Content-Length: 5\r\n\r\n"),
+            format!(
+                "{}Content-Length: 5\r\n\r\n",
+                upgrade.replace("GET", "POST")
+            ),
+        ] {
+            assert_eq!(status(plan(&req(&raw), &cfg, || LOCAL)), 400, "{raw}");
+        }
+        let empty = req("GET /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(plan(&empty, &cfg, || LOCAL), Plan::Health);
+        assert_eq!(
+            plan(&req(&format!("{upgrade}\r\n")), &cfg, || REMOTE),
+            Plan::Phoenix
+        );
+        assert_eq!(
+            plan(&req("GET /echo HTTP/1.1\r\n\r\n"), &cfg, || REMOTE),
+            Plan::Echo
+        );
+    }
+
+    #[test]
+    fn refusal_bodies() {
+        let (ct, body) = Refusal::BUSY.body();
+        assert_eq!(ct, "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("busy"));
+        assert_eq!(Refusal::BUSY.headers, [("Retry-After", "1")]);
+        let (ct, body) = Refusal::new(404, "not found", false).body();
+        assert_eq!((ct, &body[..]), ("text/plain", &b"not found\n"[..]));
+    }
+
+    #[test]
+    fn body_budget_is_taken_and_given_back() {
+        let stats = Arc::new(Stats::default());
+        let gauge = || {
+            stats
+                .http_body_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let a = BodyReservation::take(&stats, 100, 60).unwrap();
+        assert!(BodyReservation::take(&stats, 100, 41).is_none());
+        let b = BodyReservation::take(&stats, 100, 40).unwrap();
+        assert_eq!((gauge(), a.bytes() + b.bytes()), (100, 100));
+        drop(a);
+        assert_eq!(gauge(), 40);
+        let c = BodyReservation::take(&stats, 100, 60).unwrap();
+        drop((b, c));
+        assert_eq!(gauge(), 0);
+        assert_eq!(
+            stats
+                .http_body_busy
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
