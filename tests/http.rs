@@ -428,7 +428,7 @@ fn body_budget_gives_503_and_is_released_on_every_exit() {
         "max_request_body = 1000\nmax_body_bytes_in_flight = 1500\n",
         &["--cores", "1", "--handshake-timeout-ms", "1500"],
     );
-    let payload = format!("\"{}\"", "p".repeat(1000 - 60));
+    let payload = format!("{{\"p\":\"{}\"}}", "p".repeat(1000 - 70));
     let body = format!(r#"{{"topic":"room:budget","event":"e","payload":{payload}}}"#);
     let body = format!("{body}{}", " ".repeat(1000 - body.len())); // exactly 1000 bytes
     let full = post_request(JSON, &body).into_bytes();
