@@ -53,8 +53,10 @@ pub enum Endpoint {
 }
 
 enum Phase {
-    /// Reading the request head (and body); `buf` is dropped once it is complete.
-    Http { buf: Vec<u8> },
+    /// Reading the request head (and body); `buf` is dropped once it is complete. `deferred`: a
+    /// complete upgrade request with frames behind it waits in `buf` for the core's mesh hold to
+    /// end (those frames could be broadcasts; see `on_http_bytes`).
+    Http { buf: Vec<u8>, deferred: bool },
     /// An open WebSocket.
     Open {
         endpoint: Endpoint,
@@ -85,7 +87,10 @@ pub fn serve(
         rate_left,
         rate_tick: 0,
         out_off: 0,
-        phase: Phase::Http { buf: Vec::new() },
+        phase: Phase::Http {
+            buf: Vec::new(),
+            deferred: false,
+        },
     }
 }
 
@@ -159,6 +164,11 @@ impl Conn {
                         return Poll::Ready(());
                     }
                     Phase::Closing { .. } => return Poll::Ready(()),
+                    Phase::Open { .. } if self.shard.reads_held() => {
+                        // The core stopped reading, not the client: it may well have spoken.
+                        let idle = self.shard.cfg.idle_timeout();
+                        self.shard.set_deadline(self.key, Some(idle));
+                    }
                     Phase::Open { .. } => {
                         Stats::bump(&self.shard.stats.idle_timeouts);
                         self.start_close(close_code::POLICY, "idle timeout");
@@ -209,6 +219,26 @@ impl Conn {
             if backed_up && !matches!(self.phase, Phase::Closing { .. }) {
                 return Poll::Pending; // the write readiness wakes us
             }
+            // 4. Nor while this core's cross-core outboxes are over their mark: what a Phoenix
+            //    socket sends next could be a broadcast, so it waits in the kernel (and its sender
+            //    slows down) instead of being dropped on the way to another core. The end of the
+            //    hold wakes every parked connection (`Shard::park`).
+            let publisher = match &self.phase {
+                Phase::Open { endpoint, .. } => *endpoint == Endpoint::Phoenix,
+                Phase::Http { deferred, .. } => *deferred,
+                Phase::Closing { .. } => false,
+            };
+            if publisher && self.shard.reads_held() {
+                self.shard.park(self.key);
+                return Poll::Pending;
+            }
+            if let Phase::Http { deferred, .. } = &mut self.phase
+                && *deferred
+            {
+                *deferred = false;
+                self.on_http_bytes(); // the request is complete: this routes it
+                continue;
+            }
             if reads == READ_BUDGET {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -256,7 +286,7 @@ impl Conn {
         };
         let input = &mut scratch[..n];
         let step = match &mut self.phase {
-            Phase::Http { buf } => {
+            Phase::Http { buf, .. } => {
                 // Bounded: parse_request fails with TooLarge once the head passes its limit,
                 // so `buf` never holds more than that limit plus one read.
                 buf.extend_from_slice(input);
@@ -273,7 +303,7 @@ impl Conn {
 
     /// Parse the buffered request; route it once its head (and body, if any) is complete.
     fn on_http_bytes(&mut self) -> Step {
-        let Phase::Http { buf } = &mut self.phase else {
+        let Phase::Http { buf, deferred } = &mut self.phase else {
             return Step::Continue;
         };
         let req = match handshake::parse_request(buf, self.shard.cfg.max_request_head) {
@@ -306,6 +336,12 @@ impl Conn {
         if buf.len() < end {
             return Step::Continue; // the body is still coming
         }
+        if buf.len() > end && req.path == "/socket/websocket" && self.shard.reads_held() {
+            // Frames sent right behind an upgrade would be handled before the socket's first
+            // read, so past the mesh's read gate: the request waits whole until the hold ends.
+            *deferred = true;
+            return Step::Continue;
+        }
         let mut rest = buf.split_off(end);
         let body = buf.split_off(req.head_len);
         Stats::bump(&self.shard.stats.http_requests);
@@ -326,12 +362,12 @@ impl Conn {
             }
             "/metrics" if get => {
                 let a = crate::api::metrics(&self.shard);
-                self.respond(a.status, a.content_type, &a.body, &[]);
+                self.respond(a.status, a.content_type, &a.body, a.headers);
             }
             "/health" | "/metrics" => self.respond(405, "text/plain", b"method not allowed\n", &[]),
             "/api/broadcast" => {
                 let a = crate::api::broadcast(&self.shard, req, body);
-                self.respond(a.status, a.content_type, &a.body, &[]);
+                self.respond(a.status, a.content_type, &a.body, a.headers);
             }
             "/socket/websocket" => self.phoenix_upgrade(req, rest),
             "/echo" if self.shard.cfg.echo => self.upgrade(req, Endpoint::Echo, None, None, rest),
