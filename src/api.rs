@@ -21,6 +21,8 @@ pub struct Answer {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Extra response headers.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 impl Answer {
@@ -29,6 +31,7 @@ impl Answer {
             status,
             content_type: "application/json",
             body: format!("{body}\n").into_bytes(),
+            headers: &[],
         }
     }
 }
@@ -45,6 +48,11 @@ struct BroadcastRequest<'a> {
 
 /// `POST /api/broadcast` with `{"topic": .., "event": .., "payload": ..}`: the body of a request
 /// [`crate::http::plan`] accepted (caller allowed, `application/json`, within the size bounds).
+///
+/// While this core's cross-core outboxes are over their mark (see [`Shard::reads_held`]) a valid
+/// request is answered `503` with `Retry-After: 1` and not published: the caller learns the
+/// server is pushing back and retries, nobody's message is dropped on the way to another core,
+/// and `/metrics` and `/health` stay readable (an HTTP connection is not parked, unlike a socket).
 pub fn broadcast(shard: &Shard, body: &[u8]) -> Answer {
     let parsed: BroadcastRequest<'_> = match serde_json::from_slice(body) {
         Ok(p) => p,
@@ -56,6 +64,15 @@ pub fn broadcast(shard: &Shard, body: &[u8]) -> Answer {
     let topic = &*parsed.topic;
     if topic.is_empty() || topic.len() > shard.cfg.max_topic_len || parsed.event.is_empty() {
         return Answer::json(400, r#"{"error":"bad topic or event"}"#);
+    }
+    if shard.reads_held() {
+        return Answer {
+            headers: &[("Retry-After", "1")],
+            ..Answer::json(
+                503,
+                r#"{"error":"busy: the cross-core backlog is over its mark, retry"}"#,
+            )
+        };
     }
     match publish(
         shard,
@@ -221,7 +238,7 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
     (
         "corecast_mesh_dropped_total",
         "counter",
-        "Broadcasts dropped because a peer outbox was full.",
+        "Broadcasts dropped because a peer outbox was at its bound (mesh_outbox or mesh_outbox_bytes).",
         |s| &s.mesh_dropped,
     ),
     (
@@ -229,6 +246,24 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
         "gauge",
         "Broadcasts waiting in this core's outboxes.",
         |s| &s.mesh_backlog,
+    ),
+    (
+        "corecast_mesh_backlog_bytes",
+        "gauge",
+        "Bytes of broadcasts this core queued for other cores, in outboxes or on rings.",
+        |s| &s.mesh_backlog_bytes,
+    ),
+    (
+        "corecast_mesh_pauses_total",
+        "counter",
+        "Times this core stopped reading its sockets because a peer outbox passed its high mark.",
+        |s| &s.mesh_pauses,
+    ),
+    (
+        "corecast_mesh_parked_total",
+        "counter",
+        "Connections parked (not read) until the outboxes drained, once per pause each.",
+        |s| &s.mesh_parked,
     ),
 ];
 
@@ -280,5 +315,6 @@ pub fn metrics(shard: &Shard) -> Answer {
         status: 200,
         content_type: "text/plain; version=0.0.4",
         body: out.into_bytes(),
+        headers: &[],
     }
 }

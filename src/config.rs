@@ -72,8 +72,16 @@ pub struct Config {
     /// If set, `GET /metrics` needs `Authorization: Bearer <metrics_key>` from any address (401
     /// without it). If not set, `/metrics` answers loopback peers only (403 otherwise).
     pub metrics_key: Option<String>,
-    /// Cross-core outbox capacity per peer core, in broadcasts (drops are counted above it).
+    /// Cross-core outbox bound per peer core, in broadcasts. From half of it (or of
+    /// `mesh_outbox_bytes`) the core stops reading its sockets until the outbox is down to a
+    /// quarter; a broadcast that would pass the bound anyway is dropped for that core and
+    /// counted. At least 16,384: one 64 KiB read can still publish ~5,000 tiny broadcasts.
     pub mesh_outbox: usize,
+    /// Cross-core outbox bound per peer core, in bytes (frames, topics and bookkeeping of the
+    /// broadcasts queued for that core and not yet taken off its ring). The same marks and drop
+    /// rule as `mesh_outbox`. At least 2 x (max(max_message, max_request_body) + 512 KiB): the
+    /// half above the mark must hold what one read or one request can still publish.
+    pub mesh_outbox_bytes: usize,
     /// Allowed `Origin` headers for sockets (like Phoenix's `check_origin`): a full origin
     /// (`https://app.example.com`) or a host pattern (`//example.com`, `//*.example.com`).
     /// Empty: any. A request without an Origin header (not a browser) is allowed.
@@ -115,12 +123,16 @@ impl Default for Config {
             api_origins: Vec::new(),
             metrics_key: None,
             mesh_outbox: 65_536,
+            mesh_outbox_bytes: 64 << 20,
             check_origin: Vec::new(),
             max_messages_per_sec: 0,
             ring_entries: 16_384,
         }
     }
 }
+
+/// The smallest `mesh_outbox` accepted (see its documentation).
+pub const MIN_MESH_OUTBOX: usize = 16_384;
 
 /// Why a configuration could not be loaded. The binary prints it and exits with status 2.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +208,17 @@ impl Config {
         if self.api_key.as_deref() == Some("") || self.metrics_key.as_deref() == Some("") {
             return bad("api_key and metrics_key must not be empty (leave them out instead)");
         }
+        if self.mesh_outbox < MIN_MESH_OUTBOX {
+            return bad(&format!("mesh_outbox must be >= {MIN_MESH_OUTBOX}"));
+        }
+        if self.mesh_outbox_bytes < self.min_mesh_outbox_bytes() {
+            return bad(&format!(
+                "mesh_outbox_bytes must be >= 2 x (max(max_message, max_request_body) + 512 KiB) \
+                 = {} here: from half of it the core stops reading, and the other half must hold \
+                 what one read or one request can still publish",
+                self.min_mesh_outbox_bytes()
+            ));
+        }
         if self.require_token && self.auth_secret.is_none() {
             return bad("require_token needs auth_secret");
         }
@@ -209,6 +232,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The smallest `mesh_outbox_bytes` that keeps pushback ahead of the bound: the core stops
+    /// reading at half of it, and after that check one read can still complete a message of up to
+    /// `max_message` plus 64 KiB of small ones (their envelopes cost up to ~6x their wire
+    /// bytes), or one `POST /api/broadcast` of up to `max_request_body`.
+    pub fn min_mesh_outbox_bytes(&self) -> usize {
+        2 * (self.max_message.max(self.max_request_body) + (512 << 10))
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -372,6 +403,13 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(Config::from_toml("mesh_outbox = 1000").is_err());
+        assert!(Config::from_toml("mesh_outbox_bytes = 1048576").is_err());
+        assert!(Config::from_toml("mesh_outbox_bytes = 3145728").is_ok());
+        assert!(
+            Config::from_toml("mesh_outbox_bytes = 3145728\nmax_message = 4194304").is_err(),
+            "the bound must grow with the largest message"
+        );
         for good in [16, 4096, 65536] {
             assert!(
                 Config::from_toml(&format!("ring_entries = {good}")).is_ok(),

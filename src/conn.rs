@@ -55,10 +55,13 @@ pub enum Endpoint {
 
 enum Phase {
     /// Reading the request head, then (`body` set: the head was accepted) its body; `buf` is
-    /// dropped once the request is answered.
+    /// dropped once the request is answered. `deferred`: a complete upgrade request with frames
+    /// behind it waits in `buf` for the core's mesh hold to end (those frames could be
+    /// broadcasts; see `on_http_bytes`).
     Http {
         buf: Vec<u8>,
         body: Option<Box<PendingBody>>,
+        deferred: bool,
     },
     /// An open WebSocket.
     Open {
@@ -109,6 +112,7 @@ pub fn serve(
         phase: Phase::Http {
             buf: Vec::new(),
             body: None,
+            deferred: false,
         },
     }
 }
@@ -183,6 +187,11 @@ impl Conn {
                         return Poll::Ready(());
                     }
                     Phase::Closing { .. } => return Poll::Ready(()),
+                    Phase::Open { .. } if self.shard.reads_held() => {
+                        // The core stopped reading, not the client: it may well have spoken.
+                        let idle = self.shard.cfg.idle_timeout();
+                        self.shard.set_deadline(self.key, Some(idle));
+                    }
                     Phase::Open { .. } => {
                         Stats::bump(&self.shard.stats.idle_timeouts);
                         self.start_close(close_code::POLICY, "idle timeout");
@@ -233,6 +242,26 @@ impl Conn {
             if backed_up && !matches!(self.phase, Phase::Closing { .. }) {
                 return Poll::Pending; // the write readiness wakes us
             }
+            // 4. Nor while this core's cross-core outboxes are over their mark: what a Phoenix
+            //    socket sends next could be a broadcast, so it waits in the kernel (and its sender
+            //    slows down) instead of being dropped on the way to another core. The end of the
+            //    hold wakes every parked connection (`Shard::park`).
+            let publisher = match &self.phase {
+                Phase::Open { endpoint, .. } => *endpoint == Endpoint::Phoenix,
+                Phase::Http { deferred, .. } => *deferred,
+                Phase::Closing { .. } => false,
+            };
+            if publisher && self.shard.reads_held() {
+                self.shard.park(self.key);
+                return Poll::Pending;
+            }
+            if let Phase::Http { deferred, .. } = &mut self.phase
+                && *deferred
+            {
+                *deferred = false;
+                self.on_http_bytes(); // the request is complete: this routes it
+                continue;
+            }
             if reads == READ_BUDGET {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -280,7 +309,7 @@ impl Conn {
         };
         let input = &mut scratch[..n];
         let step = match &mut self.phase {
-            Phase::Http { buf, body } => {
+            Phase::Http { buf, body, .. } => {
                 // Bounded: until the head is accepted, parse_request fails with TooLarge once it
                 // passes its limit, so `buf` holds at most that limit plus one read; after it,
                 // only the reserved body bytes are kept (anything past them is dropped).
@@ -303,7 +332,12 @@ impl Conn {
     /// answer, upgrade, or (an accepted API call) reserve its body's bytes and read it; once the
     /// body is complete, answer it.
     fn on_http_bytes(&mut self) -> Step {
-        let Phase::Http { buf, body } = &mut self.phase else {
+        let Phase::Http {
+            buf,
+            body,
+            deferred,
+        } = &mut self.phase
+        else {
             return Step::Continue;
         };
         if body.as_ref().is_some_and(|p| buf.len() < p.end()) {
@@ -314,7 +348,7 @@ impl Conn {
             let a = match pending.api {
                 Api::Broadcast => crate::api::broadcast(&self.shard, &buf[pending.req.head_len..]),
             };
-            self.respond(a.status, a.content_type, &a.body, &[]);
+            self.respond(a.status, a.content_type, &a.body, a.headers);
             return Step::Continue; // `pending` gives its budget back here
         }
         let req = match handshake::parse_request(buf, self.shard.cfg.max_request_head) {
@@ -344,9 +378,16 @@ impl Conn {
             }
             Plan::Metrics => {
                 let a = crate::api::metrics(&self.shard);
-                self.respond(a.status, a.content_type, &a.body, &[]);
+                self.respond(a.status, a.content_type, &a.body, a.headers);
             }
             Plan::Phoenix => {
+                if buf.len() > req.head_len && self.shard.reads_held() {
+                    // Frames sent right behind an upgrade would be handled before the socket's
+                    // first read, so past the mesh's read gate: the request waits whole until
+                    // the hold ends.
+                    *deferred = true;
+                    return Step::Continue;
+                }
                 let mut rest = buf.split_off(req.head_len);
                 self.phoenix_upgrade(&req, &mut rest);
             }

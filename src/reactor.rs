@@ -41,6 +41,9 @@ pub mod ready {
     pub const WRITE_ARMED: u8 = 2;
     /// The kernel ended the slot's multishot poll: the connection must arm a new one.
     pub const REARM: u8 = 4;
+    /// Not readiness: the connection is on its core's parked list (it stopped reading while the
+    /// core's mesh holds publishers back). Set and cleared by the shard, never by the reactor.
+    pub const PARKED: u8 = 8;
 }
 
 /// Submission queue entries (polls are armed in batches of at most one accept round).

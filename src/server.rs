@@ -87,7 +87,11 @@ impl Server {
             stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
             started: std::time::Instant::now(),
         });
-        let mesh = (cores > 1).then(|| crate::mesh::mesh(cores));
+        let limits = crate::mesh::Limits {
+            envelopes: shared.cfg.mesh_outbox,
+            bytes: shared.cfg.mesh_outbox_bytes,
+        };
+        let mesh = (cores > 1).then(|| crate::mesh::mesh(cores, limits));
         // Each core reports once it is accepting, or why it cannot (its readiness ring); a core
         // whose executor cannot start (e.g. RLIMIT_MEMLOCK too low for glommio's io_uring) drops
         // its sender without a word.

@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Waker;
 use std::time::Instant;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use slab::Slab;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::mesh::{Bus, Envelope};
+use crate::mesh::{self, Bus, Envelope};
 use crate::proto::frame::{self, OpCode};
 use crate::reactor::{self, Reactor, ready};
 use crate::topics::Topics;
@@ -56,7 +55,8 @@ pub struct Slot {
     pub deadline: u32,
     /// Bit set of [`signal`] values.
     pub signals: u8,
-    /// Bit set of [`reactor::ready`] values: socket readiness, kept by the core's reactor.
+    /// Bit set of [`reactor::ready`] values: socket readiness, kept by the core's reactor (and
+    /// `PARKED`, kept by the shard).
     pub io: u8,
 }
 
@@ -112,6 +112,12 @@ pub struct Stats {
     pub mesh_received: AtomicU64,
     pub mesh_dropped: AtomicU64,
     pub mesh_backlog: AtomicU64,
+    /// Bytes ([`Envelope::cost`]) queued for other cores, in outboxes or on rings.
+    pub mesh_backlog_bytes: AtomicU64,
+    /// Times this core began to hold its connections back (a peer outbox over its high mark).
+    pub mesh_pauses: AtomicU64,
+    /// Connections that stopped reading during such a hold (each counted once per hold).
+    pub mesh_parked: AtomicU64,
     /// Close frames sent, by code: see [`CLOSE_CODES`]; the last slot counts any other code.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
 }
@@ -170,6 +176,10 @@ pub struct Shard {
     pub topics: RefCell<Topics>,
     /// This core's end of the cross-core mesh (None with one core).
     pub bus: RefCell<Option<Bus>>,
+    /// Connections that stopped reading while the mesh holds (see [`Shard::reads_held`]), as
+    /// (key, generation); woken and emptied when the hold ends. Costs nothing per connection
+    /// otherwise: 8 bytes per parked connection, only during a hold.
+    parked: RefCell<Vec<(u32, u32)>>,
     /// Every connection of this core reads into this buffer and parses it before yielding, so
     /// an idle connection holds no read buffer.
     pub scratch: RefCell<Box<[u8]>>,
@@ -198,6 +208,7 @@ impl Shard {
             wheel: RefCell::new(Wheel::new(crate::wheel::DEFAULT_BUCKETS)),
             topics: RefCell::new(Topics::new()),
             bus: RefCell::new(None),
+            parked: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice()),
             wbuf: RefCell::new(Vec::with_capacity(WRITE_COALESCE)),
             fbuf: RefCell::new(Vec::with_capacity(4096)),
@@ -303,6 +314,47 @@ impl Shard {
         });
         Stats::add(&self.stats.deliveries, delivered);
         Stats::add(&self.stats.frames_out, delivered);
+    }
+
+    /// True while this core's cross-core outboxes are over their high mark: connections must not
+    /// read (what they read could be a broadcast) and park with [`Shard::park`] until the outboxes
+    /// are down to their low mark. `POST /api/broadcast` answers 503 meanwhile.
+    pub fn reads_held(&self) -> bool {
+        self.bus.borrow().as_ref().is_some_and(Bus::holding)
+    }
+
+    /// Put a connection on the parked list (once per hold) before it waits: the end of the hold
+    /// wakes it.
+    pub fn park(&self, key: usize) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
+        if slot.io & ready::PARKED == 0 {
+            slot.io |= ready::PARKED;
+            self.parked.borrow_mut().push((key as u32, slot.generation));
+            Stats::bump(&self.stats.mesh_parked);
+        }
+    }
+
+    /// The hold has ended: wake every parked connection still there.
+    fn wake_parked(&self) {
+        let mut parked = std::mem::take(&mut *self.parked.borrow_mut());
+        debug!(core = self.id, parked = parked.len(), "mesh hold over");
+        let mut slots = self.slots.borrow_mut();
+        for &(key, generation) in &parked {
+            if let Some(slot) = slots.get_mut(key as usize)
+                && slot.generation == generation
+            {
+                slot.io &= !ready::PARKED;
+                slot.wake(); // schedules the task; it runs after this returns
+            }
+        }
+        parked.clear();
+        let mut list = self.parked.borrow_mut();
+        if list.is_empty() && parked.capacity() <= 1024 {
+            *list = parked; // a small list keeps its memory for the next hold, a big one is freed
+        }
     }
 
     /// Take every queued frame of a connection without a socket (the simulation's null sink).
@@ -461,6 +513,9 @@ impl Shard {
             st.mesh_dropped.store(bus.dropped(), Ordering::Relaxed);
             st.mesh_backlog
                 .store(bus.backlog() as u64, Ordering::Relaxed);
+            st.mesh_backlog_bytes
+                .store(bus.backlog_bytes(), Ordering::Relaxed);
+            st.mesh_pauses.store(bus.pauses(), Ordering::Relaxed);
         }
     }
 
@@ -494,25 +549,37 @@ impl Shard {
         }
     }
 
+    /// Join the cross-core mesh: envelopes from other cores go to the local fan-out, and the end
+    /// of each hold wakes the parked connections.
+    async fn join_mesh(self: &Rc<Self>, mesh: mesh::Mesh) {
+        let me = Rc::downgrade(self);
+        let deliver = move |env: Envelope| {
+            if let Some(shard) = me.upgrade() {
+                shard.fanout_local(&env.topic, &env.frame);
+            }
+        };
+        let me = Rc::downgrade(self);
+        let resume = move || {
+            if let Some(shard) = me.upgrade() {
+                shard.wake_parked();
+            }
+        };
+        match Bus::join(mesh, deliver, resume).await {
+            Ok(bus) => *self.bus.borrow_mut() = Some(bus),
+            Err(e) => warn!(core = self.id, error = %e, "cannot join the core mesh"),
+        }
+    }
+
     /// Run this core until `shutdown` is set and the drain has finished (or timed out).
     pub async fn run(
         self: Rc<Self>,
         listener: std::net::TcpListener,
-        mesh: Option<MeshBuilder<Envelope, Full>>,
+        mesh: Option<mesh::Mesh>,
         shutdown: Arc<AtomicBool>,
         ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
         if let Some(mesh) = mesh {
-            let me = Rc::downgrade(&self);
-            let deliver = move |env: Envelope| {
-                if let Some(shard) = me.upgrade() {
-                    shard.fanout_local(&env.topic, &env.frame);
-                }
-            };
-            match Bus::join(mesh, self.cfg.mesh_outbox, deliver).await {
-                Ok(bus) => *self.bus.borrow_mut() = Some(bus),
-                Err(e) => warn!(core = self.id, error = %e, "cannot join the core mesh"),
-            }
+            self.join_mesh(mesh).await;
         }
         let io = match Reactor::new(self.id, self.cfg.ring_entries) {
             Ok(io) => self.io.get_or_init(|| io),
@@ -570,5 +637,159 @@ mod tests {
         assert_eq!(std::mem::size_of::<Slot>(), 64);
         // A slab entry adds its discriminant in the padding.
         assert!(std::mem::size_of::<slab::Slab<Slot>>() <= 40);
+    }
+
+    /// Counts its wakes.
+    struct CountingWaker(AtomicU64);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_mesh_hold_parks_connections_refuses_the_api_and_wakes_them_when_drained() {
+        let shared = Arc::new(Shared {
+            cfg: Arc::new(Config::default()),
+            handler: Arc::new(crate::handler::DefaultHandler),
+            stats: (0..2).map(|_| Arc::new(Stats::default())).collect(),
+            started: Instant::now(),
+        });
+        let limits = mesh::Limits {
+            envelopes: 65_536,
+            bytes: 1 << 20,
+        };
+        let m = mesh::mesh(2, limits);
+        // `release`: the peer core blocks (takes nothing off its ring) until it is set.
+        let (release, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let handles: Vec<_> = (0..2)
+            .map(|core| {
+                let (shared, m) = (shared.clone(), m.clone());
+                let (release, done) = (release.clone(), done.clone());
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                    .spawn(move || async move {
+                        let shard = Shard::new(core, shared);
+                        shard.join_mesh(m).await;
+                        if shard.bus.borrow().as_ref().map(Bus::peer_id) == Some(0) {
+                            holds_and_wakes(&shard, &release).await;
+                            done.store(true, Ordering::SeqCst);
+                        }
+                        while !release.load(Ordering::SeqCst) {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        while !done.load(Ordering::SeqCst) {
+                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    async fn holds_and_wakes(shard: &Rc<Shard>, release: &AtomicBool) {
+        let api = |shard: &Shard| {
+            let body = br#"{"topic":"t","event":"e","payload":{}}"#;
+            crate::api::broadcast(shard, body)
+        };
+        let (key, generation) = shard.open_slot();
+        let woken = Arc::new(CountingWaker(AtomicU64::new(0)));
+        shard.slots.borrow_mut()[key].waker = Some(Waker::from(woken.clone()));
+        // Past half of the 1 MiB bound.
+        assert!(!shard.reads_held());
+        for _ in 0..2 {
+            shard.broadcast("t", Arc::from(vec![b'x'; 300_000]));
+        }
+        assert!(shard.reads_held(), "over the high mark: hold");
+        let busy = api(shard);
+        assert_eq!(busy.status, 503);
+        assert_eq!(busy.headers, &[("Retry-After", "1")]);
+        shard.park(key);
+        shard.park(key); // polled again while parked: listed once
+        assert_eq!(*shard.parked.borrow(), vec![(key as u32, generation)]);
+        assert_eq!(shard.stats.mesh_parked.load(Ordering::SeqCst), 1);
+        // A real connection whose upgrade request comes with frames behind it (a join and a
+        // push): the request waits whole, nothing is answered or published during the hold.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut out =
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec();
+        for msg in [
+            r#"["1","1","room:1","phx_join",{}]"#,
+            r#"["1","2","room:1","new_msg",{}]"#,
+        ] {
+            frame::encode_masked(&mut out, OpCode::Text, true, msg.as_bytes(), [1, 2, 3, 4]);
+        }
+        std::io::Write::write_all(&mut client, &out).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let wait = |what: &str| assert!(Instant::now() < deadline, "{what}");
+        // There is no reactor here to say when the bytes arrive: let them arrive first.
+        let mut peeked = vec![0u8; out.len()];
+        while server.peek(&mut peeked).map_or(true, |n| n < out.len()) {
+            wait("the request never arrived");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (ckey, cgen) = shard.open_slot();
+        glommio::spawn_local(crate::conn::serve(shard.clone(), server, ckey, cgen)).detach();
+        while shard.slots.borrow()[ckey].io & ready::PARKED == 0 {
+            wait("the connection never parked");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        client.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut read = |got: &mut Vec<u8>| {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut client, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        read(&mut got);
+        assert!(got.is_empty(), "answered during the hold");
+        let broadcasts = shard.stats.broadcasts.load(Ordering::SeqCst);
+        assert!(
+            shard.reads_held(),
+            "the envelopes are on the ring: still held"
+        );
+        release.store(true, Ordering::SeqCst);
+        // The peer takes the envelopes; the hold ends and wakes the parked connections.
+        while shard.reads_held() {
+            wait("the hold never ended");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken once");
+        assert_eq!(shard.slots.borrow()[key].io & ready::PARKED, 0);
+        assert!(shard.parked.borrow().is_empty());
+        // The connection was woken too: upgraded, joined, pushed.
+        let text = loop {
+            read(&mut got);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if text.matches("phx_reply").count() == 2 {
+                break text;
+            }
+            wait("no replies");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert_eq!(text.matches(r#""status":"ok""#).count(), 2, "{text}");
+        assert_eq!(
+            shard.stats.broadcasts.load(Ordering::SeqCst),
+            broadcasts + 1
+        );
+        assert_eq!(api(shard).status, 202, "accepted again");
+        shard.publish_mesh_stats();
+        assert_eq!(shard.stats.mesh_pauses.load(Ordering::SeqCst), 1);
+        assert_eq!(shard.stats.mesh_dropped.load(Ordering::SeqCst), 0);
+        shard.close_slot(key);
     }
 }

@@ -1,14 +1,15 @@
 //! Stress test of the cross-core rings: several executors each publish a numbered sequence to all
 //! the others at once; every core must receive every message of every other core, exactly once and
 //! in each publisher's order. A second test fills an outbox past its bound and checks the drops
-//! are counted rather than stored.
+//! are counted rather than stored; a third holds a publisher back on bytes that are on the ring
+//! (only the receiving core can end that hold) and checks nothing is lost.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use corecast::mesh::{self, Bus, Envelope};
+use corecast::mesh::{self, Bus, Envelope, Limits};
 use glommio::{LocalExecutorBuilder, Placement};
 
 const CORES: usize = 4;
@@ -33,7 +34,13 @@ fn decode(env: &Envelope) -> (usize, u64) {
 
 #[test]
 fn every_message_arrives_once_in_publisher_order() {
-    let builder = mesh::mesh(CORES);
+    let builder = mesh::mesh(
+        CORES,
+        Limits {
+            envelopes: 256,
+            bytes: usize::MAX,
+        },
+    );
     let handles: Vec<_> = (0..CORES)
         .map(|_| {
             let builder = builder.clone();
@@ -42,18 +49,18 @@ fn every_message_arrives_once_in_publisher_order() {
                     // next[o] = the sequence number expected next from core o.
                     let next = Rc::new(RefCell::new(vec![0u64; CORES]));
                     let n2 = next.clone();
-                    let bus = Bus::join(builder, 256, move |env| {
+                    let deliver = move |env: Envelope| {
                         let (o, s) = decode(&env);
                         let mut next = n2.borrow_mut();
                         assert_eq!(s, next[o], "from core {o}: got {s}, expected {}", next[o]);
                         next[o] += 1;
-                    })
-                    .await
-                    .expect("join mesh");
+                    };
+                    let bus = Bus::join(builder, deliver, || {}).await.expect("join mesh");
                     let me = bus.peer_id();
                     for seq in 0..PER_CORE {
-                        // A well-behaved publisher waits while its outbox is half full.
-                        while bus.fullest_outbox() > 128 {
+                        // A well-behaved publisher waits while the bus holds (an outbox reached
+                        // half of its bound, until all are under a quarter).
+                        while bus.holding() {
                             glommio::timer::sleep(Duration::from_micros(50)).await;
                         }
                         bus.publish(&envelope(me, seq));
@@ -92,13 +99,17 @@ fn every_message_arrives_once_in_publisher_order() {
 
 #[test]
 fn a_full_outbox_drops_and_counts_instead_of_growing() {
-    let builder = mesh::mesh(2);
+    let limits = Limits {
+        envelopes: 8,
+        bytes: usize::MAX,
+    };
+    let builder = mesh::mesh(2, limits);
     let handles: Vec<_> = (0..2)
         .map(|_| {
             let builder = builder.clone();
             LocalExecutorBuilder::new(Placement::Unbound)
                 .spawn(move || async move {
-                    let bus = Bus::join(builder, 8, |_env| {}).await.expect("join");
+                    let bus = Bus::join(builder, |_env| {}, || {}).await.expect("join");
                     let me = bus.peer_id();
                     if me == 0 {
                         // Publish without yielding: the forwarder cannot run, so at most the
@@ -119,6 +130,84 @@ fn a_full_outbox_drops_and_counts_instead_of_growing() {
         let (me, received) = h.join().unwrap();
         if me == 1 {
             assert_eq!(received, 8, "the 8 queued envelopes are delivered");
+        }
+    }
+}
+
+#[test]
+fn a_hold_on_bytes_on_the_ring_ends_when_the_peer_takes_them() {
+    // 64 KiB per outbox in bytes; the ring alone (1,024 entries) could take 4 MiB of these
+    // 4 KiB envelopes, so the publisher is held on bytes the forwarder has already moved to the
+    // ring: only the receiving core, from its own thread, can end the hold.
+    const TOTAL: u64 = 3000;
+    let limits = Limits {
+        envelopes: 65_536,
+        bytes: 64 << 10,
+    };
+    let builder = mesh::mesh(2, limits);
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let builder = builder.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .spawn(move || async move {
+                    let next = Rc::new(Cell::new(0u64));
+                    let n2 = next.clone();
+                    let resumes = Rc::new(Cell::new(0u64));
+                    let r2 = resumes.clone();
+                    let deliver = move |env: Envelope| {
+                        let seq = u64::from_le_bytes(env.frame[..8].try_into().unwrap());
+                        assert_eq!(seq, n2.get(), "lost or reordered");
+                        n2.set(seq + 1);
+                        // A slow consumer core: 20 us per envelope.
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(20) {
+                            std::hint::spin_loop();
+                        }
+                    };
+                    let bus = Bus::join(builder, deliver, move || r2.set(r2.get() + 1))
+                        .await
+                        .expect("join");
+                    let me = bus.peer_id();
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    if me == 0 {
+                        let mut peak = 0;
+                        for seq in 0..TOTAL {
+                            while bus.holding() {
+                                assert!(Instant::now() < deadline, "the hold never ended");
+                                glommio::timer::sleep(Duration::from_micros(100)).await;
+                            }
+                            let mut frame = seq.to_le_bytes().to_vec();
+                            frame.resize(4096, 0);
+                            bus.publish(&Envelope {
+                                topic: Arc::from("t"),
+                                frame: Arc::from(frame),
+                            });
+                            peak = peak.max(bus.backlog_bytes());
+                        }
+                        assert_eq!(bus.dropped(), 0, "a publisher that waits loses nothing");
+                        assert!(bus.pauses() > 10, "held {} times", bus.pauses());
+                        assert!(peak <= 64 << 10, "backlog reached {peak} bytes");
+                        while bus.holding() || bus.backlog_bytes() > 0 {
+                            assert!(Instant::now() < deadline, "never drained");
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                        assert_eq!(resumes.get(), bus.pauses(), "one resume per hold");
+                    } else {
+                        while next.get() < TOTAL {
+                            assert!(Instant::now() < deadline, "got {} of {TOTAL}", next.get());
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    (me, next.get())
+                })
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        let (me, got) = h.join().unwrap();
+        if me == 1 {
+            assert_eq!(got, TOTAL, "every envelope arrived");
         }
     }
 }

@@ -46,7 +46,11 @@ impl TestServer {
     }
 
     fn spawn(listen: &str, extra: &[&str], level: &str, stderr: Stdio) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        // CORECAST_TEST_BIN runs a test against another build (e.g. an older release, to see
+        // what the test catches); by default the one cargo just built.
+        let bin = std::env::var_os("CORECAST_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_corecast").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", listen])
             .args(extra)
             .env("RUST_LOG", level)
