@@ -146,7 +146,7 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
     (
         "corecast_frames_in_total",
         "counter",
-        "WebSocket messages received.",
+        "WebSocket frames received (every fragment and control frame).",
         |s| &s.frames_in,
     ),
     (

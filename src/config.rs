@@ -243,6 +243,7 @@ impl Config {
         crate::proto::frame::Limits {
             max_frame: self.max_frame,
             max_message: self.max_message,
+            max_buffered: usize::MAX,
         }
     }
 }

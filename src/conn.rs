@@ -478,6 +478,7 @@ impl Conn {
             });
             shard.enqueue(ctx.key, frame);
         };
+        // One call per frame of any kind (a fragment too): each costs one from the bucket.
         let result = decoder.feed(input, &limits, &mut |msg| {
             frames_in += 1;
             if app_close.is_some() {
@@ -493,6 +494,7 @@ impl Conn {
             let data = match msg {
                 Message::Text(t) => Frame::Text(t),
                 Message::Binary(b) => Frame::Binary(b),
+                Message::Fragment => return,
                 Message::Ping(p) => return echo(OpCode::Pong, p),
                 Message::Pong(_) => return,
                 Message::Close(c) => {
@@ -553,6 +555,7 @@ impl Conn {
             FrameError::Protocol(why) => why,
             FrameError::InvalidUtf8 => "invalid utf-8",
             FrameError::TooBig => "message too big",
+            FrameError::OverBudget => "server busy: partial message budget",
         };
         self.start_close(e.close_code(), reason);
     }

@@ -228,3 +228,45 @@ fn many_connections_stay_independent_when_one_misbehaves() {
     assert_eq!(good.read().unwrap(), Message::text("still here"));
     let _ = header;
 }
+
+/// Read frames until the server's close; answer nothing. Returns (close code, pongs seen).
+fn close_after_pongs(s: &mut std::net::TcpStream) -> (Option<u16>, usize) {
+    let mut pongs = 0;
+    loop {
+        let (op, payload) = read_frame(s).expect("expected a close frame");
+        match op {
+            0xA => pongs += 1,
+            8 => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                return (code, pongs);
+            }
+            other => panic!("unexpected frame {other:#x}"),
+        }
+    }
+}
+
+#[test]
+fn continuation_frames_count_against_the_rate_limit() {
+    let srv = TestServer::start_with_config("max_messages_per_sec = 10\n", &["--echo"]);
+    // 1 + 50 fragments of a message that never ends: closed after the bucket's 10.
+    let mut s = srv.open_echo();
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, b"a", MASK);
+    for _ in 0..50 {
+        encode_masked(&mut out, OpCode::Continuation, false, b"b", MASK);
+    }
+    s.write_all(&out).unwrap();
+    assert_eq!(close_after_pongs(&mut s), (Some(1008), 0));
+    // Within the bucket: 8 fragments and a ping are fine.
+    let mut s = srv.open_echo();
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, b"0", MASK);
+    encode_masked(&mut out, OpCode::Ping, true, b"", MASK);
+    for i in 1..8u8 {
+        encode_masked(&mut out, OpCode::Continuation, i == 7, &[b'0' + i], MASK);
+    }
+    s.write_all(&out).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), (0xA, vec![]));
+    assert_eq!(read_frame(&mut s).unwrap(), (2, b"01234567".to_vec()));
+}
