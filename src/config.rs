@@ -60,8 +60,17 @@ pub struct Config {
     /// (`https://app.example.com`) or a host pattern (`//example.com`, `//*.example.com`).
     /// Empty: any. A request without an Origin header (not a browser) is allowed.
     pub check_origin: Vec<String>,
-    /// Messages (frames of any kind) a socket may send per second, averaged over a one-second
-    /// bucket; a socket over it is closed with 1008. 0: no limit.
+    /// Frames of any kind (data, continuation, ping, pong, close) a socket may send per
+    /// second, from a bucket that holds one second's worth and refills every 100 ms; a socket
+    /// over it is closed with 1008. 0: no limit; at most 1,000,000.
+    ///
+    /// The default, 200, is what no honest phoenix.js app reaches and what bounds a flooder:
+    /// phoenix.js sends a heartbeat every 30 s and one frame per push; typing indicators and
+    /// cursors push 30-60 a second (3x headroom, also for a 120 Hz pointer); after a reconnect
+    /// phoenix.js rejoins every channel at once (at most `max_channels`, 100, in one burst)
+    /// and flushes the pushes it buffered. A flooder gets 200 a second instead of all a core
+    /// can parse (900,000 a second in issue 10). Raise it with `max_channels`, or for load
+    /// tests that push faster from one socket.
     pub max_messages_per_sec: u32,
     /// Completion-queue entries of each core's readiness ring: how many socket readiness events
     /// one core can take in a burst before the kernel holds the rest back (then connections
@@ -95,7 +104,7 @@ impl Default for Config {
             api_key: None,
             mesh_outbox: 65_536,
             check_origin: Vec::new(),
-            max_messages_per_sec: 0,
+            max_messages_per_sec: 200,
             ring_entries: 16_384,
         }
     }
@@ -165,6 +174,9 @@ impl Config {
         if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.idle_timeout_ms == 0
         {
             return bad("timeouts must be > 0");
+        }
+        if self.max_messages_per_sec > 1_000_000 {
+            return bad("max_messages_per_sec must be <= 1000000 (0: no limit)");
         }
         if !self.ring_entries.is_power_of_two() || !(16..=1 << 16).contains(&self.ring_entries) {
             return bad("ring_entries must be a power of two from 16 to 65536");
@@ -315,6 +327,8 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(Config::from_toml("max_messages_per_sec = 1000001").is_err());
+        assert!(Config::from_toml("max_messages_per_sec = 0").is_ok());
         for good in [16, 4096, 65536] {
             assert!(
                 Config::from_toml(&format!("ring_entries = {good}")).is_ok(),

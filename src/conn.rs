@@ -76,14 +76,13 @@ pub fn serve(
     generation: u32,
 ) -> impl Future<Output = ()> {
     shard.set_deadline(key, Some(shard.cfg.handshake_timeout()));
-    let rate_left = shard.cfg.max_messages_per_sec;
+    let rate = RateBucket::full(shard.cfg.max_messages_per_sec);
     Conn {
         shard,
         stream,
         key,
         generation,
-        rate_left,
-        rate_tick: 0,
+        rate,
         out_off: 0,
         phase: Phase::Http { buf: Vec::new() },
     }
@@ -94,9 +93,8 @@ struct Conn {
     stream: TcpStream,
     key: usize,
     generation: u32,
-    /// Token bucket for `max_messages_per_sec`: messages left, and the tick of the last refill.
-    rate_left: u32,
-    rate_tick: u32,
+    /// `max_messages_per_sec`.
+    rate: RateBucket,
     /// Bytes of the front frame of the queue already written.
     out_off: u32,
     phase: Phase,
@@ -458,16 +456,9 @@ impl Conn {
         let limits = shard.cfg.frame_limits();
         let rate = shard.cfg.max_messages_per_sec;
         if rate > 0 {
-            // Refill the bucket for the time passed (ticks of 100 ms), up to one second's worth.
-            let now = shard.now_tick() as u32;
-            let ticks = now.wrapping_sub(self.rate_tick);
-            if ticks > 0 {
-                let refill = (u64::from(ticks) * u64::from(rate) / 10).min(u64::from(rate));
-                self.rate_left = (u64::from(self.rate_left) + refill).min(u64::from(rate)) as u32;
-                self.rate_tick = now;
-            }
+            self.rate.refill(rate, shard.now_tick() as u32);
         }
-        let rate_left = &mut self.rate_left;
+        let bucket = &mut self.rate;
         let mut peer_close: Option<Option<u16>> = None;
         let mut app_close: Option<(u16, &'static str)> = None;
         let mut frames_in = 0u64;
@@ -484,12 +475,9 @@ impl Conn {
             if app_close.is_some() {
                 return; // closing: ignore what follows
             }
-            if rate > 0 {
-                if *rate_left == 0 {
-                    app_close = Some((close_code::POLICY, "rate limit"));
-                    return;
-                }
-                *rate_left -= 1;
+            if rate > 0 && !bucket.take() {
+                app_close = Some((close_code::POLICY, "rate limit"));
+                return;
             }
             let data = match msg {
                 Message::Text(t) => Frame::Text(t),
@@ -662,9 +650,82 @@ impl Conn {
     }
 }
 
+/// Token bucket of one socket for `max_messages_per_sec`: it holds one second's worth and
+/// refills on the core's 100 ms ticks. Counted in tenths of a frame, so a tick refills exactly
+/// `rate` tenths whatever the rate (no rounding away of 1.5 frames a tick at 15/s).
+#[derive(Debug, Clone, Copy)]
+struct RateBucket {
+    /// Tenths of a frame left.
+    left: u32,
+    /// Tick of the last refill.
+    tick: u32,
+}
+
+impl RateBucket {
+    /// A full bucket for `rate` frames a second (`rate` is at most 1,000,000: see config).
+    fn full(rate: u32) -> RateBucket {
+        RateBucket {
+            left: rate.saturating_mul(10),
+            tick: 0,
+        }
+    }
+
+    /// Add what the ticks since the last refill earned, up to one second's worth.
+    fn refill(&mut self, rate: u32, now: u32) {
+        let ticks = now.wrapping_sub(self.tick);
+        if ticks > 0 {
+            let full = u64::from(rate) * 10;
+            let earned = u64::from(ticks) * u64::from(rate);
+            self.left = (u64::from(self.left) + earned).min(full) as u32;
+            self.tick = now;
+        }
+    }
+
+    /// Spend one frame; false when the bucket is empty.
+    fn take(&mut self) -> bool {
+        let ok = self.left >= 10;
+        if ok {
+            self.left -= 10;
+        }
+        ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames a bucket lets through over `ticks` ticks, offered `per_tick` every tick.
+    fn passed(rate: u32, per_tick: u32, ticks: u32) -> u32 {
+        let mut b = RateBucket::full(rate);
+        let mut n = 0;
+        for t in 1..=ticks {
+            b.refill(rate, t);
+            n += (0..per_tick).filter(|_| b.take()).count() as u32;
+        }
+        n
+    }
+
+    #[test]
+    fn rate_bucket_is_exact_at_any_rate() {
+        // A burst of one second's worth, then `rate` a second.
+        let mut b = RateBucket::full(200);
+        b.refill(200, 0);
+        assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
+        // Offered far more than the rate for 10 s: the full bucket spent on the first tick,
+        // then what the other 99 ticks refilled.
+        for rate in [1, 5, 10, 15, 19, 200, 1_000_000] {
+            let got = passed(rate, rate + 10, 100);
+            assert_eq!(got, rate + rate * 99 / 10, "rate {rate}");
+        }
+        // Offered 1.5 frames a tick (15/s) at a rate of 15: never refused.
+        let mut b = RateBucket::full(15);
+        for t in 1..=200u32 {
+            b.refill(15, t);
+            let n = if t % 2 == 0 { 2 } else { 1 };
+            assert!((0..n).all(|_| b.take()), "tick {t}");
+        }
+    }
 
     #[test]
     fn connection_task_state_is_small() {

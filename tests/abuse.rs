@@ -28,7 +28,8 @@ fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
 
 #[test]
 fn slow_consumer_is_closed_with_1013_and_fast_subscriber_loses_nothing() {
-    let srv = start("out_queue_max_bytes = 262144\n");
+    // The fast one publishes 2,500 pushes as fast as it can: a flood by design.
+    let srv = start("out_queue_max_bytes = 262144\nmax_messages_per_sec = 0\n");
     // The slow one: a tiny receive buffer, joins, then never reads.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -216,7 +217,11 @@ fn tokens_never_reach_the_log_even_at_trace() {
 
 #[test]
 fn many_tiny_fragments_are_bounded_by_max_message() {
-    let srv = TestServer::start(&["--echo", "--max-message", "4096"]);
+    // 4,000 frames at once: past the default rate limit by design.
+    let srv = TestServer::start_with_config(
+        "max_messages_per_sec = 0\n",
+        &["--echo", "--max-message", "4096"],
+    );
     let open = || {
         let mut s = srv.connect_tcp();
         assert_eq!(
@@ -251,7 +256,10 @@ fn many_tiny_fragments_are_bounded_by_max_message() {
 fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
     const SLOW: usize = 100;
     const BOUND: u64 = 1 << 20;
-    let srv = start(&format!("out_queue_max_bytes = {BOUND}\n"));
+    // The publisher pushes 4,000 messages back to back: a flood by design.
+    let srv = start(&format!(
+        "out_queue_max_bytes = {BOUND}\nmax_messages_per_sec = 0\n"
+    ));
     let base = srv.metric("corecast_rss_bytes");
     let mut slow = Vec::new();
     for i in 0..SLOW {
@@ -301,5 +309,70 @@ fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
     assert!(
         grew <= SLOW as u64 * BOUND,
         "RSS grew {grew} bytes, over the queue bounds"
+    );
+}
+
+#[test]
+fn default_rate_limit_lets_a_rejoin_burst_through_and_stops_a_flood() {
+    let srv = start("");
+    // What phoenix.js sends after a reconnect with max_channels (100) channels: every join at
+    // once, and a heartbeat. All answered.
+    let mut s = phx_open(&srv, srv.connect_tcp());
+    let mut out = Vec::new();
+    for i in 0..100 {
+        let join = json!([
+            i.to_string(),
+            i.to_string(),
+            format!("room:{i}"),
+            "phx_join",
+            {}
+        ]);
+        encode_masked(
+            &mut out,
+            OpCode::Text,
+            true,
+            join.to_string().as_bytes(),
+            MASK,
+        );
+    }
+    let hb = json!([null, "hb", "phoenix", "heartbeat", {}]);
+    encode_masked(
+        &mut out,
+        OpCode::Text,
+        true,
+        hb.to_string().as_bytes(),
+        MASK,
+    );
+    s.write_all(&out).unwrap();
+    for _ in 0..101 {
+        assert_eq!(recv(&mut s)[4]["status"], "ok");
+    }
+    // A flood: 2,000 heartbeats at once, closed with 1008 after the bucket's 200.
+    let mut flood = phx_open(&srv, srv.connect_tcp());
+    let mut out = Vec::new();
+    for i in 0..2000 {
+        let hb = json!([null, i.to_string(), "phoenix", "heartbeat", {}]);
+        encode_masked(
+            &mut out,
+            OpCode::Text,
+            true,
+            hb.to_string().as_bytes(),
+            MASK,
+        );
+    }
+    let _ = flood.write_all(&out);
+    let mut replies = 0;
+    loop {
+        match common::recv_incoming(&mut flood).expect("recv") {
+            common::Incoming::Json(_) => replies += 1,
+            common::Incoming::Close(code) => {
+                assert_eq!(code, Some(1008));
+                break;
+            }
+        }
+    }
+    assert!(
+        replies <= 201,
+        "{replies} heartbeats answered under the default limit"
     );
 }
