@@ -96,7 +96,8 @@ stop_server() {
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
-# conformance/corecast.toml: /echo, 2 cores, 16 MiB messages, no rate limit.
+# conformance/corecast.toml: /echo, 2 cores, 16 MiB messages, no rate limit, room for 4 cases
+# of 16 MiB at once in the partial-message budget.
 SERVER_CMD=("$BIN" serve --config conformance/corecast.toml --listen "127.0.0.1:$PORT")
 log "starting: ${SERVER_CMD[*]}"
 "${SERVER_CMD[@]}" >"$OUT/server.log" 2>&1 &

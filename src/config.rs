@@ -40,8 +40,23 @@ pub struct Config {
     pub out_queue_max_bytes: usize,
     /// Per-connection outbound queue bound, in frames.
     pub out_queue_max_frames: usize,
-    /// A Phoenix socket that sends nothing (not even a heartbeat) for this long is closed.
+    /// A WebSocket (Phoenix or echo) that sends nothing (not even a heartbeat) for this long is
+    /// closed with 1008. While a data message is incomplete, only reads that complete one (or
+    /// start the next) count as activity: pings alone do not keep such a socket.
     pub idle_timeout_ms: u64,
+    /// A data message (every frame of a fragmented one, or the bytes of one big frame) must be
+    /// complete this long after its first bytes arrived; a socket whose message is still
+    /// incomplete then is closed with 1008 when it next sends anything (or, if it sends
+    /// nothing, at its idle timeout). 30 s lets a `max_message` of 1 MiB arrive over an
+    /// uplink of 300 kbit/s; phoenix.js messages are usually a few KB and arrive in one read.
+    pub message_timeout_ms: u64,
+    /// Heap bytes all sockets of one core may hold at once for partial frames and fragmented
+    /// messages. The read that would take a core past it closes its socket with 1013 (try
+    /// again later) before allocating. The default, 64 MiB, holds 32 messages of the default
+    /// `max_frame` + `max_message` (1 MiB each) in flight on every core; phoenix.js traffic
+    /// holds next to nothing (a message arrives whole in one read and is handled in place).
+    /// Must hold at least one largest message: `max_frame + max_message + 14`.
+    pub max_partial_bytes_per_core: usize,
     /// Channels one socket may join at once ("too many channels joined" above it).
     pub max_channels: usize,
     /// Longest topic name accepted, in bytes.
@@ -96,6 +111,8 @@ impl Default for Config {
             out_queue_max_bytes: 4 << 20,
             out_queue_max_frames: 4096,
             idle_timeout_ms: 60_000,
+            message_timeout_ms: 30_000,
+            max_partial_bytes_per_core: 64 << 20,
             max_channels: 100,
             max_topic_len: 255,
             topics: Vec::new(),
@@ -171,9 +188,17 @@ impl Config {
         if self.out_queue_max_frames == 0 || self.out_queue_max_bytes == 0 {
             return bad("out_queue_max_frames and out_queue_max_bytes must be > 0");
         }
-        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.idle_timeout_ms == 0
+        if self.handshake_timeout_ms == 0
+            || self.close_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.message_timeout_ms == 0
         {
             return bad("timeouts must be > 0");
+        }
+        if self.max_partial_bytes_per_core < self.max_frame + self.max_message + 14 {
+            return bad(
+                "max_partial_bytes_per_core must hold one largest message: at least max_frame + max_message + 14",
+            );
         }
         if self.max_messages_per_sec > 1_000_000 {
             return bad("max_messages_per_sec must be <= 1000000 (0: no limit)");
@@ -210,6 +235,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
     }
 
     /// Whether `topic` may be joined under the `topics` patterns.
@@ -327,8 +356,16 @@ mod tests {
                 "{bad}"
             );
         }
+        assert!(Config::from_toml("message_timeout_ms = 0").is_err());
         assert!(Config::from_toml("max_messages_per_sec = 1000001").is_err());
         assert!(Config::from_toml("max_messages_per_sec = 0").is_ok());
+        // The partial-message budget must hold one largest message (frame + message + header).
+        let least = (2 << 20) + 14;
+        let budget = |b: usize| Config::from_toml(&format!("max_partial_bytes_per_core = {b}"));
+        assert!(budget(least).is_ok());
+        assert!(budget(least - 1).is_err());
+        let small = "max_frame = 1000\nmax_message = 1000\nmax_partial_bytes_per_core = 2014";
+        assert!(Config::from_toml(small).is_ok());
         for good in [16, 4096, 65536] {
             assert!(
                 Config::from_toml(&format!("ring_entries = {good}")).is_ok(),

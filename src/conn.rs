@@ -83,6 +83,7 @@ pub fn serve(
         key,
         generation,
         rate,
+        msg_deadline: 0,
         out_off: 0,
         phase: Phase::Http { buf: Vec::new() },
     }
@@ -95,6 +96,9 @@ struct Conn {
     generation: u32,
     /// `max_messages_per_sec`.
     rate: RateBucket,
+    /// Tick by which the data message now arriving must be complete (`message_timeout_ms`
+    /// after its first bytes); 0 while no data message is pending.
+    msg_deadline: u32,
     /// Bytes of the front frame of the queue already written.
     out_off: u32,
     phase: Phase,
@@ -417,11 +421,9 @@ impl Conn {
         self.enqueue(out);
         Stats::bump(&self.shard.stats.upgraded);
         Stats::bump(&self.shard.stats.websockets);
-        let idle = match endpoint {
-            Endpoint::Phoenix => Some(self.shard.cfg.idle_timeout()),
-            Endpoint::Echo => None,
-        };
-        self.shard.set_deadline(self.key, idle);
+        // Both endpoints: an echo socket holds a slot and a descriptor like any other.
+        self.shard
+            .set_deadline(self.key, Some(self.shard.cfg.idle_timeout()));
         self.phase = Phase::Open {
             endpoint,
             decoder: Decoder::new(),
@@ -433,7 +435,8 @@ impl Conn {
         }
     }
 
-    /// Decode frames and act on each message.
+    /// Decode frames and act on each message, under the socket's rate limit, the core's budget
+    /// for partial messages and the message deadline.
     fn on_ws_bytes(&mut self, input: &mut [u8]) {
         let Phase::Open {
             endpoint,
@@ -445,23 +448,31 @@ impl Conn {
         };
         let endpoint = *endpoint;
         let shard = &*self.shard;
-        if endpoint == Endpoint::Phoenix {
-            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
-        }
         let ctx = Ctx {
             shard,
             key: self.key,
             generation: self.generation,
         };
-        let limits = shard.cfg.frame_limits();
+        let now = shard.now_tick() as u32;
         let rate = shard.cfg.max_messages_per_sec;
         if rate > 0 {
-            self.rate.refill(rate, shard.now_tick() as u32);
+            self.rate.refill(rate, now);
         }
+        // This socket may hold what the core's budget has left, besides what it holds now.
+        let held_before = decoder.heap_bytes();
+        let held_elsewhere = shard.partial_bytes().saturating_sub(held_before);
+        let limits = frame::Limits {
+            max_buffered: shard
+                .cfg
+                .max_partial_bytes_per_core
+                .saturating_sub(held_elsewhere),
+            ..shard.cfg.frame_limits()
+        };
         let bucket = &mut self.rate;
         let mut peer_close: Option<Option<u16>> = None;
         let mut app_close: Option<(u16, &'static str)> = None;
         let mut frames_in = 0u64;
+        let mut data_done = false;
         let echo = |op: OpCode, payload: &[u8]| {
             let Ok(frame) = shard.build_frame(op, |b| {
                 b.extend_from_slice(payload);
@@ -490,6 +501,7 @@ impl Conn {
                     return;
                 }
             };
+            data_done = true;
             match (endpoint, data) {
                 (Endpoint::Echo, Frame::Text(t)) => echo(OpCode::Text, t.as_bytes()),
                 (Endpoint::Echo, Frame::Binary(b)) => echo(OpCode::Binary, b),
@@ -501,10 +513,29 @@ impl Conn {
             }
         });
         Stats::add(&shard.stats.frames_in, frames_in);
+        shard.hold_partial(held_before, decoder.heap_bytes());
+        // The message deadline runs from the read that brought a data message's first bytes
+        // until the read that completes it. While the same message stays incomplete, nothing
+        // (pings included) pushes the idle deadline: a peer that starts a message and then only
+        // pings is closed at the message deadline, one that goes silent at the idle timeout.
+        let mut timed_out = false;
+        if !decoder.message_pending() {
+            self.msg_deadline = 0;
+            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
+        } else if self.msg_deadline == 0 || data_done {
+            let at = shard.deadline_tick(shard.cfg.message_timeout());
+            self.msg_deadline = at.clamp(1, u64::from(u32::MAX)) as u32;
+            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
+        } else {
+            timed_out = now >= self.msg_deadline;
+        }
         if let Err(e) = result {
             self.fail(&e);
         } else if let Some((code, reason)) = app_close {
             self.start_close(code, reason);
+        } else if timed_out {
+            Stats::bump(&self.shard.stats.message_timeouts);
+            self.start_close(close_code::POLICY, "message timeout");
         } else if let Some(code) = peer_close {
             // Echo the peer's code (RFC 6455 5.5.1), then close.
             self.start_close(code.unwrap_or(close_code::NORMAL), "");
@@ -513,7 +544,11 @@ impl Conn {
 
     /// Leave the Open phase: the socket's channels are left and the gauges updated.
     fn leave_open(&mut self) {
-        if let Phase::Open { session, .. } = &mut self.phase {
+        if let Phase::Open {
+            session, decoder, ..
+        } = &mut self.phase
+        {
+            self.shard.hold_partial(decoder.heap_bytes(), 0);
             session.leave_all(Ctx {
                 shard: &self.shard,
                 key: self.key,
@@ -543,7 +578,10 @@ impl Conn {
             FrameError::Protocol(why) => why,
             FrameError::InvalidUtf8 => "invalid utf-8",
             FrameError::TooBig => "message too big",
-            FrameError::OverBudget => "server busy: partial message budget",
+            FrameError::OverBudget => {
+                Stats::bump(&self.shard.stats.partial_budget_closes);
+                "server busy: partial message budget"
+            }
         };
         self.start_close(e.close_code(), reason);
     }
@@ -730,9 +768,10 @@ mod tests {
     #[test]
     fn connection_task_state_is_small() {
         // The task's own state (the future `serve` returns is the `Conn` itself): socket, core
-        // handle, slot key, generation, rate bucket, write offset, phase.
+        // handle, slot key, generation, rate bucket, message deadline, write offset, phase.
         // Budget (x86_64): phase 104 (decoder 56 + session 40 + endpoint/discriminant 8) +
-        // shard 8 + socket 4 + key 8 + generation 4 + rate 8 + offset 4 = 140, padded to 144.
+        // shard 8 + socket 4 + key 8 + generation 4 + rate 8 + message deadline 4 + offset 4 =
+        // 144 (the deadline took the padding).
         // glommio adds a 40-byte task header and its scheduling handle around it.
         let conn = std::mem::size_of::<Conn>();
         let phase = std::mem::size_of::<Phase>();
