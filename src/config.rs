@@ -67,6 +67,11 @@ pub struct Config {
     pub auth_secret: Option<String>,
     /// Refuse sockets (HTTP 403) that bring no valid token. Needs `auth_secret`.
     pub require_token: bool,
+    /// Longest token lifetime accepted: a token whose `exp` is more than this (plus 60 s for
+    /// clocks that disagree) after now is refused with 403, so a leaked token is good for at
+    /// most this long. One day, as `Phoenix.Token.verify`'s default `max_age`; `corecast
+    /// token` refuses to mint longer-lived tokens unless told `--max-age-secs`.
+    pub token_max_age_secs: u64,
     /// If set, `POST /api/broadcast` requires `Authorization: Bearer <api_key>`.
     pub api_key: Option<String>,
     /// Cross-core outbox capacity per peer core, in broadcasts (drops are counted above it).
@@ -118,6 +123,7 @@ impl Default for Config {
             topics: Vec::new(),
             auth_secret: None,
             require_token: false,
+            token_max_age_secs: 86_400,
             api_key: None,
             mesh_outbox: 65_536,
             check_origin: Vec::new(),
@@ -199,6 +205,9 @@ impl Config {
             return bad(
                 "max_partial_bytes_per_core must hold one largest message: at least max_frame + max_message + 14",
             );
+        }
+        if self.token_max_age_secs == 0 {
+            return bad("token_max_age_secs must be > 0");
         }
         if self.max_messages_per_sec > 1_000_000 {
             return bad("max_messages_per_sec must be <= 1000000 (0: no limit)");
@@ -357,6 +366,7 @@ mod tests {
             );
         }
         assert!(Config::from_toml("message_timeout_ms = 0").is_err());
+        assert!(Config::from_toml("token_max_age_secs = 0").is_err());
         assert!(Config::from_toml("max_messages_per_sec = 1000001").is_err());
         assert!(Config::from_toml("max_messages_per_sec = 0").is_ok());
         // The partial-message budget must hold one largest message (frame + message + header).

@@ -358,7 +358,8 @@ impl Conn {
         let cfg = &self.shard.cfg;
         let claims = match (&cfg.auth_secret, token) {
             (Some(secret), Some(token)) => {
-                match auth::verify(secret.as_bytes(), &token, auth::now_unix()) {
+                let (now, max_age) = (auth::now_unix(), cfg.token_max_age_secs);
+                match auth::verify(secret.as_bytes(), &token, now, max_age) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         // Never log the token itself.
