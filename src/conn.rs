@@ -353,6 +353,19 @@ impl Conn {
             self.respond(403, "text/plain", b"origin not allowed\n", &[]);
             return;
         }
+        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed. Without
+        // it we could choose no subprotocol, and a browser fails a handshake that answers an
+        // offer with none: refuse with the reason instead.
+        let offers_phoenix = req.protocols.iter().any(|p| p == "phoenix");
+        let offers_bearer = req
+            .protocols
+            .iter()
+            .any(|p| p.starts_with(handshake::PHX_BEARER_PREFIX));
+        if offers_bearer && !offers_phoenix {
+            let why = b"the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"\n";
+            self.respond(400, "text/plain", why, &[]);
+            return;
+        }
         let token = handshake::query_param(&req.query, "token")
             .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
         let cfg = &self.shard.cfg;
@@ -387,12 +400,7 @@ impl Conn {
             self.respond(403, "text/plain", b"connection refused\n", &[]);
             return;
         }
-        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed.
-        let protocol = req
-            .protocols
-            .iter()
-            .any(|p| p == "phoenix")
-            .then_some("phoenix");
+        let protocol = offers_phoenix.then_some("phoenix");
         let user = claims.as_ref().map(|c| c.sub.as_str());
         self.upgrade(req, Endpoint::Phoenix, protocol, user, rest);
     }

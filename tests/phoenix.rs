@@ -347,6 +347,29 @@ fn mint_cli(extra: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
+fn bearer_subprotocol_without_phoenix_is_refused_with_a_reason() {
+    let srv = start("auth_secret = \"s3cret\"\nrequire_token = true\n");
+    let (ok, token, _) = mint_cli(&["--ttl-secs", "60"]);
+    assert!(ok);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token);
+    let bearer = format!("base64url.bearer.phx.{b64}");
+    // Alone (a browser would fail a 101 that chose no subprotocol): 400, saying why.
+    let (status, text) = upgrade_status(&srv, "", Some(&bearer));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("\"phoenix\""), "{text}");
+    // With another subprotocol but not "phoenix": the same.
+    assert_eq!(
+        upgrade_status(&srv, "", Some(&format!("{bearer}, chat"))).0,
+        400
+    );
+    // As phoenix.js offers it: 101 with "phoenix" chosen.
+    let (status, head) = upgrade_status(&srv, "", Some(&format!("phoenix, {bearer}")));
+    assert_eq!(status, 101);
+    assert_eq!(header(&head, "sec-websocket-protocol"), Some("phoenix"));
+}
+
+#[test]
 fn tokens_living_longer_than_token_max_age_are_refused_and_not_minted() {
     let day = 86_400u64;
     let strict = start("auth_secret = \"s3cret\"\nrequire_token = true\n");
