@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # WebSocket conformance gate: runs the Autobahn TestSuite cases (via kosoku)
-# against `corecast serve --echo` and compares with conformance/expected.txt.
+# against `corecast serve --config conformance/corecast.toml` (/echo) and compares with
+# conformance/expected.txt.
 #
 #   scripts/conformance.sh            # run and gate (what `make conformance` does)
 #   scripts/conformance.sh --update   # run and rewrite conformance/expected.txt
@@ -95,8 +96,9 @@ stop_server() {
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
-SERVER_CMD=("$BIN" serve --echo --listen "127.0.0.1:$PORT" --cores 2
-            --max-frame 16777216 --max-message 16777216)
+# conformance/corecast.toml: /echo, 2 cores, 16 MiB messages, no rate limit, room for 4 cases
+# of 16 MiB at once in the partial-message budget.
+SERVER_CMD=("$BIN" serve --config conformance/corecast.toml --listen "127.0.0.1:$PORT")
 log "starting: ${SERVER_CMD[*]}"
 "${SERVER_CMD[@]}" >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
@@ -149,7 +151,7 @@ esac
 # 5. Summarise and gate.
 check=("$PY" scripts/conformance_check.py --reports "$OUT" --expected conformance/expected.txt
        --results "$OUT/results.txt" --min-cases "$KOSOKU_CASES"
-       --header "kosoku $KOSOKU_VERSION against: corecast serve --echo --cores 2 --max-frame 16777216 --max-message 16777216")
+       --header "kosoku $KOSOKU_VERSION against: corecast serve --config conformance/corecast.toml")
 [ "$UPDATE" = 1 ] && check+=(--update)
 crc=0
 "${check[@]}" || crc=$?

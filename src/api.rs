@@ -158,9 +158,27 @@ const SERIES: &[(&str, &str, &str, Getter)] = &[
         |s| &s.idle_timeouts,
     ),
     (
+        "corecast_message_timeouts_total",
+        "counter",
+        "Sockets closed with 1008 for a message still incomplete at message_timeout_ms.",
+        |s| &s.message_timeouts,
+    ),
+    (
+        "corecast_partial_budget_closes_total",
+        "counter",
+        "Sockets closed with 1013 for a partial message over max_partial_bytes_per_core.",
+        |s| &s.partial_budget_closes,
+    ),
+    (
+        "corecast_partial_bytes",
+        "gauge",
+        "Bytes held for partial frames and fragmented messages.",
+        |s| &s.partial_bytes,
+    ),
+    (
         "corecast_frames_in_total",
         "counter",
-        "WebSocket messages received.",
+        "WebSocket frames received (every fragment and control frame).",
         |s| &s.frames_in,
     ),
     (

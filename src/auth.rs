@@ -8,7 +8,10 @@
 //! signature = base64url(HMAC-SHA256(secret, "v1." + claims))
 //! ```
 //!
-//! `corecast token --secret S --sub alice --ttl-secs 3600` mints one. Tokens are never logged.
+//! `corecast token --secret S --sub alice --ttl-secs 3600` mints one. A token is refused once
+//! `exp` has passed, and also while `exp` is further ahead than the server's
+//! `token_max_age_secs` (plus [`CLOCK_SKEW_SECS`]): there is no token for ever. Tokens are
+//! never logged.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -17,6 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 const VERSION: &str = "v1";
+
+/// How far the minting host's clock may run ahead of the server's before a token minted with
+/// the longest lifetime allowed is refused as too long-lived.
+pub const CLOCK_SKEW_SECS: u64 = 60;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +43,9 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    /// `exp` is further ahead than the longest lifetime the server accepts.
+    #[error("token lifetime over token_max_age_secs")]
+    TooLongLived,
 }
 
 fn mac(secret: &[u8]) -> Hmac<Sha256> {
@@ -57,8 +67,9 @@ pub fn mint(secret: &[u8], sub: &str, exp: u64) -> String {
     format!("{signed}.{sig}")
 }
 
-/// Check a token's signature and expiry at time `now` (unix seconds).
-pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError> {
+/// Check a token's signature and expiry at time `now` (unix seconds): refused once `exp` has
+/// passed, and while `exp` is more than `max_age` (+ [`CLOCK_SKEW_SECS`]) seconds ahead.
+pub fn verify(secret: &[u8], token: &str, now: u64, max_age: u64) -> Result<Claims, TokenError> {
     let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
     let (version, claims_b64) = signed.split_once('.').ok_or(TokenError::Malformed)?;
     if version != VERSION {
@@ -72,6 +83,9 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError
     let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
     if now >= claims.exp {
         return Err(TokenError::Expired);
+    }
+    if claims.exp - now > max_age.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(TokenError::TooLongLived);
     }
     Ok(claims)
 }
@@ -91,7 +105,7 @@ mod tests {
     fn round_trip() {
         let t = mint(b"k", "alice", 1000);
         assert_eq!(
-            verify(b"k", &t, 999),
+            verify(b"k", &t, 999, 3600),
             Ok(Claims {
                 sub: "alice".into(),
                 exp: 1000
@@ -102,15 +116,41 @@ mod tests {
     #[test]
     fn expired_wrong_key_tampered_and_garbage_are_refused() {
         let t = mint(b"k", "alice", 1000);
-        assert_eq!(verify(b"k", &t, 1000), Err(TokenError::Expired));
-        assert_eq!(verify(b"other", &t, 1), Err(TokenError::BadSignature));
+        assert_eq!(verify(b"k", &t, 1000, 3600), Err(TokenError::Expired));
+        assert_eq!(verify(b"other", &t, 1, 3600), Err(TokenError::BadSignature));
         // Swap in claims for another subject, keeping the old signature.
         let forged_claims = B64.encode(br#"{"sub":"mallory","exp":99999}"#);
         let parts: Vec<&str> = t.split('.').collect();
         let forged = format!("v1.{forged_claims}.{}", parts[2]);
-        assert_eq!(verify(b"k", &forged, 1), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(b"k", &forged, 1, 3600),
+            Err(TokenError::BadSignature)
+        );
         for bad in ["", "v1", "v1.x", "v2.a.b", "v1.a.!!!", "...."] {
-            assert!(verify(b"k", bad, 1).is_err(), "{bad:?}");
+            assert!(verify(b"k", bad, 1, 3600).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn lifetime_over_max_age_is_refused() {
+        let now = 1_000_000;
+        let day = 86_400;
+        // The longest lifetime allowed, minted on a clock up to CLOCK_SKEW_SECS ahead: valid.
+        let longest = mint(b"k", "alice", now + day + CLOCK_SKEW_SECS);
+        assert!(verify(b"k", &longest, now, day).is_ok());
+        // One second more, or "never expires": refused, however well signed.
+        let longer = mint(b"k", "alice", now + day + CLOCK_SKEW_SECS + 1);
+        assert_eq!(
+            verify(b"k", &longer, now, day),
+            Err(TokenError::TooLongLived)
+        );
+        let forever = mint(b"k", "alice", u64::MAX);
+        assert_eq!(
+            verify(b"k", &forever, now, day),
+            Err(TokenError::TooLongLived)
+        );
+        assert!(verify(b"k", &forever, now, u64::MAX).is_ok());
+        // A long-lived token becomes acceptable once its remaining life is within the bound.
+        assert!(verify(b"k", &longer, now + 1, day).is_ok());
     }
 }

@@ -47,8 +47,23 @@ pub struct Config {
     pub out_queue_max_bytes: usize,
     /// Per-connection outbound queue bound, in frames.
     pub out_queue_max_frames: usize,
-    /// A Phoenix socket that sends nothing (not even a heartbeat) for this long is closed.
+    /// A WebSocket (Phoenix or echo) that sends nothing (not even a heartbeat) for this long is
+    /// closed with 1008. While a data message is incomplete, only reads that complete one (or
+    /// start the next) count as activity: pings alone do not keep such a socket.
     pub idle_timeout_ms: u64,
+    /// A data message (every frame of a fragmented one, or the bytes of one big frame) must be
+    /// complete this long after its first bytes arrived; a socket whose message is still
+    /// incomplete then is closed with 1008 when it next sends anything (or, if it sends
+    /// nothing, at its idle timeout). 30 s lets a `max_message` of 1 MiB arrive over an
+    /// uplink of 300 kbit/s; phoenix.js messages are usually a few KB and arrive in one read.
+    pub message_timeout_ms: u64,
+    /// Heap bytes all sockets of one core may hold at once for partial frames and fragmented
+    /// messages. The read that would take a core past it closes its socket with 1013 (try
+    /// again later) before allocating. The default, 64 MiB, holds 32 messages of the default
+    /// `max_frame` + `max_message` (1 MiB each) in flight on every core; phoenix.js traffic
+    /// holds next to nothing (a message arrives whole in one read and is handled in place).
+    /// Must hold at least one largest message: `max_frame + max_message + 14`.
+    pub max_partial_bytes_per_core: usize,
     /// Channels one socket may join at once ("too many channels joined" above it).
     pub max_channels: usize,
     /// Longest topic name accepted, in bytes.
@@ -59,6 +74,11 @@ pub struct Config {
     pub auth_secret: Option<String>,
     /// Refuse sockets (HTTP 403) that bring no valid token. Needs `auth_secret`.
     pub require_token: bool,
+    /// Longest token lifetime accepted: a token whose `exp` is more than this (plus 60 s for
+    /// clocks that disagree) after now is refused with 403, so a leaked token is good for at
+    /// most this long. One day, as `Phoenix.Token.verify`'s default `max_age`; `corecast
+    /// token` refuses to mint longer-lived tokens unless told `--max-age-secs`.
+    pub token_max_age_secs: u64,
     /// If set, `/api/*` needs `Authorization: Bearer <api_key>` (401 without it) and answers
     /// any address that has it. If not set, `/api/*` answers loopback peers only (403 for any
     /// other address). Behind a reverse proxy on the same host every request comes from
@@ -86,8 +106,17 @@ pub struct Config {
     /// (`https://app.example.com`) or a host pattern (`//example.com`, `//*.example.com`).
     /// Empty: any. A request without an Origin header (not a browser) is allowed.
     pub check_origin: Vec<String>,
-    /// Messages (frames of any kind) a socket may send per second, averaged over a one-second
-    /// bucket; a socket over it is closed with 1008. 0: no limit.
+    /// Frames of any kind (data, continuation, ping, pong, close) a socket may send per
+    /// second, from a bucket that holds one second's worth and refills every 100 ms; a socket
+    /// over it is closed with 1008. 0: no limit; at most 1,000,000.
+    ///
+    /// The default, 200, is what no honest phoenix.js app reaches and what bounds a flooder:
+    /// phoenix.js sends a heartbeat every 30 s and one frame per push; typing indicators and
+    /// cursors push 30-60 a second (3x headroom, also for a 120 Hz pointer); after a reconnect
+    /// phoenix.js rejoins every channel at once (at most `max_channels`, 100, in one burst)
+    /// and flushes the pushes it buffered. A flooder gets 200 a second instead of all a core
+    /// can parse (900,000 a second in issue 10). Raise it with `max_channels`, or for load
+    /// tests that push faster from one socket.
     pub max_messages_per_sec: u32,
     /// Completion-queue entries of each core's readiness ring: how many socket readiness events
     /// one core can take in a burst before the kernel holds the rest back (then connections
@@ -114,18 +143,21 @@ impl Default for Config {
             out_queue_max_bytes: 4 << 20,
             out_queue_max_frames: 4096,
             idle_timeout_ms: 60_000,
+            message_timeout_ms: 30_000,
+            max_partial_bytes_per_core: 64 << 20,
             max_channels: 100,
             max_topic_len: 255,
             topics: Vec::new(),
             auth_secret: None,
             require_token: false,
+            token_max_age_secs: 86_400,
             api_key: None,
             api_origins: Vec::new(),
             metrics_key: None,
             mesh_outbox: 65_536,
             mesh_outbox_bytes: 64 << 20,
             check_origin: Vec::new(),
-            max_messages_per_sec: 0,
+            max_messages_per_sec: 200,
             ring_entries: 16_384,
         }
     }
@@ -195,9 +227,23 @@ impl Config {
         if self.out_queue_max_frames == 0 || self.out_queue_max_bytes == 0 {
             return bad("out_queue_max_frames and out_queue_max_bytes must be > 0");
         }
-        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.idle_timeout_ms == 0
+        if self.handshake_timeout_ms == 0
+            || self.close_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.message_timeout_ms == 0
         {
             return bad("timeouts must be > 0");
+        }
+        if self.max_partial_bytes_per_core < self.max_frame + self.max_message + 14 {
+            return bad(
+                "max_partial_bytes_per_core must hold one largest message: at least max_frame + max_message + 14",
+            );
+        }
+        if self.token_max_age_secs == 0 {
+            return bad("token_max_age_secs must be > 0");
+        }
+        if self.max_messages_per_sec > 1_000_000 {
+            return bad("max_messages_per_sec must be <= 1000000 (0: no limit)");
         }
         if !self.ring_entries.is_power_of_two() || !(16..=1 << 16).contains(&self.ring_entries) {
             return bad("ring_entries must be a power of two from 16 to 65536");
@@ -258,6 +304,10 @@ impl Config {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
+    }
+
     /// Whether `topic` may be joined under the `topics` patterns.
     pub fn topic_allowed(&self, topic: &str) -> bool {
         if topic.is_empty() || topic.len() > self.max_topic_len {
@@ -289,6 +339,7 @@ impl Config {
         crate::proto::frame::Limits {
             max_frame: self.max_frame,
             max_message: self.max_message,
+            max_buffered: usize::MAX,
         }
     }
 }
@@ -410,6 +461,17 @@ mod tests {
             Config::from_toml("mesh_outbox_bytes = 3145728\nmax_message = 4194304").is_err(),
             "the bound must grow with the largest message"
         );
+        assert!(Config::from_toml("message_timeout_ms = 0").is_err());
+        assert!(Config::from_toml("token_max_age_secs = 0").is_err());
+        assert!(Config::from_toml("max_messages_per_sec = 1000001").is_err());
+        assert!(Config::from_toml("max_messages_per_sec = 0").is_ok());
+        // The partial-message budget must hold one largest message (frame + message + header).
+        let least = (2 << 20) + 14;
+        let budget = |b: usize| Config::from_toml(&format!("max_partial_bytes_per_core = {b}"));
+        assert!(budget(least).is_ok());
+        assert!(budget(least - 1).is_err());
+        let small = "max_frame = 1000\nmax_message = 1000\nmax_partial_bytes_per_core = 2014";
+        assert!(Config::from_toml(small).is_ok());
         for good in [16, 4096, 65536] {
             assert!(
                 Config::from_toml(&format!("ring_entries = {good}")).is_ok(),

@@ -100,14 +100,14 @@ pub fn serve(
     generation: u32,
 ) -> impl Future<Output = ()> {
     shard.set_deadline(key, Some(shard.cfg.handshake_timeout()));
-    let rate_left = shard.cfg.max_messages_per_sec;
+    let rate = RateBucket::full(shard.cfg.max_messages_per_sec);
     Conn {
         shard,
         stream,
         key,
         generation,
-        rate_left,
-        rate_tick: 0,
+        rate,
+        msg_deadline: 0,
         out_off: 0,
         phase: Phase::Http {
             buf: Vec::new(),
@@ -122,9 +122,11 @@ struct Conn {
     stream: TcpStream,
     key: usize,
     generation: u32,
-    /// Token bucket for `max_messages_per_sec`: messages left, and the tick of the last refill.
-    rate_left: u32,
-    rate_tick: u32,
+    /// `max_messages_per_sec`.
+    rate: RateBucket,
+    /// Tick by which the data message now arriving must be complete (`message_timeout_ms`
+    /// after its first bytes); 0 while no data message is pending.
+    msg_deadline: u32,
     /// Bytes of the front frame of the queue already written.
     out_off: u32,
     phase: Phase,
@@ -438,12 +440,26 @@ impl Conn {
             self.respond(403, "text/plain", b"origin not allowed\n", &[]);
             return;
         }
+        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed. Without
+        // it we could choose no subprotocol, and a browser fails a handshake that answers an
+        // offer with none: refuse with the reason instead.
+        let offers_phoenix = req.protocols.iter().any(|p| p == "phoenix");
+        let offers_bearer = req
+            .protocols
+            .iter()
+            .any(|p| p.starts_with(handshake::PHX_BEARER_PREFIX));
+        if offers_bearer && !offers_phoenix {
+            let why = b"the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"\n";
+            self.respond(400, "text/plain", why, &[]);
+            return;
+        }
         let token = handshake::query_param(&req.query, "token")
             .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
         let cfg = &self.shard.cfg;
         let claims = match (&cfg.auth_secret, token) {
             (Some(secret), Some(token)) => {
-                match auth::verify(secret.as_bytes(), &token, auth::now_unix()) {
+                let (now, max_age) = (auth::now_unix(), cfg.token_max_age_secs);
+                match auth::verify(secret.as_bytes(), &token, now, max_age) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         // Never log the token itself.
@@ -471,12 +487,7 @@ impl Conn {
             self.respond(403, "text/plain", b"connection refused\n", &[]);
             return;
         }
-        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed.
-        let protocol = req
-            .protocols
-            .iter()
-            .any(|p| p == "phoenix")
-            .then_some("phoenix");
+        let protocol = offers_phoenix.then_some("phoenix");
         let user = claims.as_ref().map(|c| c.sub.as_str());
         self.upgrade(req, Endpoint::Phoenix, protocol, user, rest);
     }
@@ -506,11 +517,9 @@ impl Conn {
         self.enqueue(out);
         Stats::bump(&self.shard.stats.upgraded);
         Stats::bump(&self.shard.stats.websockets);
-        let idle = match endpoint {
-            Endpoint::Phoenix => Some(self.shard.cfg.idle_timeout()),
-            Endpoint::Echo => None,
-        };
-        self.shard.set_deadline(self.key, idle);
+        // Both endpoints: an echo socket holds a slot and a descriptor like any other.
+        self.shard
+            .set_deadline(self.key, Some(self.shard.cfg.idle_timeout()));
         self.phase = Phase::Open {
             endpoint,
             decoder: Decoder::new(),
@@ -522,7 +531,8 @@ impl Conn {
         }
     }
 
-    /// Decode frames and act on each message.
+    /// Decode frames and act on each message, under the socket's rate limit, the core's budget
+    /// for partial messages and the message deadline.
     fn on_ws_bytes(&mut self, input: &mut [u8]) {
         let Phase::Open {
             endpoint,
@@ -534,30 +544,31 @@ impl Conn {
         };
         let endpoint = *endpoint;
         let shard = &*self.shard;
-        if endpoint == Endpoint::Phoenix {
-            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
-        }
         let ctx = Ctx {
             shard,
             key: self.key,
             generation: self.generation,
         };
-        let limits = shard.cfg.frame_limits();
+        let now = shard.now_tick() as u32;
         let rate = shard.cfg.max_messages_per_sec;
         if rate > 0 {
-            // Refill the bucket for the time passed (ticks of 100 ms), up to one second's worth.
-            let now = shard.now_tick() as u32;
-            let ticks = now.wrapping_sub(self.rate_tick);
-            if ticks > 0 {
-                let refill = (u64::from(ticks) * u64::from(rate) / 10).min(u64::from(rate));
-                self.rate_left = (u64::from(self.rate_left) + refill).min(u64::from(rate)) as u32;
-                self.rate_tick = now;
-            }
+            self.rate.refill(rate, now);
         }
-        let rate_left = &mut self.rate_left;
+        // This socket may hold what the core's budget has left, besides what it holds now.
+        let held_before = decoder.heap_bytes();
+        let held_elsewhere = shard.partial_bytes().saturating_sub(held_before);
+        let limits = frame::Limits {
+            max_buffered: shard
+                .cfg
+                .max_partial_bytes_per_core
+                .saturating_sub(held_elsewhere),
+            ..shard.cfg.frame_limits()
+        };
+        let bucket = &mut self.rate;
         let mut peer_close: Option<Option<u16>> = None;
         let mut app_close: Option<(u16, &'static str)> = None;
         let mut frames_in = 0u64;
+        let mut data_done = false;
         let echo = |op: OpCode, payload: &[u8]| {
             let Ok(frame) = shard.build_frame(op, |b| {
                 b.extend_from_slice(payload);
@@ -565,21 +576,20 @@ impl Conn {
             });
             shard.enqueue(ctx.key, frame);
         };
+        // One call per frame of any kind (a fragment too): each costs one from the bucket.
         let result = decoder.feed(input, &limits, &mut |msg| {
             frames_in += 1;
             if app_close.is_some() {
                 return; // closing: ignore what follows
             }
-            if rate > 0 {
-                if *rate_left == 0 {
-                    app_close = Some((close_code::POLICY, "rate limit"));
-                    return;
-                }
-                *rate_left -= 1;
+            if rate > 0 && !bucket.take() {
+                app_close = Some((close_code::POLICY, "rate limit"));
+                return;
             }
             let data = match msg {
                 Message::Text(t) => Frame::Text(t),
                 Message::Binary(b) => Frame::Binary(b),
+                Message::Fragment => return,
                 Message::Ping(p) => return echo(OpCode::Pong, p),
                 Message::Pong(_) => return,
                 Message::Close(c) => {
@@ -587,6 +597,7 @@ impl Conn {
                     return;
                 }
             };
+            data_done = true;
             match (endpoint, data) {
                 (Endpoint::Echo, Frame::Text(t)) => echo(OpCode::Text, t.as_bytes()),
                 (Endpoint::Echo, Frame::Binary(b)) => echo(OpCode::Binary, b),
@@ -598,10 +609,29 @@ impl Conn {
             }
         });
         Stats::add(&shard.stats.frames_in, frames_in);
+        shard.hold_partial(held_before, decoder.heap_bytes());
+        // The message deadline runs from the read that brought a data message's first bytes
+        // until the read that completes it. While the same message stays incomplete, nothing
+        // (pings included) pushes the idle deadline: a peer that starts a message and then only
+        // pings is closed at the message deadline, one that goes silent at the idle timeout.
+        let mut timed_out = false;
+        if !decoder.message_pending() {
+            self.msg_deadline = 0;
+            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
+        } else if self.msg_deadline == 0 || data_done {
+            let at = shard.deadline_tick(shard.cfg.message_timeout());
+            self.msg_deadline = at.clamp(1, u64::from(u32::MAX)) as u32;
+            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
+        } else {
+            timed_out = now >= self.msg_deadline;
+        }
         if let Err(e) = result {
             self.fail(&e);
         } else if let Some((code, reason)) = app_close {
             self.start_close(code, reason);
+        } else if timed_out {
+            Stats::bump(&self.shard.stats.message_timeouts);
+            self.start_close(close_code::POLICY, "message timeout");
         } else if let Some(code) = peer_close {
             // Echo the peer's code (RFC 6455 5.5.1), then close.
             self.start_close(code.unwrap_or(close_code::NORMAL), "");
@@ -610,7 +640,11 @@ impl Conn {
 
     /// Leave the Open phase: the socket's channels are left and the gauges updated.
     fn leave_open(&mut self) {
-        if let Phase::Open { session, .. } = &mut self.phase {
+        if let Phase::Open {
+            session, decoder, ..
+        } = &mut self.phase
+        {
+            self.shard.hold_partial(decoder.heap_bytes(), 0);
             session.leave_all(Ctx {
                 shard: &self.shard,
                 key: self.key,
@@ -640,6 +674,10 @@ impl Conn {
             FrameError::Protocol(why) => why,
             FrameError::InvalidUtf8 => "invalid utf-8",
             FrameError::TooBig => "message too big",
+            FrameError::OverBudget => {
+                Stats::bump(&self.shard.stats.partial_budget_closes);
+                "server busy: partial message budget"
+            }
         };
         self.start_close(e.close_code(), reason);
     }
@@ -746,16 +784,90 @@ impl Conn {
     }
 }
 
+/// Token bucket of one socket for `max_messages_per_sec`: it holds one second's worth and
+/// refills on the core's 100 ms ticks. Counted in tenths of a frame, so a tick refills exactly
+/// `rate` tenths whatever the rate (no rounding away of 1.5 frames a tick at 15/s).
+#[derive(Debug, Clone, Copy)]
+struct RateBucket {
+    /// Tenths of a frame left.
+    left: u32,
+    /// Tick of the last refill.
+    tick: u32,
+}
+
+impl RateBucket {
+    /// A full bucket for `rate` frames a second (`rate` is at most 1,000,000: see config).
+    fn full(rate: u32) -> RateBucket {
+        RateBucket {
+            left: rate.saturating_mul(10),
+            tick: 0,
+        }
+    }
+
+    /// Add what the ticks since the last refill earned, up to one second's worth.
+    fn refill(&mut self, rate: u32, now: u32) {
+        let ticks = now.wrapping_sub(self.tick);
+        if ticks > 0 {
+            let full = u64::from(rate) * 10;
+            let earned = u64::from(ticks) * u64::from(rate);
+            self.left = (u64::from(self.left) + earned).min(full) as u32;
+            self.tick = now;
+        }
+    }
+
+    /// Spend one frame; false when the bucket is empty.
+    fn take(&mut self) -> bool {
+        let ok = self.left >= 10;
+        if ok {
+            self.left -= 10;
+        }
+        ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Frames a bucket lets through over `ticks` ticks, offered `per_tick` every tick.
+    fn passed(rate: u32, per_tick: u32, ticks: u32) -> u32 {
+        let mut b = RateBucket::full(rate);
+        let mut n = 0;
+        for t in 1..=ticks {
+            b.refill(rate, t);
+            n += (0..per_tick).filter(|_| b.take()).count() as u32;
+        }
+        n
+    }
+
+    #[test]
+    fn rate_bucket_is_exact_at_any_rate() {
+        // A burst of one second's worth, then `rate` a second.
+        let mut b = RateBucket::full(200);
+        b.refill(200, 0);
+        assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
+        // Offered far more than the rate for 10 s: the full bucket spent on the first tick,
+        // then what the other 99 ticks refilled.
+        for rate in [1, 5, 10, 15, 19, 200, 1_000_000] {
+            let got = passed(rate, rate + 10, 100);
+            assert_eq!(got, rate + rate * 99 / 10, "rate {rate}");
+        }
+        // Offered 1.5 frames a tick (15/s) at a rate of 15: never refused.
+        let mut b = RateBucket::full(15);
+        for t in 1..=200u32 {
+            b.refill(15, t);
+            let n = if t % 2 == 0 { 2 } else { 1 };
+            assert!((0..n).all(|_| b.take()), "tick {t}");
+        }
+    }
+
     #[test]
     fn connection_task_state_is_small() {
         // The task's own state (the future `serve` returns is the `Conn` itself): socket, core
-        // handle, slot key, generation, rate bucket, write offset, phase.
+        // handle, slot key, generation, rate bucket, message deadline, write offset, phase.
         // Budget (x86_64): phase 104 (decoder 56 + session 40 + endpoint/discriminant 8) +
-        // shard 8 + socket 4 + key 8 + generation 4 + rate 8 + offset 4 = 140, padded to 144.
+        // shard 8 + socket 4 + key 8 + generation 4 + rate 8 + message deadline 4 + offset 4 =
+        // 144 (the deadline took the padding).
         // glommio adds a 40-byte task header and its scheduling handle around it.
         let conn = std::mem::size_of::<Conn>();
         let phase = std::mem::size_of::<Phase>();

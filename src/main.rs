@@ -57,6 +57,10 @@ struct TokenArgs {
     /// Absolute expiry, unix seconds (instead of --ttl-secs).
     #[arg(long)]
     exp_unix: Option<u64>,
+    /// The server's `token_max_age_secs`: a token that would live longer is not minted (the
+    /// server would refuse it) [default: the server's default, 86400].
+    #[arg(long, value_name = "SECS")]
+    max_age_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -106,16 +110,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             Ok(())
         }
-        Command::Token(args) => {
-            let exp = args
-                .exp_unix
-                .unwrap_or_else(|| corecast::auth::now_unix() + args.ttl_secs);
-            println!(
-                "{}",
-                corecast::auth::mint(args.secret.as_bytes(), &args.sub, exp)
-            );
-            Ok(())
-        }
+        Command::Token(args) => token(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +119,29 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `corecast token`: mint a token the server will accept (an expired one too, for tests), never
+/// one that outlives `token_max_age_secs`.
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let now = corecast::auth::now_unix();
+    let max_age = args
+        .max_age_secs
+        .unwrap_or(Config::default().token_max_age_secs);
+    let exp = match args.exp_unix {
+        Some(exp) => exp,
+        None => now.saturating_add(args.ttl_secs),
+    };
+    let lifetime = exp.saturating_sub(now);
+    anyhow::ensure!(
+        lifetime <= max_age,
+        "a token living {lifetime} s would be refused by a server whose token_max_age_secs is          {max_age}; use a shorter --ttl-secs, or --max-age-secs with the server's setting"
+    );
+    println!(
+        "{}",
+        corecast::auth::mint(args.secret.as_bytes(), &args.sub, exp)
+    );
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -95,6 +95,13 @@ pub struct Stats {
     pub poll_rearms: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
+    /// Sockets closed (1008) because a data message was still incomplete at `message_timeout_ms`.
+    pub message_timeouts: AtomicU64,
+    /// Sockets closed (1013) because their partial message would pass the core's
+    /// `max_partial_bytes_per_core`.
+    pub partial_budget_closes: AtomicU64,
+    /// Bytes this core's sockets hold for partial frames and fragmented messages (gauge).
+    pub partial_bytes: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -194,6 +201,11 @@ pub struct Shard {
     next_generation: Cell<u32>,
     /// Most connections seen since memory was last given back (see `maybe_release_memory`).
     peak_connections: Cell<usize>,
+    /// Heap bytes all of this core's frame decoders hold (partial frames and fragmented
+    /// messages), bounded by `max_partial_bytes_per_core`.
+    partial_bytes: Cell<usize>,
+    /// Most of `partial_bytes` since memory was last given back.
+    partial_peak: Cell<usize>,
     started: Instant,
 }
 
@@ -216,6 +228,8 @@ impl Shard {
             draining: Cell::new(false),
             next_generation: Cell::new(1),
             peak_connections: Cell::new(0),
+            partial_bytes: Cell::new(0),
+            partial_peak: Cell::new(0),
             started: Instant::now(),
         })
     }
@@ -382,10 +396,30 @@ impl Shard {
         }
     }
 
+    /// Heap bytes this core's sockets hold for partial messages (see `hold_partial`).
+    pub fn partial_bytes(&self) -> usize {
+        self.partial_bytes.get()
+    }
+
+    /// A socket's decoder went from holding `before` to `after` heap bytes: keep the core's
+    /// total (and its gauge) in step. Every socket reports each change and, when it leaves the
+    /// WebSocket phase, that it holds nothing.
+    pub fn hold_partial(&self, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        let total = (self.partial_bytes.get() + after).saturating_sub(before);
+        self.partial_bytes.set(total);
+        self.partial_peak.set(self.partial_peak.get().max(total));
+        self.stats
+            .partial_bytes
+            .store(total as u64, Ordering::Relaxed);
+    }
+
     /// The tick at which `after` from now has surely passed. Counted from the real clock (the
     /// wheel may lag by up to a tick), rounded up, plus one tick for the partial current one:
     /// never early, at most two ticks late.
-    fn deadline_tick(&self, after: std::time::Duration) -> u64 {
+    pub fn deadline_tick(&self, after: std::time::Duration) -> u64 {
         let now = (self.started.elapsed().as_nanos() / TICK.as_nanos()) as u64;
         now + (after.as_nanos().div_ceil(TICK.as_nanos()) as u64) + 1
     }
@@ -492,14 +526,23 @@ impl Shard {
     }
 
     /// After a big drop in connections (at least 1,000 and half of the peak), shrink this core's
-    /// tables and hand freed heap back to the kernel, so RSS follows the load down.
+    /// tables and hand freed heap back to the kernel, so RSS follows the load down. The same
+    /// after a big drop in partial-message bytes (at least 8 MiB and half of the peak): the
+    /// allocator would keep a partial-message flood's buffers in its arenas.
     fn maybe_release_memory(&self) {
         let now = self.connections();
         let peak = self.peak_connections.get().max(now);
+        let partial = self.partial_bytes.get();
+        let partial_peak = self.partial_peak.get();
         if peak - now >= 1000 && now <= peak / 2 {
             self.slots.borrow_mut().shrink_to_fit();
             crate::sys::release_free_memory();
             self.peak_connections.set(now);
+            self.partial_peak.set(partial);
+        } else if partial_peak - partial >= 8 << 20 && partial <= partial_peak / 2 {
+            crate::sys::release_free_memory();
+            self.partial_peak.set(partial);
+            self.peak_connections.set(peak);
         } else {
             self.peak_connections.set(peak);
         }

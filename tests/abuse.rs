@@ -28,7 +28,8 @@ fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
 
 #[test]
 fn slow_consumer_is_closed_with_1013_and_fast_subscriber_loses_nothing() {
-    let srv = start("out_queue_max_bytes = 262144\n");
+    // The fast one publishes 2,500 pushes as fast as it can: a flood by design.
+    let srv = start("out_queue_max_bytes = 262144\nmax_messages_per_sec = 0\n");
     // The slow one: a tiny receive buffer, joins, then never reads.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -220,7 +221,11 @@ fn tokens_never_reach_the_log_even_at_trace() {
 
 #[test]
 fn many_tiny_fragments_are_bounded_by_max_message() {
-    let srv = TestServer::start(&["--echo", "--max-message", "4096"]);
+    // 4,000 frames at once: past the default rate limit by design.
+    let srv = TestServer::start_with_config(
+        "max_messages_per_sec = 0\n",
+        &["--echo", "--max-message", "4096"],
+    );
     let open = || {
         let mut s = srv.connect_tcp();
         assert_eq!(
@@ -255,7 +260,10 @@ fn many_tiny_fragments_are_bounded_by_max_message() {
 fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
     const SLOW: usize = 100;
     const BOUND: u64 = 1 << 20;
-    let srv = start(&format!("out_queue_max_bytes = {BOUND}\n"));
+    // The publisher pushes 4,000 messages back to back: a flood by design.
+    let srv = start(&format!(
+        "out_queue_max_bytes = {BOUND}\nmax_messages_per_sec = 0\n"
+    ));
     let base = srv.metric("corecast_rss_bytes");
     let mut slow = Vec::new();
     for i in 0..SLOW {
@@ -603,4 +611,231 @@ fn measure_cross_core_flood() {
     };
     let r = cross_core_flood(&srv, &flood);
     r.print("cross-core flood, default config", &flood);
+}
+
+#[test]
+fn default_rate_limit_lets_a_rejoin_burst_through_and_stops_a_flood() {
+    let srv = start("");
+    // What phoenix.js sends after a reconnect with max_channels (100) channels: every join at
+    // once, and a heartbeat. All answered.
+    let mut s = phx_open(&srv, srv.connect_tcp());
+    let mut out = Vec::new();
+    for i in 0..100 {
+        let join = json!([
+            i.to_string(),
+            i.to_string(),
+            format!("room:{i}"),
+            "phx_join",
+            {}
+        ]);
+        encode_masked(
+            &mut out,
+            OpCode::Text,
+            true,
+            join.to_string().as_bytes(),
+            MASK,
+        );
+    }
+    let hb = json!([null, "hb", "phoenix", "heartbeat", {}]);
+    encode_masked(
+        &mut out,
+        OpCode::Text,
+        true,
+        hb.to_string().as_bytes(),
+        MASK,
+    );
+    s.write_all(&out).unwrap();
+    for _ in 0..101 {
+        assert_eq!(recv(&mut s)[4]["status"], "ok");
+    }
+    // A flood: 2,000 heartbeats at once, closed with 1008 after the bucket's 200.
+    let mut flood = phx_open(&srv, srv.connect_tcp());
+    let mut out = Vec::new();
+    for i in 0..2000 {
+        let hb = json!([null, i.to_string(), "phoenix", "heartbeat", {}]);
+        encode_masked(
+            &mut out,
+            OpCode::Text,
+            true,
+            hb.to_string().as_bytes(),
+            MASK,
+        );
+    }
+    let _ = flood.write_all(&out);
+    let mut replies = 0;
+    loop {
+        match common::recv_incoming(&mut flood).expect("recv") {
+            common::Incoming::Json(_) => replies += 1,
+            common::Incoming::Close(code) => {
+                assert_eq!(code, Some(1008));
+                break;
+            }
+        }
+    }
+    assert!(
+        replies <= 201,
+        "{replies} heartbeats answered under the default limit"
+    );
+}
+
+/// Wait until `f` holds, at most `limit`.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The first fragment of a binary message that is never finished.
+fn first_fragment(len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, &vec![7u8; len], MASK);
+    out
+}
+
+#[test]
+fn partial_messages_past_the_core_budget_are_closed_with_1013() {
+    // One core with room for 2 MiB + 14 of partial messages (the least allowed with the
+    // default 1 MiB max_frame and max_message); each socket leaves 200 KB of a message.
+    const BUDGET: u64 = (2 << 20) + 14;
+    const PART: u64 = 200_000;
+    let srv = TestServer::start_with_config(
+        &format!("max_partial_bytes_per_core = {BUDGET}\n"),
+        &["--echo", "--cores", "1"],
+    );
+    let held = || srv.metric("corecast_partial_bytes");
+    let refused = || srv.metric("corecast_partial_budget_closes_total");
+    let mut holders = Vec::new();
+    for _ in 0..12 {
+        let mut s = srv.open_echo();
+        let before = (held(), refused());
+        s.write_all(&first_fragment(PART as usize)).unwrap();
+        let settled = wait_for(Duration::from_secs(5), || {
+            held() == before.0 + PART || refused() == before.1 + 1
+        });
+        assert!(settled, "neither held nor refused");
+        if refused() > before.1 {
+            assert_eq!(read_close_code(&mut s), Some(1013));
+        } else {
+            holders.push(s);
+        }
+        assert!(held() <= BUDGET, "{} held", held());
+    }
+    let n = holders.len() as u64;
+    println!(
+        "budget {BUDGET}: {n} sockets hold {PART} B each, {} refused",
+        refused()
+    );
+    assert!((5..=10).contains(&n), "{n} held");
+    assert_eq!(refused(), 12 - n);
+    assert_eq!(held(), n * PART);
+    // The holders are still served.
+    let ping = {
+        let mut f = Vec::new();
+        encode_masked(&mut f, OpCode::Ping, true, b"ok?", MASK);
+        f
+    };
+    for s in holders.iter_mut() {
+        s.write_all(&ping).unwrap();
+        assert_eq!(common::read_frame(s).unwrap(), (0xA, b"ok?".to_vec()));
+    }
+    // Every way out gives the bytes back: completing the message, a vanished peer, a close.
+    let mut done = holders.pop().unwrap();
+    let mut last = Vec::new();
+    encode_masked(&mut last, OpCode::Continuation, true, b"!", MASK);
+    done.write_all(&last).unwrap();
+    let (op, echoed) = common::read_frame(&mut done).unwrap();
+    assert_eq!((op, echoed.len() as u64), (2, PART + 1));
+    assert!(wait_for(Duration::from_secs(5), || held() == (n - 1) * PART));
+    drop(holders.pop());
+    assert!(wait_for(Duration::from_secs(5), || held() == (n - 2) * PART));
+    // With room again, a new socket may hold a message.
+    let mut s = srv.open_echo();
+    s.write_all(&first_fragment(PART as usize)).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || held() == (n - 1) * PART));
+    holders.push(s);
+    for mut s in holders {
+        let mut close = Vec::new();
+        encode_masked(
+            &mut close,
+            OpCode::Close,
+            true,
+            &1000u16.to_be_bytes(),
+            MASK,
+        );
+        s.write_all(&close).unwrap();
+        assert_eq!(read_close_code(&mut s), Some(1000));
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || held() == 0),
+        "{} held",
+        held()
+    );
+}
+
+#[test]
+fn pinging_sockets_holding_partial_messages_stay_within_the_budget() {
+    // 200 Phoenix sockets each start a message of 1 MB and then only ping: without bounds the
+    // server would hold 200 MB for ever. Two cores, 16 MiB of budget each, 3 s to finish.
+    const SOCKETS: usize = 200;
+    const PART: usize = 1_000_000;
+    const BUDGET: u64 = 16 << 20;
+    // A long close_timeout: a closed socket keeps discarding our pings instead of resetting,
+    // so its close frame can still be read at the end.
+    let srv = start(&format!(
+        "max_partial_bytes_per_core = {BUDGET}\nmessage_timeout_ms = 3000\nclose_timeout_ms = 30000\n"
+    ));
+    let base = srv.metric("corecast_rss_bytes");
+    let fragment = first_fragment(PART);
+    let mut socks: Vec<TcpStream> = (0..SOCKETS)
+        .map(|_| {
+            let mut s = phx_open(&srv, srv.connect_tcp());
+            let _ = s.write_all(&fragment);
+            s
+        })
+        .collect();
+    let mut peak = srv.metric("corecast_rss_bytes");
+    let mut ping = Vec::new();
+    encode_masked(&mut ping, OpCode::Ping, true, b"", MASK);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4500) {
+        for s in socks.iter_mut() {
+            let _ = s.write_all(&ping); // fails once closed
+        }
+        peak = peak.max(srv.metric("corecast_rss_bytes"));
+        assert!(srv.metric("corecast_partial_bytes") <= 2 * BUDGET);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut codes = std::collections::BTreeMap::new();
+    for s in socks.iter_mut() {
+        *codes.entry(read_close_code(s)).or_insert(0) += 1;
+    }
+    let after = srv.metric("corecast_rss_bytes");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "{SOCKETS} sockets x {PART} B partial, pinging: RSS {:.1} MiB before, {:.1} peak, {:.1} \
+         after; closes {codes:?}",
+        mib(base),
+        mib(peak),
+        mib(after)
+    );
+    assert_eq!(codes.values().sum::<usize>(), SOCKETS);
+    assert!(
+        codes.keys().all(|c| matches!(c, Some(1013 | 1008))),
+        "{codes:?}"
+    );
+    assert!(codes.get(&Some(1013)).copied().unwrap_or(0) >= SOCKETS - 2 * 16);
+    assert_eq!(srv.metric("corecast_partial_bytes"), 0);
+    let grew = peak.saturating_sub(base);
+    assert!(
+        grew <= 2 * BUDGET + (16 << 20),
+        "RSS grew {:.1} MiB",
+        mib(grew)
+    );
+    // And the cores gave the flood's buffers back to the kernel.
+    assert!(after <= base + (8 << 20), "RSS {:.1} MiB after", mib(after));
 }

@@ -314,3 +314,91 @@ fn idle_sockets_are_closed_and_heartbeats_keep_them() {
         other => panic!("idle socket not closed: {other:?}"),
     }
 }
+
+/// Status and head of an upgrade to `/socket/websocket?vsn=2.0.0<query>` offering `protocols`.
+fn upgrade_status(srv: &TestServer, query: &str, protocols: Option<&str>) -> (u16, String) {
+    let mut s = srv.connect_tcp();
+    let mut req = common::upgrade_request(&format!("/socket/websocket?vsn=2.0.0{query}"));
+    if let Some(p) = protocols {
+        req = req.replace(
+            "\r\n\r\n",
+            &format!("\r\nSec-WebSocket-Protocol: {p}\r\n\r\n"),
+        );
+    }
+    let (status, head) = http_exchange(&mut s, req.as_bytes());
+    if status == 101 {
+        return (status, head);
+    }
+    // The reason follows the head, up to the close.
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut body);
+    (status, head + &body)
+}
+
+/// `corecast token --secret s3cret --sub alice <extra>`: (success, stdout, stderr).
+fn mint_cli(extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
+        .args(["token", "--secret", "s3cret", "--sub", "alice"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn bearer_subprotocol_without_phoenix_is_refused_with_a_reason() {
+    let srv = start("auth_secret = \"s3cret\"\nrequire_token = true\n");
+    let (ok, token, _) = mint_cli(&["--ttl-secs", "60"]);
+    assert!(ok);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token);
+    let bearer = format!("base64url.bearer.phx.{b64}");
+    // Alone (a browser would fail a 101 that chose no subprotocol): 400, saying why.
+    let (status, text) = upgrade_status(&srv, "", Some(&bearer));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("\"phoenix\""), "{text}");
+    // With another subprotocol but not "phoenix": the same.
+    assert_eq!(
+        upgrade_status(&srv, "", Some(&format!("{bearer}, chat"))).0,
+        400
+    );
+    // As phoenix.js offers it: 101 with "phoenix" chosen.
+    let (status, head) = upgrade_status(&srv, "", Some(&format!("phoenix, {bearer}")));
+    assert_eq!(status, 101);
+    assert_eq!(header(&head, "sec-websocket-protocol"), Some("phoenix"));
+}
+
+#[test]
+fn tokens_living_longer_than_token_max_age_are_refused_and_not_minted() {
+    let day = 86_400u64;
+    let strict = start("auth_secret = \"s3cret\"\nrequire_token = true\n");
+    let query = |t: &str| format!("&token={t}");
+    // A token that never expires: refused by default however well it is signed.
+    let forever = corecast::auth::mint(b"s3cret", "alice", u64::MAX);
+    assert_eq!(upgrade_status(&strict, &query(&forever), None).0, 403);
+    // The longest lifetime the default allows is minted and accepted.
+    let (ok, token, _) = mint_cli(&["--ttl-secs", &day.to_string()]);
+    assert!(ok);
+    assert_eq!(upgrade_status(&strict, &query(&token), None).0, 101);
+    // Longer is not minted (the server would refuse it), with the reason.
+    for extra in [
+        vec!["--ttl-secs".to_string(), (day + 1).to_string()],
+        vec!["--exp-unix".to_string(), u64::MAX.to_string()],
+    ] {
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (ok, out, err) = mint_cli(&args);
+        assert!(!ok && out.is_empty(), "{extra:?} minted {out}");
+        assert!(err.contains("token_max_age_secs"), "{err}");
+    }
+    // Minted for a server that allows a week: refused by default, accepted there.
+    let week = (7 * day).to_string();
+    let (ok, long, _) = mint_cli(&["--ttl-secs", &week, "--max-age-secs", &week]);
+    assert!(ok);
+    assert_eq!(upgrade_status(&strict, &query(&long), None).0, 403);
+    let lenient = start(&format!(
+        "auth_secret = \"s3cret\"\nrequire_token = true\ntoken_max_age_secs = {week}\n"
+    ));
+    assert_eq!(upgrade_status(&lenient, &query(&long), None).0, 101);
+    assert_eq!(upgrade_status(&lenient, &query(&forever), None).0, 403);
+}

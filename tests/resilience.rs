@@ -68,7 +68,11 @@ fn slowloris_is_cut_at_the_handshake_timeout_while_others_are_served() {
 
 #[test]
 fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
-    let mut srv = TestServer::start(&["--cores", "2", "--shutdown-timeout-ms", "5000"]);
+    // The publisher sends its 300 pushes in one burst: past the default rate limit by design.
+    let mut srv = TestServer::start_with_config(
+        "max_messages_per_sec = 0\n",
+        &["--cores", "2", "--shutdown-timeout-ms", "5000"],
+    );
     let mut subs: Vec<TcpStream> = (0..20).map(|_| phx(&srv)).collect();
     for (i, s) in subs.iter_mut().enumerate() {
         send(

@@ -71,7 +71,8 @@ fn soak_loses_nothing_leaks_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let srv = TestServer::start(&["--cores", "2"]);
+    // The one publisher pushes 250 a second, past the default max_messages_per_sec (200).
+    let srv = TestServer::start_with_config("max_messages_per_sec = 1000\n", &["--cores", "2"]);
     let addr = srv.addr;
     let stop = Arc::new(AtomicBool::new(false));
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     MASK, TestServer, closed_within, header, http_exchange, read_close_code, read_frame,
@@ -227,4 +227,139 @@ fn many_connections_stay_independent_when_one_misbehaves() {
     good.send(Message::text("still here")).unwrap();
     assert_eq!(good.read().unwrap(), Message::text("still here"));
     let _ = header;
+}
+
+/// Read frames until the server's close; answer nothing. Returns (close code, pongs seen).
+fn close_after_pongs(s: &mut std::net::TcpStream) -> (Option<u16>, usize) {
+    let mut pongs = 0;
+    loop {
+        let (op, payload) = read_frame(s).expect("expected a close frame");
+        match op {
+            0xA => pongs += 1,
+            8 => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                return (code, pongs);
+            }
+            other => panic!("unexpected frame {other:#x}"),
+        }
+    }
+}
+
+/// Ping every 100 ms until the server closes (at most `limit`); returns the close code and how
+/// long it took.
+fn ping_until_closed(s: &mut std::net::TcpStream, limit: Duration) -> (Option<u16>, Duration) {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while start.elapsed() < limit {
+        let mut ping = Vec::new();
+        encode_masked(&mut ping, OpCode::Ping, true, b"still here", MASK);
+        let _ = s.write_all(&ping); // fails once the server has gone
+        loop {
+            match read_frame(s) {
+                Ok((0xA, _)) => continue,
+                Ok((8, payload)) => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return (code, start.elapsed());
+                }
+                Ok((op, _)) => panic!("unexpected frame {op:#x}"),
+                Err(_) => break, // nothing more for now (read timeout)
+            }
+        }
+    }
+    panic!("still open after {limit:?} of pings");
+}
+
+#[test]
+fn echo_sockets_have_an_idle_timeout() {
+    let srv = TestServer::start_with_config("idle_timeout_ms = 400\n", &["--echo"]);
+    let mut s = srv.open_echo();
+    let start = Instant::now();
+    assert_eq!(close_after_pongs(&mut s), (Some(1008), 0));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_message_left_incomplete_is_closed_at_its_deadline_though_the_peer_pings() {
+    let srv = TestServer::start_with_config("message_timeout_ms = 1000\n", &["--echo"]);
+    let mut s = srv.open_echo();
+    send(&mut s, OpCode::Binary, false, &[1; 1000]);
+    let (code, took) = ping_until_closed(&mut s, Duration::from_secs(8));
+    assert_eq!(code, Some(1008));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(srv.metric("corecast_message_timeouts_total"), 1);
+    // A message that completes in time is echoed, pings between its fragments or not.
+    let mut s = srv.open_echo();
+    for part in 0..5u8 {
+        let op = if part == 0 {
+            OpCode::Text
+        } else {
+            OpCode::Continuation
+        };
+        send(&mut s, op, part == 4, &[b'a' + part; 10]);
+        send(&mut s, OpCode::Ping, true, b"");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let frames: Vec<_> = (0..6).map(|_| read_frame(&mut s).unwrap()).collect();
+    assert_eq!(frames.iter().filter(|f| f.0 == 0xA).count(), 5);
+    assert!(frames.contains(&(
+        1,
+        b"aaaaaaaaaabbbbbbbbbbccccccccccddddddddddeeeeeeeeee".to_vec()
+    )));
+}
+
+#[test]
+fn pings_do_not_keep_a_socket_whose_message_is_incomplete() {
+    let srv =
+        TestServer::start_with_config("idle_timeout_ms = 600\nmessage_timeout_ms = 60000\n", &[]);
+    let mut s = srv.connect_tcp();
+    let req = upgrade_request("/socket/websocket?vsn=2.0.0");
+    assert_eq!(http_exchange(&mut s, req.as_bytes()).0, 101);
+    // With no message pending, pings are activity: 1.5 s of them keeps the socket.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        send(&mut s, OpCode::Ping, true, b"p");
+        assert_eq!(read_frame(&mut s).unwrap(), (0xA, b"p".to_vec()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once a message is started and left incomplete, they are not.
+    send(&mut s, OpCode::Text, false, b"never finished");
+    let (code, took) = ping_until_closed(&mut s, Duration::from_secs(8));
+    assert_eq!(code, Some(1008));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(srv.metric("corecast_idle_timeouts_total"), 1);
+}
+
+#[test]
+fn continuation_frames_count_against_the_rate_limit() {
+    let srv = TestServer::start_with_config("max_messages_per_sec = 10\n", &["--echo"]);
+    // 1 + 50 fragments of a message that never ends: closed after the bucket's 10.
+    let mut s = srv.open_echo();
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, b"a", MASK);
+    for _ in 0..50 {
+        encode_masked(&mut out, OpCode::Continuation, false, b"b", MASK);
+    }
+    s.write_all(&out).unwrap();
+    assert_eq!(close_after_pongs(&mut s), (Some(1008), 0));
+    // Within the bucket: 8 fragments and a ping are fine.
+    let mut s = srv.open_echo();
+    let mut out = Vec::new();
+    encode_masked(&mut out, OpCode::Binary, false, b"0", MASK);
+    encode_masked(&mut out, OpCode::Ping, true, b"", MASK);
+    for i in 1..8u8 {
+        encode_masked(&mut out, OpCode::Continuation, i == 7, &[b'0' + i], MASK);
+    }
+    s.write_all(&out).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), (0xA, vec![]));
+    assert_eq!(read_frame(&mut s).unwrap(), (2, b"01234567".to_vec()));
 }

@@ -135,7 +135,9 @@ pub struct BroadcastArgs {
     /// Publishers.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Messages per second, all publishers together.
+    /// Messages per second, all publishers together. A socket publisher sends rate/publishers
+    /// a second: corecast closes a socket over its `max_messages_per_sec` (default 200) with
+    /// 1008, so add publishers rather than push one socket past it.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// How publishers send.

@@ -4,7 +4,9 @@
 //! 1. as raw client bytes, fed whole and in seed-chosen chunks: the decoder must never panic,
 //!    must reach the same result for every split, and must keep its memory within the limits;
 //! 2. as a payload, encoded as masked Binary (and Text when it is UTF-8) frames, possibly
-//!    fragmented with a ping in between: the decoded message must equal the payload.
+//!    fragmented with a ping in between: the decoded message must equal the payload;
+//! 3. as raw client bytes again under a small `max_buffered`: the decoder never holds more, and
+//!    says what it said without the budget, or that much and then `OverBudget`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +16,13 @@ use corecast::proto::frame::{Decoder, FrameError, Limits, Message, OpCode, encod
 const LIMITS: Limits = Limits {
     max_frame: 4096,
     max_message: 16384,
+    max_buffered: usize::MAX,
+};
+
+/// LIMITS with a buffer budget smaller than one largest message.
+const BUDGET: Limits = Limits {
+    max_buffered: 6000,
+    ..LIMITS
 };
 
 /// An owned copy of a decoded message, for comparisons.
@@ -24,6 +33,7 @@ enum Owned {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(Option<(u16, String)>),
+    Fragment,
 }
 
 fn own(m: Message<'_>) -> Owned {
@@ -33,12 +43,17 @@ fn own(m: Message<'_>) -> Owned {
         Message::Ping(b) => Owned::Ping(b.to_vec()),
         Message::Pong(b) => Owned::Pong(b.to_vec()),
         Message::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_owned()))),
+        Message::Fragment => Owned::Fragment,
     }
 }
 
 /// Feed `bytes` to a fresh decoder in chunks of 1..=64 bytes drawn from `seed` (seed 0: in
 /// one piece). Checks the memory rules after every call.
 fn decode(bytes: &[u8], seed: u16) -> (Vec<Owned>, Result<(), FrameError>) {
+    decode_with(bytes, seed, &LIMITS)
+}
+
+fn decode_with(bytes: &[u8], seed: u16, limits: &Limits) -> (Vec<Owned>, Result<(), FrameError>) {
     let mut input = bytes.to_vec();
     let mut rest = &mut input[..];
     let mut state = u32::from(seed);
@@ -55,13 +70,14 @@ fn decode(bytes: &[u8], seed: u16) -> (Vec<Owned>, Result<(), FrameError>) {
         };
         let (piece, tail) = rest.split_at_mut(n.min(rest.len()));
         rest = tail;
-        let result = d.feed(piece, &LIMITS, &mut |m| out.push(own(m)));
-        assert!(d.heap_bytes() <= 14 + LIMITS.max_frame + LIMITS.max_message);
+        let result = d.feed(piece, limits, &mut |m| out.push(own(m)));
+        assert!(d.heap_bytes() <= 14 + limits.max_frame + limits.max_message);
+        assert!(d.heap_bytes() <= limits.max_buffered);
         if d.is_idle() {
             assert_eq!(d.heap_bytes(), 0);
         }
         if let Err(e) = result {
-            assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+            assert!(matches!(e.close_code(), 1002 | 1007 | 1009 | 1013));
             return (out, Err(e));
         }
     }
@@ -100,6 +116,14 @@ fuzz_target!(|data: &[u8]| {
     let whole = decode(rest, 0);
     assert_eq!(decode(rest, seed), whole);
 
+    // 3. The same bytes under a budget: a prefix of the same messages, then the same end or
+    //    OverBudget.
+    let (msgs, r) = decode_with(rest, seed, &BUDGET);
+    assert!(whole.0.starts_with(&msgs));
+    if r != Err(FrameError::OverBudget) {
+        assert_eq!((msgs, r), whole);
+    }
+
     // 2. Round trip.
     let payload = &rest[..rest.len().min(LIMITS.max_message)];
     let frag = if a & 1 == 1 {
@@ -109,17 +133,23 @@ fuzz_target!(|data: &[u8]| {
     };
     let mask = [a, b, a ^ 0x5a, b ^ 0xa5];
     let ping = |chunk: &[u8]| Owned::Ping(chunk[..chunk.len().min(125)].to_vec());
+    // One Fragment per frame but the last, the ping after the first.
+    let fragments = payload.len().div_ceil(frag).saturating_sub(1);
     let mut expected = Vec::new();
-    if payload.len() > frag {
+    if fragments > 0 {
+        expected.push(Owned::Fragment);
         expected.push(ping(&payload[..frag]));
+        expected.extend(std::iter::repeat_with(|| Owned::Fragment).take(fragments - 1));
     }
     expected.push(Owned::Binary(payload.to_vec()));
     let stream = encode_message(OpCode::Binary, payload, frag, mask);
     assert_eq!(decode(&stream, seed), (expected, Ok(())));
     if let Ok(text) = std::str::from_utf8(payload) {
         let mut expected = Vec::new();
-        if payload.len() > frag {
+        if fragments > 0 {
+            expected.push(Owned::Fragment);
             expected.push(ping(&payload[..frag]));
+            expected.extend(std::iter::repeat_with(|| Owned::Fragment).take(fragments - 1));
         }
         expected.push(Owned::Text(text.to_owned()));
         let stream = encode_message(OpCode::Text, payload, frag, mask);

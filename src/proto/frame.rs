@@ -65,6 +65,11 @@ pub struct Limits {
     pub max_frame: usize,
     /// Largest complete (reassembled) data message.
     pub max_message: usize,
+    /// Most heap bytes the decoder may hold at once for a partial frame and a fragmented
+    /// message together (its share of a budget the caller keeps, e.g. per core). Input that
+    /// would need more fails with [`FrameError::OverBudget`] before anything is allocated.
+    /// `usize::MAX`: only `max_frame` and `max_message` bound it.
+    pub max_buffered: usize,
 }
 
 /// The body of a Close frame, already validated.
@@ -89,6 +94,10 @@ pub enum Message<'a> {
     Pong(&'a [u8]),
     /// A close frame: `None` for an empty body, else its validated code and reason.
     Close(Option<CloseFrame<'a>>),
+    /// A data frame of a fragmented message that is not its last one: the decoder keeps its
+    /// payload, and the whole message comes as `Text` or `Binary` with the final frame. With
+    /// it, every frame received yields exactly one `Message` (for rate limits).
+    Fragment,
 }
 
 /// Why decoding failed. Each variant names the close code the caller should send.
@@ -103,15 +112,20 @@ pub enum FrameError {
     /// A frame or message exceeds [`Limits`]: close with 1009.
     #[error("frame or message too big")]
     TooBig,
+    /// Holding the rest of this frame or message would pass [`Limits::max_buffered`]: close
+    /// with 1013 (try again later; it is the server's budget, not a fault of this frame).
+    #[error("partial message over the buffer budget")]
+    OverBudget,
 }
 
 impl FrameError {
-    /// The close code to send for this error (1002, 1007 or 1009).
+    /// The close code to send for this error (1002, 1007, 1009 or 1013).
     pub fn close_code(&self) -> u16 {
         match self {
             FrameError::Protocol(_) => 1002,
             FrameError::InvalidUtf8 => 1007,
             FrameError::TooBig => 1009,
+            FrameError::OverBudget => 1013,
         }
     }
 }
@@ -120,7 +134,8 @@ impl FrameError {
 ///
 /// While idle it holds no heap memory. A partial frame is kept (header and unmasked payload so
 /// far) in a buffer of at most 14 + `max_frame` bytes; a fragmented message is assembled in a
-/// buffer of at most `max_message` bytes. Both are released as soon as they are complete.
+/// buffer of at most `max_message` bytes; together never more than `max_buffered`. Both are
+/// released as soon as they are complete.
 #[derive(Debug, Default)]
 pub struct Decoder {
     /// The partial frame: header bytes, then the payload received so far (already unmasked).
@@ -176,6 +191,13 @@ impl Decoder {
         self.partial.is_empty() && self.message_op.is_none()
     }
 
+    /// True while a data message is incomplete: a fragmented message has begun, or part of a
+    /// Text or Binary frame is held. (A partial control frame alone does not count.) The
+    /// caller can time how long a message takes to arrive with it.
+    pub fn message_pending(&self) -> bool {
+        self.message_op.is_some() || self.partial.first().is_some_and(|b0| b0 & 0x08 == 0)
+    }
+
     /// Heap bytes currently held (capacity of internal buffers). 0 whenever idle.
     pub fn heap_bytes(&self) -> usize {
         self.partial.capacity() + self.message.capacity()
@@ -201,7 +223,7 @@ impl Decoder {
                 if self.is_textish(h.op) && !(h.op == OpCode::Text && h.fin) {
                     self.utf8.push(payload)?;
                 }
-                self.dispatch(&h, payload, limits, on_msg)?;
+                self.dispatch(&h, payload, 0, limits, on_msg)?;
                 pos += end;
             } else {
                 let used = self.absorb(rest, limits, on_msg)?;
@@ -233,7 +255,13 @@ impl Decoder {
                     if take == 0 {
                         return Ok(used);
                     }
-                    extend_bounded(&mut self.partial, &input[used..used + take], MAX_HEADER);
+                    let room = self.room(limits, 0);
+                    extend_bounded(
+                        &mut self.partial,
+                        &input[used..used + take],
+                        MAX_HEADER,
+                        room,
+                    )?;
                     used += take;
                 }
             }
@@ -248,22 +276,25 @@ impl Decoder {
             self.utf8.push(chunk)?;
         }
         let frame_len = h.header_len.saturating_add(h.payload_len);
-        extend_bounded(&mut self.partial, chunk, frame_len);
+        let room = self.room(limits, 0);
+        extend_bounded(&mut self.partial, chunk, frame_len, room)?;
         used += take;
         if take == want {
             let frame = mem::take(&mut self.partial);
             let payload = frame.get(h.header_len..).unwrap_or_default();
-            self.dispatch(&h, payload, limits, on_msg)?;
+            self.dispatch(&h, payload, frame.capacity(), limits, on_msg)?;
         }
         Ok(used)
     }
 
     /// Act on one complete frame whose payload is unmasked (and, for fragments of a text
-    /// message, already fed to the UTF-8 validator).
+    /// message, already fed to the UTF-8 validator). `held` is the capacity of the buffer the
+    /// payload sits in when that is the decoder's (it still counts against `max_buffered`).
     fn dispatch(
         &mut self,
         h: &Header,
         payload: &[u8],
+        held: usize,
         limits: &Limits,
         on_msg: &mut dyn FnMut(Message<'_>),
     ) -> Result<(), FrameError> {
@@ -283,11 +314,16 @@ impl Decoder {
             OpCode::Binary if h.fin => on_msg(Message::Binary(payload)),
             OpCode::Text | OpCode::Binary => {
                 self.message_op = Some(h.op);
-                extend_bounded(&mut self.message, payload, limits.max_message);
+                let room = self.room(limits, held);
+                extend_bounded(&mut self.message, payload, limits.max_message, room)?;
+                on_msg(Message::Fragment);
             }
             OpCode::Continuation => {
-                extend_bounded(&mut self.message, payload, limits.max_message);
-                if h.fin {
+                let room = self.room(limits, held);
+                extend_bounded(&mut self.message, payload, limits.max_message, room)?;
+                if !h.fin {
+                    on_msg(Message::Fragment);
+                } else {
                     let message = mem::take(&mut self.message);
                     if self.message_op.take() == Some(OpCode::Text) {
                         let tail = mem::take(&mut self.utf8);
@@ -303,6 +339,13 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+
+    /// Bytes the buffers may still grow by under `max_buffered`, `held` bytes held elsewhere.
+    fn room(&self, limits: &Limits, held: usize) -> usize {
+        limits
+            .max_buffered
+            .saturating_sub(self.heap_bytes().saturating_add(held))
     }
 
     /// True when the payload of a frame with opcode `op` is text.
@@ -513,14 +556,29 @@ fn parse_close(body: &[u8]) -> Result<Option<CloseFrame<'_>>, FrameError> {
 }
 
 /// Append `data` to `v`, growing its capacity geometrically but never beyond `limit` (unless
-/// `data` itself needs more, which the callers' length checks rule out).
-fn extend_bounded(v: &mut Vec<u8>, data: &[u8], limit: usize) {
+/// `data` itself needs more, which the callers' length checks rule out), and by at most `room`
+/// bytes: more than that fails with [`FrameError::OverBudget`] before allocating.
+fn extend_bounded(
+    v: &mut Vec<u8>,
+    data: &[u8],
+    limit: usize,
+    room: usize,
+) -> Result<(), FrameError> {
     let needed = v.len().saturating_add(data.len());
     if needed > v.capacity() {
-        let target = v.capacity().saturating_mul(2).min(limit).max(needed);
+        let cap = v.capacity();
+        let target = cap
+            .saturating_mul(2)
+            .min(limit)
+            .min(cap.saturating_add(room))
+            .max(needed);
+        if target - cap > room {
+            return Err(FrameError::OverBudget);
+        }
         v.reserve_exact(target - v.len());
     }
     v.extend_from_slice(data);
+    Ok(())
 }
 
 /// Streaming UTF-8 validation state: the incomplete sequence (at most 3 bytes) that ends the
@@ -595,6 +653,7 @@ mod tests {
         Limits {
             max_frame,
             max_message,
+            max_buffered: usize::MAX,
         }
     }
 
@@ -606,6 +665,7 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<(u16, String)>),
+        Fragment,
     }
 
     type Decoded = (Vec<Owned>, Result<(), FrameError>);
@@ -628,6 +688,7 @@ mod tests {
             Message::Ping(b) => Owned::Ping(b.to_vec()),
             Message::Pong(b) => Owned::Pong(b.to_vec()),
             Message::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_owned()))),
+            Message::Fragment => Owned::Fragment,
         }
     }
 
@@ -798,9 +859,13 @@ mod tests {
         r.unwrap();
         let big = [vec![1; 70_000], vec![2; 10]].concat();
         let expected = [
+            Owned::Fragment,
             Owned::Ping(b"between".to_vec()),
+            Owned::Fragment,
+            Owned::Fragment,
             txt("añb€c😀d"),
             bin(&[7; 300]),
+            Owned::Fragment,
             Owned::Pong(b"x".to_vec()),
             bin(&big),
             Owned::Close(Some((1000, String::new()))),
@@ -833,11 +898,131 @@ mod tests {
         let split = first.len() - 1; // leave the frame partial, with an incomplete char
         assert_eq!(feed(&mut d, &first[..split]), (vec![], OK));
         assert!(!d.is_idle() && d.heap_bytes() > 0);
-        assert_eq!(feed(&mut d, &first[split..]), (vec![], OK));
+        assert_eq!(feed(&mut d, &first[split..]), (vec![Owned::Fragment], OK));
         assert!(!d.is_idle() && d.heap_bytes() > 0);
         assert_eq!(feed(&mut d, &frame(Ping, b"")).0, [Owned::Ping(vec![])]);
         assert_eq!(feed(&mut d, &frame(Cont, b"llo")).0, [txt("h€llo")]);
         assert_eq!((d.heap_bytes(), d.is_idle()), (0, true));
+    }
+
+    #[test]
+    fn every_frame_yields_one_message() {
+        // 1 + 3,998 + 1 fragments with a ping inside: 4,001 frames, 4,001 messages, whatever
+        // the split, so a caller can count frames of any kind.
+        let mut parts: Vec<(OpCode, bool, &[u8])> = vec![(Binary, false, b"a")];
+        parts.extend(std::iter::repeat_n((Cont, false, &b"b"[..]), 3998));
+        parts.insert(7, (Ping, true, b""));
+        parts.push((Cont, true, b"c"));
+        let stream = frames(&parts);
+        for chunk in [stream.len(), 5, 1] {
+            let (msgs, r) = decode_chunked(&stream, chunk, &LIMITS);
+            r.unwrap();
+            assert_eq!(msgs.len(), 4001, "{chunk}");
+            let fragments = msgs.iter().filter(|m| **m == Owned::Fragment).count();
+            assert_eq!(fragments, 3999, "{chunk}");
+            assert_eq!(msgs[7], Owned::Ping(vec![]));
+            assert_eq!(
+                msgs.last()
+                    .map(|m| matches!(m, Owned::Binary(b) if b.len() == 4000)),
+                Some(true)
+            );
+        }
+    }
+
+    #[test]
+    fn message_pending_is_about_data_only() {
+        let mut d = Decoder::new();
+        assert!(!d.message_pending());
+        // Part of a ping: held, but no data message is pending.
+        let ping = frame(Ping, b"hello");
+        assert_eq!(feed(&mut d, &ping[..4]), (vec![], OK));
+        assert!(!d.is_idle() && !d.message_pending());
+        assert_eq!(feed(&mut d, &ping[4..]).0, [Owned::Ping(b"hello".to_vec())]);
+        // Part of a text frame (even its first byte alone).
+        let text = frame(Text, b"hi");
+        assert_eq!(feed(&mut d, &text[..1]), (vec![], OK));
+        assert!(d.message_pending());
+        assert_eq!(feed(&mut d, &text[1..]).0, [txt("hi")]);
+        assert!(!d.message_pending() && d.is_idle());
+        // A fragmented message between its frames, with a ping in the middle.
+        let first = frames(&[(Binary, false, b"ab")]);
+        assert_eq!(feed(&mut d, &first).0, [Owned::Fragment]);
+        assert!(d.message_pending());
+        assert_eq!(feed(&mut d, &frame(Ping, b"")).0, [Owned::Ping(vec![])]);
+        assert!(d.message_pending());
+        assert_eq!(feed(&mut d, &frame(Cont, b"c")).0, [bin(b"abc")]);
+        assert!(!d.message_pending() && d.is_idle());
+    }
+
+    #[test]
+    fn buffer_budget_fails_before_allocating() {
+        let budget = Limits {
+            max_buffered: 100,
+            ..LIMITS
+        };
+        let fed = |bytes: &[u8], chunk: usize| {
+            let (mut d, mut out) = (Decoder::new(), Vec::new());
+            for piece in bytes.to_vec().chunks_mut(chunk) {
+                let r = d.feed(piece, &budget, &mut |m| out.push(own(m)));
+                assert!(d.heap_bytes() <= 100, "{}", d.heap_bytes());
+                if r.is_err() {
+                    return (out, r);
+                }
+            }
+            (out, Ok(()))
+        };
+        // Whole frames in the input are not copied, so the budget does not apply to them.
+        assert_eq!(
+            fed(&frame(Binary, &[1; 300]), 1000),
+            (vec![bin(&[1; 300])], OK)
+        );
+        // The same frame arriving in pieces would have to be held: refused.
+        let over: Result<(), FrameError> = Err(FrameError::OverBudget);
+        assert_eq!(fed(&frame(Binary, &[1; 300]), 50), (vec![], over.clone()));
+        assert_eq!(fed(&frame(Binary, &[1; 80]), 10), (vec![bin(&[1; 80])], OK));
+        // A fragmented message is held whole until its end: refused past the budget.
+        let parts = [
+            (Text, false, &[b'a'; 60][..]),
+            (Cont, false, &[b'b'; 60][..]),
+        ];
+        let (msgs, r) = fed(&frames(&parts), 1000);
+        assert_eq!((msgs, r), (vec![Owned::Fragment], over.clone()));
+        assert_eq!(FrameError::OverBudget.close_code(), 1013);
+        // Held message bytes and the held part of its next frame count together.
+        let parts = [(Binary, false, &[1; 50][..]), (Cont, true, &[2; 40][..])];
+        let stream = frames(&parts);
+        let whole = vec![Owned::Fragment, bin(&[&[1u8; 50][..], &[2; 40]].concat())];
+        assert_eq!(fed(&stream, 1000), (whole, OK));
+        // In pieces, a frame is held whole while it is copied into the message: 56 + 50 > 100.
+        assert_eq!(fed(&stream, 30), (vec![], over.clone()));
+        // Any budget, any split: what the decoder says without a budget, or a prefix of it
+        // and then OverBudget; never more held than the budget.
+        let stream = mixed_stream();
+        let (all, r) = decode(&stream);
+        r.unwrap();
+        for max_buffered in [0, 10, 200, 5000, 80_000, 200_000] {
+            let limits = Limits {
+                max_buffered,
+                ..LIMITS
+            };
+            for chunk in [1, 7, 4096, stream.len()] {
+                let (mut d, mut out, mut r) = (Decoder::new(), Vec::new(), Ok(()));
+                for piece in stream.clone().chunks_mut(chunk) {
+                    r = d.feed(piece, &limits, &mut |m| out.push(own(m)));
+                    assert!(d.heap_bytes() <= max_buffered);
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                match r {
+                    Ok(()) => assert_eq!(out, all, "{max_buffered} {chunk}"),
+                    Err(e) => {
+                        assert_eq!(e, FrameError::OverBudget, "{max_buffered} {chunk}");
+                        assert!(all.starts_with(&out), "{max_buffered} {chunk}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -899,10 +1084,13 @@ mod tests {
         let a = [b'a'; 10];
         let mut msg = frames(&[(Text, false, &a), (Cont, false, &a), (Cont, true, &a[..5])]);
         let text = txt(&"a".repeat(25));
-        assert_eq!(decode_chunked(&msg, 1, &limits), (vec![text.clone()], OK));
+        let whole = vec![Owned::Fragment, Owned::Fragment, text];
+        assert_eq!(decode_chunked(&msg, 1, &limits), (whole.clone(), OK));
         let [b, c] = [(Binary, false, &a[..]), (Cont, false, &a[..])];
         msg.extend(frames(&[b, c, (Cont, true, &a[..6])]));
-        assert_eq!(decode_chunked(&msg, 7, &limits), (vec![text], TOO_BIG));
+        let fragments = [Owned::Fragment, Owned::Fragment];
+        let upto_error = [whole, fragments.to_vec()].concat();
+        assert_eq!(decode_chunked(&msg, 7, &limits), (upto_error, TOO_BIG));
         // A control frame also counts against max_frame.
         let ping = decode_chunked(&frame(Ping, b"hello"), 100, &lim(4, 4));
         assert_eq!(ping, (vec![], TOO_BIG));
@@ -927,7 +1115,7 @@ mod tests {
         // A character split across fragments whose continuation is wrong: reported at once.
         let mut d = Decoder::new();
         let first = frames(&[(Text, false, &[b'o', 0xe2])]);
-        assert_eq!(feed(&mut d, &first), (vec![], OK));
+        assert_eq!(feed(&mut d, &first), (vec![Owned::Fragment], OK));
         let second = frames(&[(Cont, false, &[0x82, 0x41])]);
         assert_eq!(feed(&mut d, &second), (vec![], BAD_UTF8));
         // Within one frame that arrives in pieces: reported when the bad byte arrives.
@@ -984,7 +1172,7 @@ mod tests {
         ]);
         assert_eq!(
             decode_chunked(&s, 2, &LIMITS),
-            (vec![Owned::Close(None)], OK)
+            (vec![Owned::Fragment, Owned::Close(None)], OK)
         );
     }
 

@@ -337,7 +337,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 /// The prefix of the Phoenix token subprotocol offered by phoenix.js (`authToken` option).
-const PHX_BEARER_PREFIX: &str = "base64url.bearer.phx.";
+pub const PHX_BEARER_PREFIX: &str = "base64url.bearer.phx.";
 
 /// If the client offered a Phoenix token subprotocol `"base64url.bearer.phx.<token>"`, return
 /// the decoded token (base64url without padding, decoded to a UTF-8 string).

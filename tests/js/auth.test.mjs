@@ -117,6 +117,15 @@ describe("token auth", { timeout: SUITE_TIMEOUT_MS }, () => {
     await expectPhoenixRefused(newSocket(server, { authToken: forged }, sockets));
   });
 
+  test("bearer subprotocol without \"phoenix\": HTTP 400, not a 101 a browser would fail", async () => {
+    // Chrome fails a handshake that offered subprotocols and got none back; phoenix.js always
+    // offers "phoenix" too, so only a hand-made client sends this, and it learns why.
+    assert.equal(
+      await refusedStatus(server, "/socket/websocket?vsn=2.0.0", { protocols: [bearerProtocol(good)] }),
+      400,
+    );
+  });
+
   test("raw subprotocol token opens and speaks V2", async () => {
     const c = await rawConnect(server, "/socket/websocket?vsn=2.0.0", {
       protocols: ["phoenix", bearerProtocol(good)],

@@ -79,6 +79,7 @@ fn on_readable(c: &mut Conn, scratch: &mut [u8]) -> bool {
             let limits = Limits {
                 max_frame: 1 << 20,
                 max_message: 1 << 20,
+                max_buffered: usize::MAX,
             };
             let mut ok = true;
             let r = c.decoder.feed(&mut scratch[..n], &limits, &mut |m| {
