@@ -221,3 +221,81 @@ pub async fn c_floor(
     p.c_floor = Some(answer);
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A stand-in API server: answers every request 202, with `header`, and closes the
+    /// connection after each answer when `close` (whether or not it said so).
+    fn api_server(header: &'static str, close: bool) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request: head, then Content-Length bytes.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let len: usize = head
+                                .split("content-length:")
+                                .nth(1)
+                                .and_then(|v| v.lines().next())
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() < end + 4 + len {
+                                break;
+                            }
+                            buf.drain(..end + 4 + len);
+                            let resp = format!(
+                                "HTTP/1.1 202 Accepted\r\n{header}content-length: 0\r\n\r\n"
+                            );
+                            if s.write_all(resp.as_bytes()).is_err() || close {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn keepalive(addr: SocketAddr) -> Publish {
+        let payloads: Vec<String> = (0..5).map(|k| msg::payload(1, k)).collect();
+        api_keepalive(addr, &payloads).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn keepalive_counts_the_connections_a_server_makes_it_open() {
+        let kept = keepalive(api_server("", false)).await;
+        assert_eq!(
+            (kept.requests, kept.connections, kept.close_headers),
+            (5, 1, 0)
+        );
+        assert_eq!(kept.statuses.get(&202), Some(&5));
+
+        let said = keepalive(api_server("Connection: close\r\n", true)).await;
+        assert_eq!(
+            (said.connections, said.close_headers, said.reused_closed),
+            (5, 5, 0)
+        );
+
+        // Closed without a word: found on reuse, the request sent again on a new connection.
+        let silent = keepalive(api_server("", true)).await;
+        assert_eq!((silent.requests, silent.connections), (5, 5));
+        assert_eq!(silent.reused_closed, 4);
+        assert_eq!(silent.statuses.get(&202), Some(&5));
+    }
+}
