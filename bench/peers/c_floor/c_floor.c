@@ -16,6 +16,9 @@
  *
  *     ok cpu_us=.. user_us=.. sys_us=.. writes=.. sockets=.. errors=..\n
  *
+ * A connection that sends "RESET\n" closes every socket kept so far (a new client starts with
+ * it: c_floor reads nothing after the join, so it would not notice the old ones are gone).
+ *
  * Blocking sockets, one thread, TCP_NODELAY like the servers it is compared with. Bounded: it
  * exits by itself after --lifetime seconds (default 900), and on SIGTERM.
  *
@@ -375,7 +378,7 @@ static ssize_t read_request(int fd, char *buf, size_t cap)
                 lines += buf[i] == '\n';
             if (lines >= count + 1)
                 return (ssize_t)len;
-        } else if (strstr(buf, "\r\n\r\n")) {
+        } else if (strstr(buf, "\r\n\r\n") || strcmp(buf, "RESET\n") == 0) {
             return (ssize_t)len;
         }
         if (len + 1 >= cap)
@@ -431,11 +434,13 @@ int main(int argc, char **argv)
     char *buf = malloc(CONTROL_MAX);
     if (!buf)
         return 1;
+    long accept_errors = 0;
     for (;;) {
         int fd = accept(lfd, NULL, NULL);
         if (fd < 0) {
             if (errno != EINTR) {
-                perror("c_floor: accept");
+                if (accept_errors++ < 5)
+                    perror("c_floor: accept");
                 usleep(50000);
             }
             continue;
@@ -457,6 +462,13 @@ int main(int argc, char **argv)
             }
         } else if (len > 0 && strncmp(buf, "GO ", 3) == 0) {
             go(fd, buf, subs, nsubs);
+        } else if (len > 0 && strncmp(buf, "RESET\n", 6) == 0) {
+            for (size_t s = 0; s < nsubs; s++)
+                close(subs[s]);
+            char out[64];
+            int n = snprintf(out, sizeof out, "ok closed=%zu\n", nsubs);
+            write_all(fd, (const uint8_t *)out, (size_t)n, NULL);
+            nsubs = 0;
         }
         close(fd);
     }

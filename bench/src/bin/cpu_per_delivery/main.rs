@@ -140,6 +140,14 @@ async fn run(args: Args) -> anyhow::Result<Output> {
     let (beat_tx, beat_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    if args
+        .ways
+        .iter()
+        .any(|w| matches!(w, Way::CWrite | Way::CBatch))
+    {
+        let said = publish::c_floor_reset(args.addr).await?;
+        eprintln!("cpu_per_delivery: C floor reset: {said}");
+    }
     // Open and join every subscriber, a bounded number at a time.
     let t0 = Instant::now();
     let permits = Arc::new(Semaphore::new(args.max_inflight.max(1)));

@@ -197,6 +197,19 @@ async fn self_read(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usiz
     s.read_buf(buf).await
 }
 
+/// Make the C floor close the sockets of an earlier client (it never reads them again, so it
+/// would go on writing to them).
+pub async fn c_floor_reset(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr).await.context("C floor connect")?;
+    s.write_all(b"RESET\n").await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .context("the C floor did not answer RESET within 10 s")??;
+    anyhow::ensure!(answer.starts_with("ok "), "C floor: {answer:?}");
+    Ok(answer.trim().to_string())
+}
+
 /// The C floor's ways: one control connection says go, carrying the texts.
 pub async fn c_floor(
     addr: SocketAddr,
@@ -217,6 +230,8 @@ pub async fn c_floor(
         .context("the C floor did not answer within 60 s")??;
     let answer = answer.trim().to_string();
     anyhow::ensure!(answer.starts_with("ok "), "C floor: {answer:?}");
+    // Writes that failed (a socket gone) would be cost without a delivery.
+    anyhow::ensure!(answer.ends_with(" errors=0"), "C floor: {answer:?}");
     p.requests = payloads.len() as u64;
     p.c_floor = Some(answer);
     Ok(p)
