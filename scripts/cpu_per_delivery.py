@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """make cpu-per-delivery: server CPU per delivery of a one-topic fan-out (issue 11).
 
-For each server in turn (corecast, the tokio-tungstenite baseline of bench/peers/tokio, and the
-C floor of bench/peers/c_floor that only write()s the frames), on a free loopback port:
-start it, run `cpu_per_delivery` (bench/src/bin/cpu_per_delivery: 5,000 subscribers joined to
-room:cpu, 100 broadcasts of a 77-byte frame per measurement, the server's utime + stime read
-from /proc before and after, divided by the 500,000 deliveries), stop it. The ways:
+The servers: corecast (release, default cores), the tokio-tungstenite baseline of
+bench/peers/tokio, and the C floor of bench/peers/c_floor that only write()s the frames. All
+three listen at once, each on a free loopback port; in every round, for each server in turn, a
+fresh `cpu_per_delivery` (bench/src/bin/cpu_per_delivery) joins 5,000 subscribers to room:cpu,
+sends 100 broadcasts of a 77-byte frame per way, waits until every subscriber has counted all
+100, and reads the server's utime + stime from /proc before and after: CPU per delivery = that
+/ 500,000. The ways:
 
   1 api-per-request  POST /api/broadcast, one TCP connection per request
   2 socket           one joined socket pushes the 100 messages back to back
@@ -15,14 +17,16 @@ from /proc before and after, divided by the 500,000 deliveries), stop it. The wa
   C floor            c-write: one write() of the frame per delivery; c-batch: the 100 frames in
                      one write() per socket (the floor of a server that coalesces)
 
-Each way is measured ROUNDS times, the ways taking turns; the table gives the medians. Prints
-the table and writes reports/cpu/<UTC timestamp>/summary.json (every measurement, the client's
-raw output per server, the machine). Every wait is bounded, every server started is stopped (by
-its pid) whatever happens, and the whole run takes about two minutes once built.
+Rounds take turns over the servers so that a noisy minute on a shared machine hits all of them;
+the table gives the medians over ROUNDS, corecast/tokio against the goal (<= 0.5), the C floor,
+the keep-alive connections each server needed, and how busy other processes kept the machine.
+Prints the table and writes reports/cpu/<UTC timestamp>/summary.json (every measurement, each
+client's raw output, the machine). Every wait is bounded, every server started is stopped (by
+its pid) whatever happens; about two minutes once built.
 
-Knobs (environment): CPU_SUBSCRIBERS (5000), CPU_MESSAGES (100), CPU_ROUNDS (3),
+Knobs (environment): CPU_SUBSCRIBERS (5000), CPU_MESSAGES (100), CPU_ROUNDS (5),
 CPU_SERVERS ("corecast tokio c"), CPU_QUIET_WAIT (seconds to wait for other processes to leave
-the CPUs before each server, 15), CPU_SKIP_BUILD=1 (use what is built), CARGO_TARGET_DIR.
+the CPUs before each client, 10), CPU_SKIP_BUILD=1 (use what is built), CARGO_TARGET_DIR.
 """
 
 import json
@@ -48,12 +52,12 @@ C_SOURCE = ROOT / "bench/peers/c_floor/c_floor.c"
 
 SUBSCRIBERS = int(os.environ.get("CPU_SUBSCRIBERS", "5000"))
 MESSAGES = int(os.environ.get("CPU_MESSAGES", "100"))
-ROUNDS = int(os.environ.get("CPU_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("CPU_ROUNDS", "5"))
 SERVERS = os.environ.get("CPU_SERVERS", "corecast tokio c").split()
-QUIET_WAIT = int(os.environ.get("CPU_QUIET_WAIT", "15"))
+QUIET_WAIT = int(os.environ.get("CPU_QUIET_WAIT", "10"))
 READY_SECS = 20
 STOP_SECS = 12
-CLIENT_SECS = 300
+CLIENT_SECS = 120
 
 PHOENIX_WAYS = ["api-per-request", "socket", "api-keepalive"]
 C_WAYS = ["c-write", "c-batch"]
@@ -184,41 +188,58 @@ def wait_listening(proc: subprocess.Popen, log_path: Path) -> str | None:
     return None
 
 
-def run_server(name: str, out: Path) -> dict:
+def start_server(name: str, out: Path) -> dict:
     cmd, ways = server_cmd(name)
-    busy = wait_quiet()
     log(f"{name}: {' '.join(str(c) for c in cmd)}")
     server_log = out / f"{name}.server.log"
     with open(server_log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     RUNNING.append(proc)
-    result = {"server": name, "command": [str(c) for c in cmd], "busy_before_percent": busy}
+    result = {"server": name, "command": [str(c) for c in cmd], "ways": ways, "proc": proc,
+              "runs": []}
+    addr = wait_listening(proc, server_log)
+    if addr is None:
+        result["error"] = f"not listening within {READY_SECS}s (see {server_log.name})"
+        stop(proc)
+    else:
+        result["addr"] = addr
+        log(f"{name}: listening on {addr}, pid {proc.pid}")
+    return result
+
+
+def run_client(result: dict, round_: int, out: Path) -> None:
+    """One round against one server: a fresh client opens the subscribers, measures each way."""
+    name, proc = result["server"], result["proc"]
+    busy = wait_quiet()
+    client = [CLIENT, "--addr", result["addr"], "--server-pid", str(proc.pid),
+              "-n", str(SUBSCRIBERS), "--messages", str(MESSAGES),
+              "--rounds", "1", "--ways", ",".join(result["ways"]),
+              "--lifetime-secs", str(CLIENT_SECS - 10)]
+    if name == "c":
+        client += ["--heartbeat-secs", "0"]  # the floor reads nothing after the join
+    log(f"{name} round {round_}: {' '.join(str(c) for c in client)}")
+    base = out / f"{name}-r{round_}"
     try:
-        addr = wait_listening(proc, server_log)
-        if addr is None:
-            result["error"] = f"not listening within {READY_SECS}s (see {server_log.name})"
-            return result
-        client = [CLIENT, "--addr", addr, "--server-pid", str(proc.pid),
-                  "-n", str(SUBSCRIBERS), "--messages", str(MESSAGES),
-                  "--rounds", str(ROUNDS), "--ways", ",".join(ways),
-                  "--lifetime-secs", str(CLIENT_SECS - 10)]
-        if name == "c":
-            client += ["--heartbeat-secs", "0"]  # the floor reads nothing after the join
-        log(f"{name}: listening on {addr}; {' '.join(str(c) for c in client)}")
-        with open(out / f"{name}.client.log", "w") as err:
+        with open(f"{base}.client.log", "w") as err:
             r = subprocess.run(client, stdout=subprocess.PIPE, stderr=err, text=True,
                                timeout=CLIENT_SECS)
-        (out / f"{name}.json").write_text(r.stdout)
-        if r.returncode != 0:
-            result["error"] = f"client exited {r.returncode} (see {name}.client.log)"
-            return result
-        result["run"] = json.loads(r.stdout)
-        result["rss_kib_after"] = rss_kib(proc.pid)
     except subprocess.TimeoutExpired:
-        result["error"] = f"client not done within {CLIENT_SECS}s"
-    finally:
-        stop(proc)
-    return result
+        result["error"] = f"round {round_}: client not done within {CLIENT_SECS}s"
+        return
+    Path(f"{base}.json").write_text(r.stdout)
+    if r.returncode != 0:
+        result["error"] = f"round {round_}: client exited {r.returncode} (see {base.name}.client.log)"
+        return
+    got = json.loads(r.stdout)
+    got["busy_before_percent"] = busy
+    got["server_rss_kib"] = rss_kib(proc.pid)
+    for m in got["measurements"]:
+        m["round"] = round_
+    result["runs"].append(got)
+
+
+def measurements(result: dict) -> list:
+    return [m for run in result.get("runs", []) for m in run["measurements"]]
 
 
 def rss_kib(pid: int) -> int | None:
@@ -233,7 +254,7 @@ def rss_kib(pid: int) -> int | None:
 def per_way(result: dict) -> dict:
     """way -> median and samples of us per delivery, and what the publisher saw."""
     ways: dict[str, dict] = {}
-    for m in result.get("run", {}).get("measurements", []):
+    for m in measurements(result):
         w = ways.setdefault(m["way"], {"samples": [], "complete": True, "publisher": [],
                                       "other_cores": []})
         w["samples"].append(m["us_per_delivery"])
@@ -328,10 +349,18 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     try:
+        # Every server up at once (idle ones cost nothing measurable), the rounds taking turns
+        # over them, so a noisy minute on this shared machine hits all of them alike.
         for name in SERVERS:
-            results[name] = run_server(name, out)
+            results[name] = start_server(name, out)
+        for k in range(ROUNDS):
+            for r in results.values():
+                if "error" not in r:
+                    run_client(r, k, out)
     finally:
         stop_all()
+    for r in results.values():
+        del r["proc"]
     lines, rows = table(results)
     versions = {
         "corecast": subprocess.run([CORECAST, "--version"], capture_output=True,
