@@ -75,7 +75,7 @@ peers:
 ## broadcasts of a 77-byte frame, published three ways (one HTTP connection per POST, one socket
 ## pushing back to back, one keep-alive HTTP connection), for corecast, the tokio-tungstenite
 ## baseline and a C program that only write()s the frames; prints the table, writes
-## reports/cpu/<timestamp>/summary.json. About two minutes once built.
+## reports/cpu/<timestamp>/summary.json. About three minutes once built.
 cpu-per-delivery:
 	python3 scripts/cpu_per_delivery.py
 

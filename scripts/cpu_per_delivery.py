@@ -22,7 +22,7 @@ the table gives the medians over ROUNDS, corecast/tokio against the goal (<= 0.5
 the keep-alive connections each server needed, and how busy other processes kept the machine.
 Prints the table and writes reports/cpu/<UTC timestamp>/summary.json (every measurement, each
 client's raw output, the machine). Every wait is bounded, every server started is stopped (by
-its pid) whatever happens; about two minutes once built.
+its pid) whatever happens; about three minutes once built.
 
 Knobs (environment): CPU_SUBSCRIBERS (5000), CPU_MESSAGES (100), CPU_ROUNDS (5),
 CPU_SERVERS ("corecast tokio c"), CPU_QUIET_WAIT (seconds to wait for other processes to leave
