@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: json-compare bench bench-2m sim uring-compare churn peers install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -70,6 +70,14 @@ install: build
 ## gorilla/websocket, Node ws), one run, ratios printed.
 peers:
 	bash scripts/peers.sh
+
+## Server CPU per delivery (utime+stime / deliveries): 5,000 subscribers on one topic, 100
+## broadcasts of a 77-byte frame, published three ways (one HTTP connection per POST, one socket
+## pushing back to back, one keep-alive HTTP connection), for corecast, the tokio-tungstenite
+## baseline and a C program that only write()s the frames; prints the table, writes
+## reports/cpu/<timestamp>/summary.json. About three minutes once built.
+cpu-per-delivery:
+	python3 scripts/cpu_per_delivery.py
 
 ## Here, in a few minutes: 19k connections (memory per connection), a broadcast run, a one-topic
 ## fan-out, then the 2 M no-socket simulation. Reports in reports/bench/<timestamp>/.
