@@ -23,8 +23,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::handler::{InReply, Socket, Terminate};
 use crate::proto::frame::OpCode;
 use crate::proto::phoenix::{
-    self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload,
-    STATUS_ERROR, STATUS_OK, TOPIC_PHOENIX, binary, is_reserved_event, json,
+    self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload, STATUS_ERROR,
+    STATUS_OK, TOPIC_PHOENIX, binary, is_reserved_event, json,
 };
 use crate::shard::{Shard, Stats};
 use crate::topics::{Sub, Subscription};
