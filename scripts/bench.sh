@@ -7,7 +7,8 @@
 #   2. broadcast: 5,000 subscribers over 10 topics, 4 socket publishers at 250 msgs/s
 #                 (125,000 deliveries/s, below this box's knee): delivery latency (also split
 #                 same core / across cores), deliveries/s, lost and duplicated messages.
-#   3. fanout:    10,000 subscribers on ONE topic, publishers via POST /api/broadcast at a rate
+#   3. fanout:    10,000 subscribers on ONE topic, publishers via POST /api/broadcast (one
+#                 keep-alive connection each, so their order is kept: reordered 0) at a rate
 #                 that saturates the box: the fan-out rate (deliveries/s).
 #
 # One server (release build, every core) serves all three; reports go to

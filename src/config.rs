@@ -36,8 +36,19 @@ pub struct Config {
     /// `Retry-After: 1`, before any body byte is read. Per core: the process holds at most
     /// cores x this in request bodies. Must be >= `max_request_body`.
     pub max_body_bytes_in_flight: usize,
-    /// A connection that has not completed its HTTP request within this time is closed.
+    /// A connection that has not completed its HTTP request within this time is closed (on a
+    /// kept-alive connection: each request, from its first byte).
     pub handshake_timeout_ms: u64,
+    /// HTTP keep-alive: after answering a plain HTTP request (`/api/*`, `/health`, `/metrics`)
+    /// the connection waits this long for the next request, then is closed without a word. The
+    /// idle wait holds no buffer (like an idle WebSocket). There is no cap on requests per
+    /// connection: a publisher that stays on one connection stays on one core, which is what
+    /// keeps its publications in order. 0: no keep-alive, every answer closes its connection.
+    pub http_keepalive_ms: u64,
+    /// Publications one `POST /api/broadcast` batch (a JSON array, or NDJSON lines) may carry;
+    /// more is answered 413 and nothing is published. The body is bounded by `max_request_body`
+    /// as well.
+    pub max_broadcast_batch: usize,
     /// After sending a close frame, how long to wait for the peer's close before dropping the socket.
     pub close_timeout_ms: u64,
     /// On SIGTERM/SIGINT, how long open connections get to close before the process exits.
@@ -138,6 +149,8 @@ impl Default for Config {
             max_request_body: 1 << 20,
             max_body_bytes_in_flight: 8 << 20,
             handshake_timeout_ms: 10_000,
+            http_keepalive_ms: 5_000,
+            max_broadcast_batch: 1_000,
             close_timeout_ms: 2_000,
             shutdown_timeout_ms: 10_000,
             out_queue_max_bytes: 4 << 20,
@@ -248,6 +261,9 @@ impl Config {
         if !self.ring_entries.is_power_of_two() || !(16..=1 << 16).contains(&self.ring_entries) {
             return bad("ring_entries must be a power of two from 16 to 65536");
         }
+        if self.max_broadcast_batch == 0 {
+            return bad("max_broadcast_batch must be > 0");
+        }
         if self.max_body_bytes_in_flight < self.max_request_body {
             return bad("max_body_bytes_in_flight must be >= max_request_body");
         }
@@ -290,6 +306,11 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The keep-alive wait, or `None` when keep-alive is off (`http_keepalive_ms = 0`).
+    pub fn http_keepalive(&self) -> Option<Duration> {
+        (self.http_keepalive_ms > 0).then(|| Duration::from_millis(self.http_keepalive_ms))
     }
 
     pub fn close_timeout(&self) -> Duration {
@@ -446,6 +467,13 @@ mod tests {
         assert!(Config::from_toml("api_key = \"\"").is_err());
         assert!(Config::from_toml("metrics_key = \"\"").is_err());
         assert!(Config::from_toml("require_token = true").is_err());
+        assert!(Config::from_toml("max_broadcast_batch = 0").is_err());
+        let off = Config::from_toml("http_keepalive_ms = 0").unwrap();
+        assert_eq!(off.http_keepalive(), None);
+        assert_eq!(
+            Config::default().http_keepalive(),
+            Some(Duration::from_secs(5))
+        );
         assert!(Config::from_toml("max_frame = 0").is_err());
         assert!(Config::from_toml("backlog = 0").is_err());
         for bad in [0, 8, 1000, 1 << 17] {

@@ -20,12 +20,13 @@ use tracing::trace;
 use crate::auth;
 use crate::channel::{Ctx, Session};
 use crate::handler::ConnectInfo;
-use crate::http::{self, Api, BodyReservation, Plan, Refusal};
+use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
 use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode};
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::proto::phoenix::Frame;
 use crate::reactor::ready;
 use crate::shard::{Shard, Slot, Stats, WRITE_COALESCE, signal};
+use crate::wheel::TICK;
 
 /// Frames at least this big are written straight from their buffer instead of being coalesced.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -54,14 +55,23 @@ pub enum Endpoint {
 }
 
 enum Phase {
-    /// Reading the request head, then (`body` set: the head was accepted) its body; `buf` is
-    /// dropped once the request is answered. `deferred`: a complete upgrade request with frames
-    /// behind it waits in `buf` for the core's mesh hold to end (those frames could be
-    /// broadcasts; see `on_http_bytes`).
+    /// Reading the request head, then (`body` set: the head was accepted) its body. Once the
+    /// request is answered `buf` keeps only bytes already received past it (a pipelined next
+    /// request) on a kept-alive connection, nothing otherwise: an idle kept-alive connection
+    /// holds no buffer.
+    /// `deferred`: a complete upgrade request with frames behind it waits in `buf` for the
+    /// core's mesh hold to end (those frames could be broadcasts; see `on_http_request`).
     Http {
         buf: Vec<u8>,
         body: Option<Box<PendingBody>>,
         deferred: bool,
+        /// Requests answered on this connection so far (keep-alive).
+        served: u32,
+        /// After the first: the tick the current request's first byte came in.
+        started: u32,
+        /// Complete requests wait in `buf`, held back while the answers before them were over
+        /// the out-queue bounds: serve them before reading the socket again.
+        pipelined: bool,
     },
     /// An open WebSocket.
     Open {
@@ -80,6 +90,7 @@ enum Phase {
 struct PendingBody {
     req: Request,
     api: Api,
+    format: Format,
     reservation: BodyReservation,
 }
 
@@ -113,6 +124,9 @@ pub fn serve(
             buf: Vec::new(),
             body: None,
             deferred: false,
+            served: 0,
+            started: 0,
+            pipelined: false,
         },
     }
 }
@@ -184,9 +198,9 @@ impl Conn {
             if signals & signal::TIMER != 0 && self.shard.deadline_passed(self.key) {
                 match self.phase {
                     Phase::Http { .. } => {
-                        Stats::bump(&self.shard.stats.handshake_timeouts);
-                        trace!(key = self.key, "handshake timeout");
-                        return Poll::Ready(());
+                        if self.on_http_deadline() {
+                            return Poll::Ready(());
+                        }
                     }
                     Phase::Closing { .. } => return Poll::Ready(()),
                     Phase::Open { .. } if self.shard.reads_held() => {
@@ -234,14 +248,7 @@ impl Conn {
             }
 
             // 3. Read, unless our own output is backed up (then the peer waits for us).
-            let backed_up = {
-                let slots = self.shard.slots.borrow();
-                slots.get(self.key).is_some_and(|s| {
-                    s.out_bytes as usize >= self.shard.cfg.out_queue_max_bytes
-                        || s.outq.len() >= self.shard.cfg.out_queue_max_frames
-                })
-            };
-            if backed_up && !matches!(self.phase, Phase::Closing { .. }) {
+            if self.backed_up() && !matches!(self.phase, Phase::Closing { .. }) {
                 return Poll::Pending; // the write readiness wakes us
             }
             // 4. Nor while this core's cross-core outboxes are over their mark: what a Phoenix
@@ -269,12 +276,30 @@ impl Conn {
                 return Poll::Pending;
             }
             reads += 1;
+            if let Phase::Http {
+                pipelined: true, ..
+            } = self.phase
+            {
+                // Keep-alive: requests already received were held back behind our answers;
+                // those are flushed now, so serve the held ones before reading more.
+                self.on_http_bytes();
+                continue;
+            }
             match self.poll_read_and_handle() {
                 Poll::Ready(Step::Continue) => continue,
                 Poll::Ready(Step::Finished) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// The outbound queue is at its bound: no more reading (or answering) until it drains.
+    fn backed_up(&self) -> bool {
+        let slots = self.shard.slots.borrow();
+        slots.get(self.key).is_some_and(|s| {
+            s.out_bytes as usize >= self.shard.cfg.out_queue_max_bytes
+                || s.outq.len() >= self.shard.cfg.out_queue_max_frames
+        })
     }
 
     /// Read once into the core's scratch buffer and act on the bytes before returning. Pending
@@ -311,14 +336,21 @@ impl Conn {
         };
         let input = &mut scratch[..n];
         let step = match &mut self.phase {
-            Phase::Http { buf, body, .. } => {
+            Phase::Http {
+                buf,
+                served,
+                started,
+                ..
+            } => {
+                if *served > 0 && buf.is_empty() {
+                    // The next request on a kept-alive connection begins (see on_http_deadline).
+                    *started = shard.now_tick() as u32;
+                }
                 // Bounded: until the head is accepted, parse_request fails with TooLarge once it
                 // passes its limit, so `buf` holds at most that limit plus one read; after it,
-                // only the reserved body bytes are kept (anything past them is dropped).
-                let want = body
-                    .as_ref()
-                    .map_or(input.len(), |b| b.end().saturating_sub(buf.len()));
-                buf.extend_from_slice(&input[..want.min(input.len())]);
+                // the reserved body plus at most one read past it (the next request's bytes,
+                // kept for keep-alive).
+                buf.extend_from_slice(input);
                 self.on_http_bytes()
             }
             Phase::Open { .. } => {
@@ -330,31 +362,58 @@ impl Conn {
         Poll::Ready(step)
     }
 
-    /// Parse the buffered request head and act on it at once (see [`http::plan`]): refuse,
-    /// answer, upgrade, or (an accepted API call) reserve its body's bytes and read it; once the
-    /// body is complete, answer it.
+    /// Serve the requests buffered in the HTTP phase, in their order (keep-alive, pipelining):
+    /// until one is incomplete, the connection leaves the HTTP phase (upgrade, close), or the
+    /// answers queued reach the out-queue bounds; then the rest waits in `buf` (`pipelined`)
+    /// and is served before the socket is read again.
     fn on_http_bytes(&mut self) -> Step {
+        loop {
+            if let Phase::Http { pipelined, .. } = &mut self.phase {
+                *pipelined = false;
+            }
+            if !self.on_http_request() {
+                return Step::Continue;
+            }
+            if self.backed_up() {
+                if let Phase::Http { pipelined, .. } = &mut self.phase {
+                    *pipelined = true;
+                }
+                return Step::Continue;
+            }
+        }
+    }
+
+    /// Parse the request at the front of `buf` and act on it at once (see [`http::plan`]):
+    /// refuse, answer, upgrade, or (an accepted API call) reserve its body's bytes and read it;
+    /// once the body is complete, answer it. True when there is more to do with `buf` now (a
+    /// kept-alive answer with bytes of the next request behind it, or a body to check).
+    fn on_http_request(&mut self) -> bool {
         let Phase::Http {
             buf,
             body,
             deferred,
+            ..
         } = &mut self.phase
         else {
-            return Step::Continue;
+            return false;
         };
         if body.as_ref().is_some_and(|p| buf.len() < p.end()) {
-            return Step::Continue; // the body is still coming
+            return false; // the body is still coming
         }
         if let Some(pending) = body.take() {
-            let buf = std::mem::take(buf);
+            let mut buf = std::mem::take(buf);
+            let rest = buf.split_off(pending.end()); // the next request's bytes, if any
+            let body = &buf[pending.req.head_len..];
             let a = match pending.api {
-                Api::Broadcast => crate::api::broadcast(&self.shard, &buf[pending.req.head_len..]),
+                Api::Broadcast => crate::api::broadcast(&self.shard, body, pending.format),
             };
-            self.respond(a.status, a.content_type, &a.body, a.headers);
-            return Step::Continue; // `pending` gives its budget back here
+            let keep = http::keep_alive(&pending.req, &self.shard.cfg, true);
+            let head_only = pending.req.method == "HEAD";
+            drop(pending); // its budget is given back once answered
+            return self.answer(head_only, &a, &[], keep, rest);
         }
         let req = match handshake::parse_request(buf, self.shard.cfg.max_request_head) {
-            Ok(None) => return Step::Continue,
+            Ok(None) => return false,
             Ok(Some(req)) => req,
             Err(e) => {
                 let status = match e {
@@ -362,64 +421,141 @@ impl Conn {
                     HttpError::Malformed(_) => 400,
                 };
                 self.respond(status, "text/plain", e.to_string().as_bytes(), &[]);
-                return Step::Continue;
+                return false;
             }
         };
         Stats::bump(&self.shard.stats.http_requests);
         let stream = &self.stream;
         let peer = || stream.peer_addr().ok().map(|a| a.ip());
-        match http::plan(&req, &self.shard.cfg, peer) {
-            Plan::Refuse(refusal) => self.refuse(&refusal),
+        let (a, extra) = match http::plan(&req, &self.shard.cfg, peer) {
+            Plan::Refuse(refusal) => (refusal.answer(), refusal.headers),
             Plan::Health => {
-                let body = format!(
-                    "{{\"status\":\"ok\",\"core\":{},\"connections\":{}}}\n",
-                    self.shard.id,
-                    self.shard.connections()
-                );
-                self.respond(200, "application/json", body.as_bytes(), &[]);
+                let (id, n) = (self.shard.id, self.shard.connections());
+                let body = format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#);
+                (Answer::json(200, &body), &[][..])
             }
-            Plan::Metrics => {
-                let a = crate::api::metrics(&self.shard);
-                self.respond(a.status, a.content_type, &a.body, a.headers);
-            }
+            Plan::Metrics => (crate::api::metrics(&self.shard), &[][..]),
             Plan::Phoenix => {
                 if buf.len() > req.head_len && self.shard.reads_held() {
                     // Frames sent right behind an upgrade would be handled before the socket's
                     // first read, so past the mesh's read gate: the request waits whole until
                     // the hold ends.
                     *deferred = true;
-                    return Step::Continue;
+                    return false;
                 }
                 let mut rest = buf.split_off(req.head_len);
                 self.phoenix_upgrade(&req, &mut rest);
+                return false;
             }
             Plan::Echo => {
                 let mut rest = buf.split_off(req.head_len);
                 self.upgrade(&req, Endpoint::Echo, None, None, &mut rest);
+                return false;
             }
-            Plan::Body { api, len } => {
+            Plan::Body { api, format, len } => {
                 let limit = self.shard.cfg.max_body_bytes_in_flight;
                 let Some(reservation) = BodyReservation::take(&self.shard.stats, limit, len) else {
                     self.refuse(&Refusal::BUSY);
-                    return Step::Continue;
+                    return false;
                 };
                 let end = req.head_len + len;
-                buf.truncate(end); // bytes past the body (pipelined) are not served
-                buf.reserve_exact(end - buf.len());
+                buf.reserve_exact(end.saturating_sub(buf.len()));
                 let waiting = req.expect_continue && buf.len() == req.head_len && len > 0;
                 *body = Some(Box::new(PendingBody {
                     req,
                     api,
+                    format,
                     reservation,
                 }));
                 if waiting {
                     // The client holds its body back until it hears that it may send it.
                     self.enqueue(handshake::CONTINUE.to_vec());
                 }
-                return self.on_http_bytes(); // the body may be here already
+                return true; // the body may be here already
+            }
+        };
+        // Answered from the head: kept alive only if no body was announced (it is never read).
+        let keep = http::keep_alive(&req, &self.shard.cfg, false);
+        let rest = buf.split_off(req.head_len);
+        self.answer(req.method == "HEAD", &a, extra, keep, rest)
+    }
+
+    /// Answer a plain HTTP request (see [`http::write_answer`]). Kept alive (`keep`, and the
+    /// core is not draining): the connection stays in the HTTP phase with `rest` (the bytes
+    /// already received past this request) as its buffer and `http_keepalive_ms` to send the
+    /// next request; true if `rest` holds some of it. Otherwise it closes after the answer.
+    fn answer(
+        &mut self,
+        head_only: bool,
+        a: &Answer,
+        extra: &[(&str, &str)],
+        keep: bool,
+        rest: Vec<u8>,
+    ) -> bool {
+        let shard = self.shard.clone();
+        let wait = shard
+            .cfg
+            .http_keepalive()
+            .filter(|_| keep && !shard.is_draining());
+        let mut out = Vec::with_capacity(192 + a.body.len());
+        http::write_answer(&mut out, head_only, a, extra, wait);
+        self.enqueue(out);
+        let (
+            Some(wait),
+            Phase::Http {
+                buf,
+                served,
+                started,
+                ..
+            },
+        ) = (wait, &mut self.phase)
+        else {
+            self.close_after_queued();
+            return false;
+        };
+        *buf = rest; // exactly the bytes past this request: nothing when it was the last
+        *started = shard.now_tick() as u32;
+        *served = served.saturating_add(1);
+        // After the first answer deadlines only move later (answer time + wait): extending the
+        // slot's deadline is enough. The first moves it before the handshake timeout's wheel
+        // entry, so it needs an entry of its own.
+        if *served == 1 {
+            shard.set_deadline(self.key, Some(wait));
+        } else {
+            shard.extend_deadline(self.key, wait);
+        }
+        !buf.is_empty()
+    }
+
+    /// The HTTP phase's deadline has passed; true: drop the connection. On the first request
+    /// that is the handshake timeout. On a kept-alive connection waiting for its next request,
+    /// the keep-alive wait is over: closed without a word. One whose next request is under way
+    /// gives that request `handshake_timeout_ms` from its first byte (`started`).
+    fn on_http_deadline(&mut self) -> bool {
+        let Phase::Http {
+            buf,
+            body,
+            served,
+            started,
+            ..
+        } = &self.phase
+        else {
+            return false;
+        };
+        if *served > 0 && buf.is_empty() && body.is_none() {
+            trace!(key = self.key, "keep-alive wait over");
+            return true;
+        }
+        if *served > 0 {
+            let age = TICK * (self.shard.now_tick() as u32).wrapping_sub(*started);
+            if let Some(next) = http::recheck_after(age, &self.shard.cfg) {
+                self.shard.set_deadline(self.key, Some(next));
+                return false;
             }
         }
-        Step::Continue
+        Stats::bump(&self.shard.stats.handshake_timeouts);
+        trace!(key = self.key, "handshake timeout");
+        true
     }
 
     /// Answer a refused request and close (its body, if any, is never read).

@@ -17,10 +17,31 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::proto::handshake::{self, Request};
 use crate::shard::Stats;
+
+/// An HTTP answer for the connection to send.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Headers of this answer besides the standard ones (e.g. `Retry-After`).
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Answer {
+    pub fn json(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json",
+            body: format!("{body}\n").into_bytes(),
+            headers: &[],
+        }
+    }
+}
 
 /// What the connection does with a request whose head is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +57,20 @@ pub enum Plan {
     /// `/echo` (only with `echo`): the upgrade.
     Echo,
     /// An API call: reserve `len` bytes of the core's body budget, read the body, then answer.
-    Body { api: Api, len: usize },
+    Body {
+        api: Api,
+        format: Format,
+        len: usize,
+    },
+}
+
+/// How an accepted body is encoded (from its `Content-Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/json`: one JSON value (for a batch, an array).
+    Json,
+    /// `application/x-ndjson`: one JSON value per line, blank lines ignored.
+    NdJson,
 }
 
 /// The API endpoints that take a body.
@@ -75,6 +109,17 @@ impl Refusal {
         Refusal::new(503, "server busy: too many request bodies in flight", true)
             .with(&[("Retry-After", "1")]);
 
+    /// The answer to send.
+    pub fn answer(&self) -> Answer {
+        let (content_type, body) = self.body();
+        Answer {
+            status: self.status,
+            content_type,
+            body,
+            headers: &[], // the connection sends `self.headers` with it
+        }
+    }
+
     /// `Content-Type` and body of the answer.
     pub fn body(&self) -> (&'static str, Vec<u8>) {
         if self.json {
@@ -98,19 +143,21 @@ pub fn plan(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
     let path = req.path.as_str();
     let api = path == "/api" || path.starts_with("/api/");
     let get = req.method == "GET" || req.method == "HEAD";
-    let has_body = req.chunked || req.content_length.is_some_and(|n| n > 0);
+    let has_body = req.has_body();
+    // Answers of the HTTP endpoints are JSON, errors included.
+    let json = api || path == "/metrics" || path == "/health";
     if has_body && (get || req.upgrade_websocket) {
         let why = "a GET, HEAD or upgrade request must not have a body";
-        return Plan::Refuse(Refusal::new(400, why, api));
+        return Plan::Refuse(Refusal::new(400, why, json));
     }
     match path {
         "/health" if get => Plan::Health,
-        "/metrics" => match access(&cfg.metrics_key, req, peer, false) {
+        "/metrics" => match access(&cfg.metrics_key, req, peer, true) {
             Err(refusal) => Plan::Refuse(refusal),
             Ok(()) if get => Plan::Metrics,
-            Ok(()) => Plan::Refuse(method_not_allowed(false)),
+            Ok(()) => Plan::Refuse(method_not_allowed(true)),
         },
-        "/health" => Plan::Refuse(method_not_allowed(false)),
+        "/health" => Plan::Refuse(method_not_allowed(true)),
         _ if api => plan_api(req, cfg, peer),
         "/socket/websocket" => Plan::Phoenix,
         "/echo" if cfg.echo => Plan::Echo,
@@ -142,20 +189,79 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
     if req.chunked {
         return refuse(411, "chunked bodies are not supported: send Content-Length");
     }
-    let json = req
-        .content_type
-        .as_deref()
-        .is_some_and(|ct| handshake::media_type_is(ct, "application/json"));
-    if !json {
-        return refuse(415, "Content-Type must be application/json");
-    }
+    let is = |essence| {
+        req.content_type
+            .as_deref()
+            .is_some_and(|ct| handshake::media_type_is(ct, essence))
+    };
+    let format = if is("application/json") {
+        Format::Json
+    } else if is("application/x-ndjson") {
+        Format::NdJson
+    } else {
+        return refuse(
+            415,
+            "Content-Type must be application/json or application/x-ndjson",
+        );
+    };
     let Some(len) = req.content_length else {
         return refuse(411, "Content-Length required");
     };
     if len > cfg.max_request_body {
         return refuse(413, "request body too large (max_request_body)");
     }
-    Plan::Body { api, len }
+    Plan::Body { api, format, len }
+}
+
+/// Whether the connection goes on to read another request after the answer to `req`: keep-alive
+/// is on (`http_keepalive_ms`), the client wants it ([`Request::wants_keep_alive`]), and the
+/// stream is at the start of the next request: the body was read (`body_read`) or there is none.
+/// A refusal from the head of a request with a body leaves the body unread: that closes. So
+/// does a refused WebSocket handshake (`Upgrade: websocket`): its client will not reuse it.
+pub fn keep_alive(req: &Request, cfg: &Config, body_read: bool) -> bool {
+    cfg.http_keepalive_ms > 0
+        && req.wants_keep_alive()
+        && !req.upgrade_websocket
+        && (body_read || !req.has_body())
+}
+
+/// Append the answer `a` to a plain HTTP request: for `HEAD` (`head_only`) the head alone, with
+/// the `Content-Length` of the body it leaves out (RFC 9110 9.3.2). Kept alive (`keep_alive`:
+/// the wait for the next request) it says `Connection: keep-alive` and, from one second up,
+/// `Keep-Alive: timeout=<seconds>` (a hint for clients that drop idle connections themselves).
+pub fn write_answer(
+    out: &mut Vec<u8>,
+    head_only: bool,
+    a: &Answer,
+    extra: &[(&str, &str)],
+    keep_alive: Option<Duration>,
+) {
+    let hint = keep_alive.map(|d| format!("timeout={}", d.as_secs()));
+    let mut headers = extra.to_vec();
+    headers.extend_from_slice(a.headers);
+    if let Some(hint) = hint
+        .as_deref()
+        .filter(|_| keep_alive >= Some(Duration::from_secs(1)))
+    {
+        headers.push(("Keep-Alive", hint));
+    }
+    let keep = keep_alive.is_some();
+    let (status, ct) = (a.status, a.content_type);
+    if head_only {
+        handshake::write_response_head(out, status, ct, a.body.len(), &headers, keep);
+    } else {
+        handshake::write_response(out, status, ct, &a.body, &headers, keep);
+    }
+}
+
+/// A request under way on a kept-alive connection has `handshake_timeout_ms` from its first
+/// byte; `age` has passed. When its deadline passes before that: how long to wait before looking
+/// again (at most the keep-alive wait, so that the deadline the next answer sets is never
+/// earlier than the timer-wheel entry, which only moves later), or `None`: its time is up.
+pub fn recheck_after(age: Duration, cfg: &Config) -> Option<Duration> {
+    let left = cfg.handshake_timeout().checked_sub(age)?;
+    let step = cfg.http_keepalive().map_or(left, |wait| left.min(wait));
+    (!step.is_zero()).then_some(step)
 }
 
 /// With a key: the request must carry it as a bearer token, from any address (401). Without
@@ -298,6 +404,7 @@ mod tests {
         let cfg = Config::default();
         let want = Plan::Body {
             api: Api::Broadcast,
+            format: Format::Json,
             len: 2,
         };
         assert_eq!(plan(&req(POST), &cfg, || LOCAL), want);
@@ -360,6 +467,18 @@ mod tests {
             case("application/json", "application/x-www-form-urlencoded"),
             415
         );
+        let ndjson = plan(
+            &req(&POST.replace("application/json", "application/x-ndjson")),
+            &cfg,
+            || LOCAL,
+        );
+        assert!(matches!(
+            ndjson,
+            Plan::Body {
+                format: Format::NdJson,
+                ..
+            }
+        ));
         assert_eq!(case("POST", "PUT"), 405);
         assert_eq!(case("/api/broadcast", "/api/nope"), 404);
         assert_eq!(case("/api/broadcast", "/api"), 404);
@@ -429,6 +548,81 @@ mod tests {
             plan(&req("GET /echo HTTP/1.1\r\n\r\n"), &cfg, || REMOTE),
             Plan::Echo
         );
+    }
+
+    #[test]
+    fn metrics_and_health_errors_are_json() {
+        let cfg = Config::default();
+        for (raw, status) in [
+            ("GET /metrics HTTP/1.1\r\n\r\n", 403),
+            ("POST /health HTTP/1.1\r\n\r\n", 405),
+            ("GET /health HTTP/1.1\r\nContent-Length: 3\r\n\r\n", 400),
+        ] {
+            let p = plan(&req(raw), &cfg, || REMOTE);
+            assert!(
+                matches!(p, Plan::Refuse(r) if r.status == status && r.json),
+                "{raw}: {p:?}"
+            );
+        }
+        let p = plan(&req("GET /nope HTTP/1.1\r\n\r\n"), &cfg, || LOCAL);
+        assert!(matches!(p, Plan::Refuse(r) if r.status == 404 && !r.json));
+    }
+
+    #[test]
+    fn keep_alive_needs_the_client_and_a_request_boundary() {
+        let cfg = Config::default();
+        let get = req("GET /health HTTP/1.1\r\n\r\n");
+        assert!(keep_alive(&get, &cfg, false));
+        let close = req("GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!keep_alive(&close, &cfg, true));
+        assert!(!keep_alive(
+            &req("GET /health HTTP/1.0\r\n\r\n"),
+            &cfg,
+            false
+        ));
+        let ten = req("GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(keep_alive(&ten, &cfg, false));
+        // A body: only once it was read.
+        assert!(!keep_alive(&req(POST), &cfg, false));
+        assert!(keep_alive(&req(POST), &cfg, true));
+        let off = Config::from_toml("http_keepalive_ms = 0").unwrap();
+        assert!(!keep_alive(&get, &off, false));
+        let upgrade = "GET /nope HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert!(!keep_alive(&req(upgrade), &cfg, false));
+    }
+
+    #[test]
+    fn answers_for_get_head_and_keep_alive() {
+        let a = Answer::json(200, "{}");
+        let mut get = Vec::new();
+        write_answer(&mut get, false, &a, &[], Some(Duration::from_millis(5500)));
+        let text = String::from_utf8(get.clone()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n"));
+        assert!(text.contains("Content-Length: 3\r\n") && text.ends_with("\r\n\r\n{}\n"));
+        let mut head = Vec::new();
+        write_answer(&mut head, true, &a, &[], Some(Duration::from_millis(5500)));
+        assert_eq!(get, [&head[..], b"{}\n"].concat());
+        let mut close = Vec::new();
+        write_answer(&mut close, false, &a, &[("Allow", "GET")], None);
+        let text = String::from_utf8(close).unwrap();
+        assert!(
+            text.contains("Connection: close\r\nAllow: GET\r\n") && !text.contains("Keep-Alive")
+        );
+        let mut short = Vec::new();
+        write_answer(&mut short, false, &a, &[], Some(Duration::from_millis(500)));
+        assert!(!String::from_utf8(short).unwrap().contains("Keep-Alive:"));
+    }
+
+    #[test]
+    fn a_request_under_way_gets_the_handshake_timeout_in_keep_alive_steps() {
+        let cfg =
+            Config::from_toml("handshake_timeout_ms = 2500\nhttp_keepalive_ms = 1000").unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(recheck_after(ms(300), &cfg), Some(ms(1000)));
+        assert_eq!(recheck_after(ms(2000), &cfg), Some(ms(500)));
+        assert_eq!(recheck_after(ms(2500), &cfg), None);
+        assert_eq!(recheck_after(ms(9000), &cfg), None);
     }
 
     #[test]

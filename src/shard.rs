@@ -739,7 +739,7 @@ mod tests {
     async fn holds_and_wakes(shard: &Rc<Shard>, release: &AtomicBool) {
         let api = |shard: &Shard| {
             let body = br#"{"topic":"t","event":"e","payload":{}}"#;
-            crate::api::broadcast(shard, body)
+            crate::api::broadcast(shard, body, crate::http::Format::Json)
         };
         let (key, generation) = shard.open_slot();
         let woken = Arc::new(CountingWaker(AtomicU64::new(0)));

@@ -12,9 +12,11 @@ use common::{TestServer, closed_within, header, http_exchange, upgrade_request};
 fn health_answers_200_with_the_core() {
     let srv = TestServer::start(&["--cores", "2"]);
     let mut s = srv.connect_tcp();
-    let (status, head) = http_exchange(&mut s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let req = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (status, head) = http_exchange(&mut s, req);
     assert_eq!(status, 200, "{head}");
     assert_eq!(header(&head, "content-type"), Some("application/json"));
+    assert_eq!(header(&head, "connection"), Some("close"));
     assert!(closed_within(&mut s, Duration::from_secs(5)));
 }
 
@@ -178,14 +180,16 @@ fn post_request(headers: &str, body: &str) -> String {
 
 const JSON: &str = "Content-Type: application/json\r\n";
 
-/// Send `request` on a new connection to `addr`; (status, head, body) of the answer.
+/// Send `request` on a new connection to `addr`; (status, head, body) of the answer (the body
+/// read by its `Content-Length`: a kept-alive connection does not end after it).
 fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let (status, head) = http_exchange(&mut s, request);
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    (status, head, body)
+    let len = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("response body");
+    (status, head, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// This host's address on its default route, if it has one (no packet is sent).

@@ -55,7 +55,7 @@ fn metric(addr: SocketAddr, name: &str) -> u64 {
         return 0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text.lines()

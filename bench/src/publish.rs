@@ -49,6 +49,7 @@ struct State {
     copies: AtomicU64,
     unacked: AtomicU64,
     opened: AtomicU64,
+    api_reconnects: AtomicU64,
     first_measured_ns: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Publish latency of measured messages: push -> phx_reply, or the whole POST.
@@ -128,10 +129,14 @@ pub struct Outcome {
     pub errors: BTreeMap<String, u64>,
     /// Pushes never answered by a `phx_reply` (socket publishers).
     pub unacked: u64,
+    /// New keep-alive connections API publishers had to open after their first (the server
+    /// closed one): each may land on another core, and order is kept within a connection.
+    pub api_reconnects: u64,
     /// Copies of their own broadcasts received by publisher sockets (sender included).
     pub copies_received: u64,
     /// Publish latency of measured messages: push -> phx_reply (socket) or the whole
-    /// `POST /api/broadcast` including its TCP connect (api).
+    /// `POST /api/broadcast` on the publisher's keep-alive connection (api; a reconnect, when
+    /// the server closed it, included).
     pub latency: hist::Percentiles,
     #[serde(skip)]
     pub latency_hist: Hist,
@@ -147,6 +152,7 @@ pub async fn start(plan: Plan) -> Running {
         copies: AtomicU64::new(0),
         unacked: AtomicU64::new(0),
         opened: AtomicU64::new(0),
+        api_reconnects: AtomicU64::new(0),
         first_measured_ns: AtomicU64::new(u64::MAX),
         errors: Mutex::default(),
         latency: Mutex::new(hist::new_latency()),
@@ -275,6 +281,7 @@ impl Running {
             sent_warmup: s.sent_warmup.iter().map(|a| a.load(Relaxed)).collect(),
             errors: lock(&s.errors).clone(),
             unacked: s.unacked.load(Relaxed),
+            api_reconnects: s.api_reconnects.load(Relaxed),
             copies_received: s.copies.load(Relaxed),
             latency: hist::percentiles(&latency),
             latency_hist: latency,
@@ -388,13 +395,16 @@ async fn socket_publisher(
     client::close_politely(&mut ws, Duration::from_secs(3)).await;
 }
 
-/// One `POST /api/broadcast` per message, on schedule. Only 2xx answers count as sent.
+/// One `POST /api/broadcast` per message, on schedule, all on one keep-alive connection (a new
+/// one only when the server closed it): the server takes them in order on one core, so they
+/// arrive in order everywhere. Only 2xx answers count as sent.
 async fn api_publisher(
     st: Arc<State>,
     sched: Schedule,
     target: Target,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut conn = crate::http::KeepAlive::new(target.addr);
     let mut seq = vec![0u64; sched.topics.len()];
     let mut j = 0u64;
     while sched.due(j) < sched.end {
@@ -412,7 +422,10 @@ async fn api_publisher(
         };
         let limit = Duration::from_secs(5);
         let at = Instant::now();
-        match crate::http::request_with(target.addr, "POST", "/api/broadcast", body, limit).await {
+        match conn
+            .request_with("POST", "/api/broadcast", body, limit)
+            .await
+        {
             Ok((code, _)) if (200..300).contains(&code) => {
                 st.count(topic, measured, true);
                 if measured {
@@ -423,6 +436,7 @@ async fn api_publisher(
             Err(_) => st.error("api_io".into()),
         }
     }
+    st.api_reconnects.fetch_add(conn.reconnects, Relaxed);
     st.finished.fetch_add(1, Relaxed);
 }
 

@@ -27,6 +27,10 @@ pub struct Request {
     pub upgrade_websocket: bool,
     /// A `Connection` header lists the token `upgrade` (case-insensitive).
     pub connection_upgrade: bool,
+    /// A `Connection` header lists `close`: no further request on this connection.
+    pub connection_close: bool,
+    /// A `Connection` header lists `keep-alive` (what an HTTP/1.0 client must send to keep it).
+    pub connection_keep_alive: bool,
     /// `Sec-WebSocket-Version` header value, trimmed.
     pub ws_version: Option<String>,
     /// `Sec-WebSocket-Key` header value, trimmed.
@@ -48,6 +52,19 @@ pub struct Request {
     pub chunked: bool,
     /// Bytes of the request head, through the blank line; the body (if any) starts here.
     pub head_len: usize,
+}
+
+impl Request {
+    /// The client lets the connection carry another request after this one's answer (RFC 9112
+    /// 9.3): HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn wants_keep_alive(&self) -> bool {
+        !self.connection_close && (self.version_minor >= 1 || self.connection_keep_alive)
+    }
+
+    /// The head announces a body: a `Content-Length` above 0, or chunked.
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
 }
 
 /// Why a request head could not be parsed. Answer with [`HttpError::status`] and close.
@@ -116,7 +133,10 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request>, Htt
         } else if field("upgrade") {
             req.upgrade_websocket |= has_token(utf8(name, h.value)?, "websocket");
         } else if field("connection") {
-            req.connection_upgrade |= has_token(utf8(name, h.value)?, "upgrade");
+            let value = utf8(name, h.value)?;
+            req.connection_upgrade |= has_token(value, "upgrade");
+            req.connection_close |= has_token(value, "close");
+            req.connection_keep_alive |= has_token(value, "keep-alive");
         } else if field("sec-websocket-version") {
             set_once(&mut req.ws_version, name, h.value)?;
         } else if field("sec-websocket-key") {
@@ -257,17 +277,33 @@ pub fn write_response(
     extra: &[(&str, &str)],
     keep_alive: bool,
 ) {
-    let has_body = !(matches!(status, 100..=199 | 204 | 304));
+    write_response_head(out, status, content_type, body.len(), extra, keep_alive);
+    if status_has_body(status) {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Append the head alone of the response [`write_response`] would write for a body of
+/// `body_len` bytes, `Content-Length` included: the answer to a `HEAD` request, which carries the
+/// headers of the `GET` answer and no body (RFC 9110 9.3.2).
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body_len: usize,
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
-    if has_body {
+    if status_has_body(status) {
         if !content_type.is_empty() {
             push_header(out, "Content-Type", content_type);
         }
-        push_header(out, "Content-Length", &body.len().to_string());
+        push_header(out, "Content-Length", &body_len.to_string());
     }
     let connection = if keep_alive { "keep-alive" } else { "close" };
     push_header(out, "Connection", connection);
@@ -275,35 +311,52 @@ pub fn write_response(
         push_header(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
-    if has_body {
-        out.extend_from_slice(body);
-    }
+}
+
+/// Statuses that cannot carry a body (RFC 9110 8.6): 1xx, 204, 304.
+fn status_has_body(status: u16) -> bool {
+    !matches!(status, 100..=199 | 204 | 304)
 }
 
 /// The interim response to a request with `Expect: 100-continue` whose body will be read.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Reason phrase for the statuses corecast uses; `"Unknown"` otherwise.
+/// Every status corecast sends, with its reason phrase (RFC 9110 section 15). One table: a
+/// status added anywhere in the server belongs here (`tests/http.rs`
+/// `reason_phrases_on_the_wire` checks the line of each one the server can be made to send).
+pub const STATUSES: &[(u16, &str)] = &[
+    (100, "Continue"),
+    (101, "Switching Protocols"),
+    (200, "OK"),
+    (202, "Accepted"),
+    (204, "No Content"),
+    (400, "Bad Request"),
+    (401, "Unauthorized"),
+    (403, "Forbidden"),
+    (404, "Not Found"),
+    (405, "Method Not Allowed"),
+    (411, "Length Required"),
+    (413, "Content Too Large"),
+    (415, "Unsupported Media Type"),
+    (426, "Upgrade Required"),
+    (429, "Too Many Requests"),
+    (431, "Request Header Fields Too Large"),
+    (500, "Internal Server Error"),
+    (503, "Service Unavailable"),
+];
+
+/// The reason phrase of `status` from [`STATUSES`]; a status outside the table gets its class's
+/// name (`"Client Error"` for 4xx, ...), never a made-up phrase.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
+    match STATUSES.iter().find(|(s, _)| *s == status) {
+        Some((_, phrase)) => phrase,
+        None => match status / 100 {
+            1 => "Informational",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            _ => "Server Error",
+        },
     }
 }
 
@@ -648,6 +701,39 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        let req = |version: &str, connection: &str| {
+            let raw = format!("GET /health HTTP/1.{version}\r\n{connection}\r\n");
+            parse(raw.as_bytes()).unwrap().unwrap()
+        };
+        assert!(req("1", "").wants_keep_alive());
+        assert!(req("1", "Connection: keep-alive\r\n").wants_keep_alive());
+        assert!(!req("1", "Connection: close\r\n").wants_keep_alive());
+        assert!(!req("1", "Connection: Keep-Alive, CLOSE\r\n").wants_keep_alive());
+        assert!(!req("0", "").wants_keep_alive());
+        assert!(req("0", "Connection: Keep-Alive\r\n").wants_keep_alive());
+        assert!(!req("0", "Connection: close\r\n").wants_keep_alive());
+        let upgrade = chrome_with("", "");
+        assert!(upgrade.connection_upgrade && !upgrade.connection_close);
+        assert!(!req("1", "").has_body());
+        assert!(!req("1", "Content-Length: 0\r\n").has_body());
+        assert!(req("1", "Content-Length: 1\r\n").has_body());
+        assert!(req("1", "Transfer-Encoding: chunked\r\n").has_body());
+    }
+
+    #[test]
+    fn status_table() {
+        for (i, (status, phrase)) in STATUSES.iter().enumerate() {
+            assert_eq!(reason_phrase(*status), *phrase);
+            assert!(!phrase.is_empty() && !phrase.contains(['\r', '\n']));
+            assert!(
+                STATUSES[..i].iter().all(|(s, _)| s < status),
+                "sorted, once"
+            );
+        }
+    }
+
+    #[test]
     fn query_params() {
         let q = "vsn=2.0.0&token=SFM%3D%2Fx+y&empty=&flag&user%5Bid%5D=7&token=2&bad=%ff&pct=%zz%4";
         let get = |name| query_param(q, name);
@@ -721,6 +807,20 @@ mod tests {
         let want = "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n";
         assert_eq!(out, want.as_bytes());
         assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
-        assert_eq!(reason_phrase(999), "Unknown");
+        assert_eq!(reason_phrase(202), "Accepted");
+        assert_eq!(
+            (reason_phrase(418), reason_phrase(599)),
+            ("Client Error", "Server Error")
+        );
+
+        // HEAD: the same head with the GET body's length, and no body.
+        let (mut get, mut head) = (Vec::new(), Vec::new());
+        let extra = [("Allow", "GET, HEAD")];
+        write_response(&mut get, 200, "application/json", b"{}\n", &extra, true);
+        write_response_head(&mut head, 200, "application/json", 3, &extra, true);
+        assert_eq!(get, [&head[..], b"{}\n"].concat());
+        let (status, _, headers, body) = parse_response(&head);
+        assert_eq!((status, body.len()), (200, 0));
+        assert!(headers.contains(&("Content-Length".into(), "3".into())));
     }
 }

@@ -93,7 +93,8 @@ impl TestServer {
     /// A `/metrics` series summed over its labels (per-core series add up); 0 if absent.
     pub fn metric(&self, name: &str) -> u64 {
         let mut s = self.connect_tcp();
-        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         text.lines()
