@@ -16,8 +16,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use corecast::app::handler::{Handler, InReply, Socket, Terminate};
 use corecast::config::Config;
-use corecast::handler::{Handler, InReply, Socket, Terminate};
 use corecast::proto::phoenix::Payload;
 use corecast::server::Server;
 

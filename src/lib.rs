@@ -1,28 +1,26 @@
 //! corecast: a thread-per-core io_uring WebSocket engine speaking Phoenix Channels.
 //!
-//! Layers, bottom up:
-//! - [`proto`]: pure protocol code (HTTP upgrade, RFC 6455 frames, Phoenix messages). No I/O.
-//! - [`wheel`]: the per-core timer wheel (handshake and idle timeouts).
-//! - [`http`]: plain HTTP on the WebSocket port, decided from the request head (access, routes,
-//!   limits) before any body is read; [`api`] answers the accepted requests.
-//! - [`conn`]: one connection's state machine, driven by its core.
-//! - [`shard`]: one core's world: listener, connection slab, timer wheel.
-//! - [`server`]: starts one pinned glommio executor per core, handles signals and drain.
+//! Layers, bottom up; a layer imports only the layers below it (see ARCHITECTURE.md):
+//! - [`proto`]: bytes in, events out: HTTP upgrade, RFC 6455 frames, Phoenix serializers. No I/O.
+//! - [`runtime`]: one core's machinery: slots, timer wheel, readiness reactor, the kernel wrapper
+//!   (the only `unsafe`), the cross-core mesh, counters. Knows nothing of Phoenix.
+//! - [`app`]: what an embedder plugs in: the `Handler` trait, tokens, the connect policy.
+//! - [`pubsub`]: publications, topics per core, channel sessions, the per-core hub that delivers
+//!   and encodes once per wire format.
+//! - [`http`]: plain HTTP on the same port: routing from the head, `/api/*`, `/metrics`.
+//! - [`transport`]: the TCP connection task (HTTP phase, WebSocket phase, closing).
+//! - [`server`]: the one place that wires them: cores, pinning, mesh, signals, drain.
+//!
+//! [`config`] is read by every layer; [`sim`] runs the runtime and pubsub layers without sockets.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod api;
-pub mod auth;
-pub mod channel;
+pub mod app;
 pub mod config;
-pub mod conn;
-pub mod handler;
 pub mod http;
-pub mod mesh;
 pub mod proto;
-pub mod reactor;
+pub mod pubsub;
+pub mod runtime;
 pub mod server;
-pub mod shard;
 pub mod sim;
-pub mod sys;
-pub mod topics;
-pub mod wheel;
+pub mod transport;

@@ -124,7 +124,7 @@ fn main() -> ExitCode {
 /// `corecast token`: mint a token the server will accept (an expired one too, for tests), never
 /// one that outlives `token_max_age_secs`.
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
-    let now = corecast::auth::now_unix();
+    let now = corecast::app::auth::now_unix();
     let max_age = args
         .max_age_secs
         .unwrap_or(Config::default().token_max_age_secs);
@@ -139,7 +139,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
     );
     println!(
         "{}",
-        corecast::auth::mint(args.secret.as_bytes(), &args.sub, exp)
+        corecast::app::auth::mint(args.secret.as_bytes(), &args.sub, exp)
     );
     Ok(())
 }

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::info;
 
+use crate::app::handler::{DefaultHandler, Handler};
 use crate::config::Config;
-use crate::handler::{DefaultHandler, Handler};
-use crate::shard::{Shard, Shared, Stats};
-use crate::sys;
+use crate::runtime::shard::{Shard, Shared, Stats};
+use crate::runtime::sys;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +87,11 @@ impl Server {
             stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
             started: std::time::Instant::now(),
         });
-        let limits = crate::mesh::Limits {
+        let limits = crate::runtime::mesh::Limits {
             envelopes: shared.cfg.mesh_outbox,
             bytes: shared.cfg.mesh_outbox_bytes,
         };
-        let mesh = (cores > 1).then(|| crate::mesh::mesh(cores, limits));
+        let mesh = (cores > 1).then(|| crate::runtime::mesh::mesh(cores, limits));
         // Each core reports once it is accepting, or why it cannot (its readiness ring); a core
         // whose executor cannot start (e.g. RLIMIT_MEMLOCK too low for glommio's io_uring) drops
         // its sender without a word.

@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::channel::{Ctx, Session, broadcast_frame};
+use crate::app::handler::DefaultHandler;
 use crate::config::Config;
-use crate::handler::DefaultHandler;
 use crate::proto::frame::Decoder;
 use crate::proto::phoenix::{Frame, Payload};
-use crate::shard::{Shard, Shared, Stats};
+use crate::pubsub::session::{Ctx, Session, broadcast_frame};
+use crate::runtime::shard::{Shard, Shared, Stats};
 
 /// What a virtual connection holds besides its slot: the same state an open socket's task holds.
 struct VirtualConn {
@@ -63,7 +63,7 @@ pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
         stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
         started: Instant::now(),
     });
-    let rss0 = crate::sys::rss_bytes().unwrap_or(0);
+    let rss0 = crate::runtime::sys::rss_bytes().unwrap_or(0);
     let setup = Instant::now();
     // Phase 1 on every core: build, then report; phase 2 waits for the go signal so the fan-out
     // is measured with all cores at once, as with the mesh.
@@ -78,7 +78,7 @@ pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
         .collect();
     barrier.wait(); // everybody joined
     let setup_secs = setup.elapsed().as_secs_f64();
-    let rss1 = crate::sys::rss_bytes().unwrap_or(0);
+    let rss1 = crate::runtime::sys::rss_bytes().unwrap_or(0);
     barrier.wait(); // go: fan out
     let t = Instant::now();
     barrier.wait(); // everybody queued
@@ -97,7 +97,7 @@ pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
         cores,
         topics,
         rss_bytes_per_conn: (rss1.saturating_sub(rss0)) as f64 / connections.max(1) as f64,
-        slot_bytes: std::mem::size_of::<crate::shard::Slot>(),
+        slot_bytes: std::mem::size_of::<crate::runtime::shard::Slot>(),
         conn_state_bytes: std::mem::size_of::<VirtualConn>(),
         setup_secs,
         fanout_secs,

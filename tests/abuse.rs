@@ -199,8 +199,8 @@ fn tokens_never_reach_the_log_even_at_trace() {
         "trace",
         &log,
     );
-    let good = corecast::auth::mint(b"k", "alice", corecast::auth::now_unix() + 60);
-    let bad = corecast::auth::mint(b"wrong", "mallory", corecast::auth::now_unix() + 60);
+    let good = corecast::app::auth::mint(b"k", "alice", corecast::app::auth::now_unix() + 60);
+    let bad = corecast::app::auth::mint(b"wrong", "mallory", corecast::app::auth::now_unix() + 60);
     for (token, want) in [(&good, 101), (&bad, 403)] {
         let mut s = srv.connect_tcp();
         let req = upgrade_request(&format!("/socket/websocket?vsn=2.0.0&token={token}"));

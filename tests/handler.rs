@@ -34,7 +34,7 @@ fn custom_handler_authorises_replies_and_survives_its_own_panic() {
         ..Config::default()
     };
     let server = private_rooms::start(cfg);
-    let token = corecast::auth::mint(b"k", "alice", corecast::auth::now_unix() + 60);
+    let token = corecast::app::auth::mint(b"k", "alice", corecast::app::auth::now_unix() + 60);
     let url = format!(
         "ws://{}/socket/websocket?vsn=2.0.0&token={token}",
         server.local_addr()

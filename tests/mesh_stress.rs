@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corecast::mesh::{self, Bus, Envelope, Limits};
+use corecast::runtime::mesh::{self, Bus, Envelope, Limits};
 use glommio::{LocalExecutorBuilder, Placement};
 
 const CORES: usize = 4;

@@ -375,7 +375,7 @@ fn tokens_living_longer_than_token_max_age_are_refused_and_not_minted() {
     let strict = start("auth_secret = \"s3cret\"\nrequire_token = true\n");
     let query = |t: &str| format!("&token={t}");
     // A token that never expires: refused by default however well it is signed.
-    let forever = corecast::auth::mint(b"s3cret", "alice", u64::MAX);
+    let forever = corecast::app::auth::mint(b"s3cret", "alice", u64::MAX);
     assert_eq!(upgrade_status(&strict, &query(&forever), None).0, 403);
     // The longest lifetime the default allows is minted and accepted.
     let (ok, token, _) = mint_cli(&["--ttl-secs", &day.to_string()]);

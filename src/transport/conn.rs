@@ -1,8 +1,8 @@
 //! One connection's state machine: HTTP request -> (upgrade) WebSocket -> closing -> done.
 //!
 //! A connection is one glommio task that owns its socket (a non-blocking `std::net::TcpStream`)
-//! and its protocol state; the core's slot ([`crate::shard::Slot`]) holds the outbound queue, the
-//! waker and the readiness bits the core's [`crate::reactor`] sets. The task is a hand-written
+//! and its protocol state; the core's slot ([`crate::runtime::shard::Slot`]) holds the outbound queue, the
+//! waker and the readiness bits the core's [`crate::runtime::reactor`] sets. The task is a hand-written
 //! `poll` so that a read borrows the core's scratch buffer only for the duration of one
 //! non-blocking `recv` and the parse that follows: nothing is held across a wait, so an idle
 //! connection holds no read buffer.
@@ -17,16 +17,16 @@ use std::task::{Context, Poll};
 
 use tracing::trace;
 
-use crate::auth;
-use crate::channel::{Ctx, Session};
-use crate::handler::ConnectInfo;
+use crate::app::auth;
+use crate::app::handler::ConnectInfo;
 use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
 use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode};
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::proto::phoenix::Frame;
-use crate::reactor::ready;
-use crate::shard::{Shard, Slot, Stats, WRITE_COALESCE, signal};
-use crate::wheel::TICK;
+use crate::pubsub::session::{Ctx, Session};
+use crate::runtime::reactor::ready;
+use crate::runtime::shard::{Shard, Slot, Stats, WRITE_COALESCE, signal};
+use crate::runtime::wheel::TICK;
 
 /// Frames at least this big are written straight from their buffer instead of being coalesced.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -405,7 +405,7 @@ impl Conn {
             let rest = buf.split_off(pending.end()); // the next request's bytes, if any
             let body = &buf[pending.req.head_len..];
             let a = match pending.api {
-                Api::Broadcast => crate::api::broadcast(&self.shard, body, pending.format),
+                Api::Broadcast => crate::http::api::broadcast(&self.shard, body, pending.format),
             };
             let keep = http::keep_alive(&pending.req, &self.shard.cfg, true);
             let head_only = pending.req.method == "HEAD";
@@ -434,7 +434,7 @@ impl Conn {
                 let body = format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#);
                 (Answer::json(200, &body), &[][..])
             }
-            Plan::Metrics => (crate::api::metrics(&self.shard), &[][..]),
+            Plan::Metrics => (crate::http::api::metrics(&self.shard), &[][..]),
             Plan::Phoenix => {
                 if buf.len() > req.head_len && self.shard.reads_held() {
                     // Frames sent right behind an upgrade would be handled before the socket's

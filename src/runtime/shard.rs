@@ -1,7 +1,7 @@
 //! One core's world: its listener, its connection slots, its timer wheel, its scratch buffers.
 //!
 //! Everything here is owned by one glommio executor pinned to one CPU: `Rc`/`RefCell`, no locks.
-//! A connection's socket and protocol state live in its own task ([`crate::conn`]); the shard
+//! A connection's socket and protocol state live in its own task ([`crate::transport::conn`]); the shard
 //! keeps only what other parts of the core must reach: the outbound queue, the waker, the deadline.
 
 use std::cell::{Cell, OnceCell, RefCell};
@@ -15,13 +15,13 @@ use std::time::Instant;
 use slab::Slab;
 use tracing::{debug, info, warn};
 
+use crate::app::handler::Handler;
 use crate::config::Config;
-use crate::handler::Handler;
-use crate::mesh::{self, Bus, Envelope};
 use crate::proto::frame::{self, OpCode};
-use crate::reactor::{self, Reactor, ready};
-use crate::topics::Topics;
-use crate::wheel::{Entry, TICK, Wheel};
+use crate::pubsub::topics::Topics;
+use crate::runtime::mesh::{self, Bus, Envelope};
+use crate::runtime::reactor::{self, Reactor, ready};
+use crate::runtime::wheel::{Entry, TICK, Wheel};
 
 /// Size of the per-core read scratch buffer every connection reads into.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -217,7 +217,7 @@ impl Shard {
             stats: shared.stats[id].clone(),
             shared,
             slots: RefCell::new(Slab::new()),
-            wheel: RefCell::new(Wheel::new(crate::wheel::DEFAULT_BUCKETS)),
+            wheel: RefCell::new(Wheel::new(crate::runtime::wheel::DEFAULT_BUCKETS)),
             topics: RefCell::new(Topics::new()),
             bus: RefCell::new(None),
             parked: RefCell::new(Vec::new()),
@@ -536,11 +536,11 @@ impl Shard {
         let partial_peak = self.partial_peak.get();
         if peak - now >= 1000 && now <= peak / 2 {
             self.slots.borrow_mut().shrink_to_fit();
-            crate::sys::release_free_memory();
+            crate::runtime::sys::release_free_memory();
             self.peak_connections.set(now);
             self.partial_peak.set(partial);
         } else if partial_peak - partial >= 8 << 20 && partial <= partial_peak / 2 {
-            crate::sys::release_free_memory();
+            crate::runtime::sys::release_free_memory();
             self.partial_peak.set(partial);
             self.peak_connections.set(peak);
         } else {
@@ -695,7 +695,7 @@ mod tests {
     fn a_mesh_hold_parks_connections_refuses_the_api_and_wakes_them_when_drained() {
         let shared = Arc::new(Shared {
             cfg: Arc::new(Config::default()),
-            handler: Arc::new(crate::handler::DefaultHandler),
+            handler: Arc::new(crate::app::handler::DefaultHandler),
             stats: (0..2).map(|_| Arc::new(Stats::default())).collect(),
             started: Instant::now(),
         });
@@ -739,7 +739,7 @@ mod tests {
     async fn holds_and_wakes(shard: &Rc<Shard>, release: &AtomicBool) {
         let api = |shard: &Shard| {
             let body = br#"{"topic":"t","event":"e","payload":{}}"#;
-            crate::api::broadcast(shard, body, crate::http::Format::Json)
+            crate::http::api::broadcast(shard, body, crate::http::Format::Json)
         };
         let (key, generation) = shard.open_slot();
         let woken = Arc::new(CountingWaker(AtomicU64::new(0)));
@@ -784,7 +784,13 @@ mod tests {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         let (ckey, cgen) = shard.open_slot();
-        glommio::spawn_local(crate::conn::serve(shard.clone(), server, ckey, cgen)).detach();
+        glommio::spawn_local(crate::transport::conn::serve(
+            shard.clone(),
+            server,
+            ckey,
+            cgen,
+        ))
+        .detach();
         while shard.slots.borrow()[ckey].io & ready::PARKED == 0 {
             wait("the connection never parked");
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::auth::Claims;
+use crate::app::auth::Claims;
 use crate::proto::phoenix::Payload;
 
 /// What a socket presented when it connected.

@@ -30,10 +30,10 @@ use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
 
-use crate::shard::{Shard, Stats};
-use crate::sys::{Completion, Ring};
+use crate::runtime::shard::{Shard, Stats};
+use crate::runtime::sys::{Completion, Ring};
 
-/// Readiness bits kept in [`crate::shard::Slot::io`].
+/// Readiness bits kept in [`crate::runtime::shard::Slot::io`].
 pub mod ready {
     /// Input (or EOF, or an error) may be waiting: `recv` until `WouldBlock`.
     pub const READABLE: u8 = 1;
@@ -110,7 +110,7 @@ impl Reactor {
     /// bigger burst costs time, never messages) and its bell thread, for core `core`.
     pub fn new(core: usize, cq_entries: u32) -> std::io::Result<Reactor> {
         let ring = Ring::new(SQ_ENTRIES.min(cq_entries), cq_entries)?;
-        let eventfd = crate::sys::eventfd()?;
+        let eventfd = crate::runtime::sys::eventfd()?;
         ring.register_eventfd(&eventfd)?;
         let bell = Arc::new(Bell {
             eventfd,
@@ -394,7 +394,13 @@ fn accept_round(shard: &Rc<Shard>, io: &Reactor) {
     // Polls must reach the kernel before any of these sockets can be closed.
     let _ = io.ring.borrow_mut().submit();
     for (stream, key, generation) in accepted {
-        glommio::spawn_local(crate::conn::serve(shard.clone(), stream, key, generation)).detach();
+        glommio::spawn_local(crate::transport::conn::serve(
+            shard.clone(),
+            stream,
+            key,
+            generation,
+        ))
+        .detach();
     }
 }
 

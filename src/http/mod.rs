@@ -15,13 +15,15 @@
 //!   `api_origins` (no web page can publish by default); then, with `api_key`, the bearer key
 //!   from any address; without it, loopback peers only. Bodies must be `application/json`.
 
+pub mod api;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::proto::handshake::{self, Request};
-use crate::shard::Stats;
+use crate::runtime::shard::Stats;
 
 /// An HTTP answer for the connection to send.
 pub struct Answer {

@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::channel::{Refused, publish};
 use crate::http::{Answer, Format};
 use crate::proto::phoenix::{Payload, is_reserved_event};
-use crate::shard::{CLOSE_CODES, Shard, Stats};
-use crate::sys;
+use crate::pubsub::session::{Refused, publish};
+use crate::runtime::shard::{CLOSE_CODES, Shard, Stats};
+use crate::runtime::sys;
 
 /// One publication of a `POST /api/broadcast` body.
 #[derive(Deserialize)]

@@ -20,14 +20,14 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::handler::{InReply, Socket, Terminate};
+use crate::app::handler::{InReply, Socket, Terminate};
 use crate::proto::frame::OpCode;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, Payload, STATUS_ERROR,
     STATUS_OK, TOPIC_PHOENIX, binary, is_reserved_event, json,
 };
-use crate::shard::{Shard, Stats};
-use crate::topics::{Sub, Subscription};
+use crate::pubsub::topics::{Sub, Subscription};
+use crate::runtime::shard::{Shard, Stats};
 
 /// One joined channel: its place in the core's topic table and its join ref.
 struct Joined {

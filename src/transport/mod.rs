@@ -1,0 +1,3 @@
+//! The TCP connection task: the HTTP phase, the WebSocket phase, closing.
+
+pub mod conn;
