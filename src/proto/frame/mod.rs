@@ -10,7 +10,8 @@
 //! - `encode`: [`encode_frame`], [`frame_header`], [`encode_close`], [`encode_masked`].
 //! - `mask`: [`apply_mask`].
 //! - `utf8`: the incremental UTF-8 validator for text split across frames.
-//! - [`close`]: close codes a peer may send ([`is_valid_close_code`]), Close frame bodies,
+//! - [`close`]: the one list of close codes corecast sends ([`close::code`], [`close::SENT`]),
+//!   those a peer may send ([`is_valid_close_code`]), Close frame bodies,
 //!   [`FrameError::close_code`].
 
 pub mod close;
@@ -117,20 +118,23 @@ pub enum Message<'a> {
     Fragment,
 }
 
-/// Why decoding failed. Each variant names the close code the caller should send.
+/// Why decoding failed. Each variant names the close code the caller should send, which
+/// [`FrameError::close_code`] returns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// The peer broke RFC 6455: close with 1002.
+    /// The peer broke RFC 6455: close with 1002 ([`close::code::PROTOCOL`]).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
-    /// A text message or close reason is not UTF-8: close with 1007.
+    /// A text message or close reason is not UTF-8: close with 1007
+    /// ([`close::code::INVALID_DATA`]).
     #[error("invalid UTF-8 in text message")]
     InvalidUtf8,
-    /// A frame or message exceeds [`Limits`]: close with 1009.
+    /// A frame or message exceeds [`Limits`]: close with 1009 ([`close::code::TOO_BIG`]).
     #[error("frame or message too big")]
     TooBig,
     /// Holding the rest of this frame or message would pass [`Limits::max_buffered`]: close
-    /// with 1013 (try again later; it is the server's budget, not a fault of this frame).
+    /// with 1013 ([`close::code::TRY_AGAIN_LATER`]; it is the server's budget, not a fault of
+    /// this frame).
     #[error("partial message over the buffer budget")]
     OverBudget,
 }
