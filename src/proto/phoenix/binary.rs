@@ -35,8 +35,9 @@ pub const MAX_FIELD_LEN: usize = 255;
 /// Why a binary frame is not a message we accept.
 ///
 /// Phoenix replies to none of these: its decoder has no clause for them, the socket process
-/// exits and the connection drops. The caller closes the connection (1008, or 1007 for
-/// [`DecodeError::NotUtf8`]).
+/// exits and the connection drops. The caller closes the connection with 1003
+/// ([`code::UNSUPPORTED`](crate::proto::frame::close::code::UNSUPPORTED)), whichever the
+/// variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The frame has no bytes at all. Close the connection.
@@ -56,7 +57,7 @@ pub enum DecodeError {
         len: usize,
     },
     /// A header string is not UTF-8. (Phoenix would accept any bytes here; topics and
-    /// events are text to us.) Close the connection, with 1007.
+    /// events are text to us.) Close the connection, with 1003 like the others.
     #[error("{0} is not valid UTF-8")]
     NotUtf8(Field),
 }

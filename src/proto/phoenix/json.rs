@@ -18,8 +18,9 @@ use super::message::{EVENT_REPLY, Field, Message, Payload};
 /// Why a text frame is not a Phoenix V2 message.
 ///
 /// Phoenix itself answers none of these with a reply: its decoder raises, the socket process
-/// exits and the connection drops. The caller closes the connection (1007 or 1008); there is
-/// no trustworthy topic or ref to address a `phx_reply` to.
+/// exits and the connection drops. The caller closes the connection with 1007
+/// ([`code::INVALID_DATA`](crate::proto::frame::close::code::INVALID_DATA)); there is no
+/// trustworthy topic or ref to address a `phx_reply` to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Not JSON at all: bad syntax, early end, trailing bytes, an invalid escape or a lone

@@ -45,7 +45,9 @@
 //! # Errors
 //!
 //! Phoenix never replies to a frame it cannot decode: the socket process raises and the
-//! connection drops. Every [`DecodeError`] therefore means "close the connection".
+//! connection drops. Every [`DecodeError`] therefore means "close the connection": with 1007
+//! for a text frame, 1003 for a binary one, 1008 for a ref that is too long (see the variants;
+//! the codes are [`crate::proto::frame::close::code`]).
 
 use thiserror::Error;
 
@@ -71,14 +73,23 @@ pub enum Frame<'a> {
 /// Why a client's frame is not a Phoenix message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
-    /// A bad text frame. Close the connection (1007 or 1008), as Phoenix drops it.
+    /// A bad text frame. Close the connection with 1007 ([`code::INVALID_DATA`]), as Phoenix
+    /// drops it.
+    ///
+    /// [`code::INVALID_DATA`]: crate::proto::frame::close::code::INVALID_DATA
     #[error(transparent)]
     Json(#[from] json::DecodeError),
-    /// A bad binary frame. Close the connection (1007 for bad UTF-8, else 1008).
+    /// A bad binary frame, a header string that is not UTF-8 included. Close the connection
+    /// with 1003 ([`code::UNSUPPORTED`]).
+    ///
+    /// [`code::UNSUPPORTED`]: crate::proto::frame::close::code::UNSUPPORTED
     #[error(transparent)]
     Binary(#[from] binary::DecodeError),
-    /// A `join_ref` or `ref` longer than [`MAX_REF_LEN`]. Close the connection (1008): a reply
-    /// cannot echo it, and a join ref is kept for the channel's lifetime.
+    /// A `join_ref` or `ref` longer than [`MAX_REF_LEN`], in a text or a binary frame. Close the
+    /// connection with 1008 ([`code::POLICY`]): a reply cannot echo it, and a join ref is kept
+    /// for the channel's lifetime.
+    ///
+    /// [`code::POLICY`]: crate::proto::frame::close::code::POLICY
     #[error("{field} longer than {MAX_REF_LEN} bytes")]
     RefTooLong {
         /// The offending ref.
