@@ -2,6 +2,7 @@
 //! all on request with a bounded drain.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,8 +11,11 @@ use tracing::info;
 
 use crate::app::handler::{DefaultHandler, Handler};
 use crate::config::Config;
+use crate::pubsub::hub::{self, Hub};
+use crate::runtime::reactor::Accept;
 use crate::runtime::shard::{Shard, Shared, Stats};
 use crate::runtime::sys;
+use crate::transport::conn;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +87,10 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             cfg: Arc::new(cfg),
-            handler,
             stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
             started: std::time::Instant::now(),
         });
+        let channels = Arc::new(hub::Shared::new(handler, cores));
         let limits = crate::runtime::mesh::Limits {
             envelopes: shared.cfg.mesh_outbox,
             bytes: shared.cfg.mesh_outbox_bytes,
@@ -100,7 +104,7 @@ impl Server {
         for (core, socket) in sockets.into_iter().enumerate() {
             // More cores than CPUs is allowed (e.g. tests); they share CPUs round-robin.
             let cpu = cpus[core % cpus.len()];
-            let shared = shared.clone();
+            let (shared, channels) = (shared.clone(), channels.clone());
             let mesh = mesh.clone();
             let flag = shutdown.clone();
             let ready = ready_tx.clone();
@@ -108,9 +112,27 @@ impl Server {
                 .name(&format!("corecast-{core}"))
                 .spawn(move || async move {
                     let listener = std::net::TcpListener::from(socket);
-                    Shard::new(core, shared)
-                        .run(listener, mesh, flag, ready)
+                    let shard = Shard::new(core, shared);
+                    let hub = Hub::new(shard.clone(), channels);
+                    // The wiring of one core: envelopes from other cores go to the hub's
+                    // delivery, accepted sockets to connection tasks. Weak: the shard owns
+                    // these callbacks and the hub owns the shard.
+                    let (h1, h2) = (Rc::downgrade(&hub), Rc::downgrade(&hub));
+                    let deliver = move |env| {
+                        if let Some(hub) = h1.upgrade() {
+                            hub.deliver_envelope(env);
+                        }
+                    };
+                    let accept: Accept = Box::new(move |stream, key, generation| {
+                        if let Some(hub) = h2.upgrade() {
+                            glommio::spawn_local(conn::serve(hub, stream, key, generation))
+                                .detach();
+                        }
+                    });
+                    shard
+                        .run(listener, mesh, deliver, accept, flag, ready)
                         .await;
+                    drop(hub);
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -190,5 +212,191 @@ impl Server {
         } else {
             Err(failed.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The mesh hold across the layers: a core over its outbox mark parks its sockets, answers
+    //! the API 503, and wakes them when the peer has drained it.
+
+    use std::sync::atomic::AtomicU64;
+    use std::task::Waker;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::proto::frame::{self, OpCode};
+    use crate::proto::phoenix::Payload;
+    use crate::pubsub::publication::Publication;
+    use crate::runtime::mesh;
+    use crate::runtime::reactor::ready;
+
+    /// Counts its wakes.
+    struct CountingWaker(AtomicU64);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_mesh_hold_parks_connections_refuses_the_api_and_wakes_them_when_drained() {
+        let shared = Arc::new(Shared {
+            cfg: Arc::new(Config::default()),
+            stats: (0..2).map(|_| Arc::new(Stats::default())).collect(),
+            started: Instant::now(),
+        });
+        let channels = Arc::new(hub::Shared::new(Arc::new(DefaultHandler), 2));
+        let limits = mesh::Limits {
+            envelopes: 65_536,
+            bytes: 1 << 20,
+        };
+        let m = mesh::mesh(2, limits);
+        // `release`: the peer core blocks (takes nothing off its ring) until it is set.
+        let (release, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let handles: Vec<_> = (0..2)
+            .map(|core| {
+                let (shared, channels, m) = (shared.clone(), channels.clone(), m.clone());
+                let (release, done) = (release.clone(), done.clone());
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                    .spawn(move || async move {
+                        let shard = Shard::new(core, shared);
+                        let hub = Hub::new(shard.clone(), channels);
+                        let h = Rc::downgrade(&hub);
+                        let deliver = move |env| {
+                            if let Some(hub) = h.upgrade() {
+                                hub.deliver_envelope(env);
+                            }
+                        };
+                        shard.join_mesh(m, deliver).await;
+                        if shard.mesh_peer_id() == Some(0) {
+                            holds_and_wakes(&hub, &release).await;
+                            done.store(true, Ordering::SeqCst);
+                        }
+                        while !release.load(Ordering::SeqCst) {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        while !done.load(Ordering::SeqCst) {
+                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    async fn holds_and_wakes(hub: &Rc<Hub>, release: &AtomicBool) {
+        let shard = &hub.shard;
+        let api = |hub: &Hub| {
+            let body = br#"{"topic":"t","event":"e","payload":{}}"#;
+            crate::http::api::broadcast(hub, body, crate::http::Format::Json)
+        };
+        let (key, generation) = shard.open_slot();
+        let woken = Arc::new(CountingWaker(AtomicU64::new(0)));
+        shard.slots.borrow_mut()[key].waker = Some(Waker::from(woken.clone()));
+        // Past half of the 1 MiB bound.
+        assert!(!shard.reads_held());
+        let big = format!(r#"{{"x":"{}"}}"#, "x".repeat(300_000));
+        for _ in 0..2 {
+            hub.publish(Publication::new("t", "e", Payload::Json(&big)).unwrap());
+        }
+        assert!(shard.reads_held(), "over the high mark: hold");
+        let busy = api(hub);
+        assert_eq!(busy.status, 503);
+        assert_eq!(busy.headers, &[("Retry-After", "1")]);
+        shard.park(key);
+        shard.park(key); // polled again while parked: listed once
+        assert_eq!(shard.parked(), vec![(key as u32, generation)]);
+        assert_eq!(shard.stats.mesh_parked.load(Ordering::SeqCst), 1);
+        // A real connection whose upgrade request comes with frames behind it (a join and a
+        // push): the request waits whole, nothing is answered or published during the hold.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut out =
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec();
+        for msg in [
+            r#"["1","1","room:1","phx_join",{}]"#,
+            r#"["1","2","room:1","new_msg",{}]"#,
+        ] {
+            frame::encode_masked(&mut out, OpCode::Text, true, msg.as_bytes(), [1, 2, 3, 4]);
+        }
+        std::io::Write::write_all(&mut client, &out).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let wait = |what: &str| assert!(Instant::now() < deadline, "{what}");
+        // There is no reactor here to say when the bytes arrive: let them arrive first.
+        let mut peeked = vec![0u8; out.len()];
+        while server.peek(&mut peeked).map_or(true, |n| n < out.len()) {
+            wait("the request never arrived");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (ckey, cgen) = shard.open_slot();
+        glommio::spawn_local(crate::transport::conn::serve(
+            hub.clone(),
+            server,
+            ckey,
+            cgen,
+        ))
+        .detach();
+        while shard.slots.borrow()[ckey].io & ready::PARKED == 0 {
+            wait("the connection never parked");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        client.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut read = |got: &mut Vec<u8>| {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut client, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        read(&mut got);
+        assert!(got.is_empty(), "answered during the hold");
+        let broadcasts = hub.counters.broadcasts.load(Ordering::SeqCst);
+        assert!(
+            shard.reads_held(),
+            "the envelopes are on the ring: still held"
+        );
+        release.store(true, Ordering::SeqCst);
+        // The peer takes the envelopes; the hold ends and wakes the parked connections.
+        while shard.reads_held() {
+            wait("the hold never ended");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken once");
+        assert_eq!(shard.slots.borrow()[key].io & ready::PARKED, 0);
+        assert!(shard.parked().is_empty());
+        // The connection was woken too: upgraded, joined, pushed.
+        let text = loop {
+            read(&mut got);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if text.matches("phx_reply").count() == 2 {
+                break text;
+            }
+            wait("no replies");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert_eq!(text.matches(r#""status":"ok""#).count(), 2, "{text}");
+        assert_eq!(
+            hub.counters.broadcasts.load(Ordering::SeqCst),
+            broadcasts + 1
+        );
+        assert_eq!(api(hub).status, 202, "accepted again");
+        shard.publish_mesh_stats();
+        assert_eq!(shard.stats.mesh_pauses.load(Ordering::SeqCst), 1);
+        assert_eq!(shard.stats.mesh_dropped.load(Ordering::SeqCst), 0);
+        shard.close_slot(key);
     }
 }

@@ -18,7 +18,9 @@ use crate::app::handler::DefaultHandler;
 use crate::config::Config;
 use crate::proto::frame::Decoder;
 use crate::proto::phoenix::{Frame, Payload};
-use crate::pubsub::session::{Ctx, Session, broadcast_frame};
+use crate::pubsub::hub::{self, Hub};
+use crate::pubsub::publication::Publication;
+use crate::pubsub::session::{Ctx, Session};
 use crate::runtime::shard::{Shard, Shared, Stats};
 
 /// What a virtual connection holds besides its slot: the same state an open socket's task holds.
@@ -59,10 +61,10 @@ pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
     };
     let shared = Arc::new(Shared {
         cfg: Arc::new(cfg),
-        handler: Arc::new(DefaultHandler),
         stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
         started: Instant::now(),
     });
+    let channels = Arc::new(hub::Shared::new(Arc::new(DefaultHandler), cores));
     let rss0 = crate::runtime::sys::rss_bytes().unwrap_or(0);
     let setup = Instant::now();
     // Phase 1 on every core: build, then report; phase 2 waits for the go signal so the fan-out
@@ -70,10 +72,10 @@ pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
     let barrier = Arc::new(std::sync::Barrier::new(cores + 1));
     let handles: Vec<_> = (0..cores)
         .map(|core| {
-            let shared = shared.clone();
+            let (shared, channels) = (shared.clone(), channels.clone());
             let barrier = barrier.clone();
             let n = connections / cores + usize::from(core < connections % cores);
-            std::thread::spawn(move || core_sim(core, n, topics, shared, &barrier))
+            std::thread::spawn(move || core_sim(core, n, topics, shared, channels, &barrier))
         })
         .collect();
     barrier.wait(); // everybody joined
@@ -113,9 +115,11 @@ fn core_sim(
     n: usize,
     topics: usize,
     shared: Arc<Shared>,
+    channels: Arc<hub::Shared>,
     barrier: &std::sync::Barrier,
 ) -> (u64, usize) {
     let shard = Shard::new(core, shared);
+    let hub = Hub::new(shard.clone(), channels);
     let mut conns = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     for i in 0..n {
@@ -126,7 +130,7 @@ fn core_sim(
         };
         let join = format!(r#"["{i}","{i}","room:{}","phx_join",{{}}]"#, i % topics);
         let ctx = Ctx {
-            shard: &shard,
+            hub: &hub,
             key,
             generation,
         };
@@ -138,15 +142,18 @@ fn core_sim(
     barrier.wait(); // joined
     barrier.wait(); // go
     let payload = r#"{"body":"hello everybody","at":1700000000000}"#;
-    let frame = broadcast_frame(&shard, "room:0", "new_msg", Payload::Json(payload));
-    let frame_len = frame.as_ref().map_or(0, |f| f.len());
-    if let Some(frame) = frame {
-        shard.fanout_local("room:0", &frame);
+    // Every core delivers the same publication, as each does when the mesh brings it: encoded
+    // once per core, queued on each of its subscribers.
+    if let Ok(p) = Publication::new("room:0", "new_msg", Payload::Json(payload)) {
+        hub.deliver(&p);
     }
     barrier.wait(); // queued
-    let mut delivered = 0u64;
+    let (mut delivered, mut frame_len) = (0u64, 0);
     for &key in &keys {
-        shard.drain_queue(key, |_| delivered += 1);
+        shard.drain_queue(key, |f| {
+            delivered += 1;
+            frame_len = f.len();
+        });
     }
     barrier.wait(); // drained
     debug_assert!(conns.iter().all(|c| c.decoder.is_idle()));

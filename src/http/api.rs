@@ -7,22 +7,19 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::http::{Answer, Format};
-use crate::proto::phoenix::{Payload, is_reserved_event};
-use crate::pubsub::session::{Refused, publish};
-use crate::runtime::shard::{CLOSE_CODES, Shard, Stats};
-use crate::runtime::sys;
+use crate::proto::phoenix::Payload;
+use crate::pubsub::hub::Hub;
+use crate::pubsub::publication::{Publication, Refused};
 
 /// One publication of a `POST /api/broadcast` body.
 #[derive(Deserialize)]
-struct Publication<'a> {
+struct Item<'a> {
     #[serde(borrow)]
     topic: Cow<'a, str>,
     #[serde(borrow)]
@@ -74,25 +71,27 @@ impl BadBody {
 /// a batch: a JSON array of them, or NDJSON, one per line. Every publication is checked before
 /// any is published (a bad one refuses the whole body: 400 with its index and the reason; more
 /// than `max_broadcast_batch`: 413), then all are published in their order, through
-/// [`publish`]. Answered once: 202 `{"ok":true,"published":N}`.
-pub fn broadcast(shard: &Shard, body: &[u8], format: Format) -> Answer {
-    let cfg = &shard.cfg;
+/// [`Hub::publish`]. Answered once: 202 `{"ok":true,"published":N}`.
+pub fn broadcast(hub: &Hub, body: &[u8], format: Format) -> Answer {
+    let cfg = &hub.shard.cfg;
     let parsed = match format {
         Format::Json => parse_json(body, cfg.max_broadcast_batch),
         Format::NdJson => parse_ndjson(body, cfg.max_broadcast_batch),
     };
-    let publications = match parsed {
+    let items = match parsed {
         Ok(p) => p,
         Err(bad) => return bad.answer(),
     };
     let batch = format == Format::NdJson || starts_array(body);
     let at = |bad: BadBody, i: usize| if batch { bad.at(i) } else { bad };
-    for (i, p) in publications.iter().enumerate() {
-        if let Err(why) = check(shard, p) {
-            return at(BadBody::new(400, why), i).answer();
+    let mut publications = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match check(hub, item) {
+            Ok(p) => publications.push(p),
+            Err(why) => return at(BadBody::new(400, why), i).answer(),
         }
     }
-    if shard.reads_held() {
+    if hub.shard.reads_held() {
         // This core's cross-core outboxes are over their mark: push back on the caller (it
         // retries) instead of queueing more for the other cores, where they could be dropped.
         return Answer {
@@ -103,39 +102,28 @@ pub fn broadcast(shard: &Shard, body: &[u8], format: Format) -> Answer {
             )
         };
     }
-    for (i, p) in publications.iter().enumerate() {
-        let payload = Payload::Json(p.payload.get());
-        if let Err(why) = publish(shard, &p.topic, &p.event, payload) {
-            // Not reached: `check` refuses what `publish` would (kept as a guard).
-            let reason = format!("{}; the {i} before it were published", why.reason());
-            return at(BadBody::new(500, reason), i).answer();
-        }
-    }
     let published = publications.len();
+    for p in publications {
+        hub.publish(p);
+    }
     Answer::json(202, &format!(r#"{{"ok":true,"published":{published}}}"#))
 }
 
-/// What [`publish`] would refuse, and what the API refuses on top (empty or over-long names),
-/// so that a batch is refused before any of it is published. Counted like [`publish`] counts.
-fn check(shard: &Shard, p: &Publication<'_>) -> Result<(), &'static str> {
+/// The publication an item asks for, checked by [`Hub::check`] (what no broadcast may carry,
+/// counted) and for what the API refuses on top (empty or over-long names), so that a batch is
+/// refused before any of it is published.
+fn check(hub: &Hub, p: &Item<'_>) -> Result<Publication, &'static str> {
     if p.topic.is_empty() {
         return Err("empty topic");
     }
-    if p.topic.len() > shard.cfg.max_topic_len {
+    if p.topic.len() > hub.shard.cfg.max_topic_len {
         return Err("topic longer than max_topic_len");
     }
     if p.event.is_empty() {
         return Err("empty event");
     }
-    if is_reserved_event(&p.event) {
-        Stats::bump(&shard.stats.refused_events);
-        return Err(Refused::ReservedEvent.reason());
-    }
-    if !Payload::Json(p.payload.get()).is_relayable() {
-        Stats::bump(&shard.stats.refused_payloads);
-        return Err(Refused::NotAnObject.reason());
-    }
-    Ok(())
+    hub.check(&p.topic, &p.event, Payload::Json(p.payload.get()))
+        .map_err(Refused::reason)
 }
 
 fn starts_array(body: &[u8]) -> bool {
@@ -143,7 +131,7 @@ fn starts_array(body: &[u8]) -> bool {
 }
 
 /// An `application/json` body: one publication, or a JSON array of at most `max` of them.
-fn parse_json(body: &[u8], max: usize) -> Result<Vec<Publication<'_>>, BadBody> {
+fn parse_json(body: &[u8], max: usize) -> Result<Vec<Item<'_>>, BadBody> {
     let bad = |e: serde_json::Error| BadBody::new(400, format!("bad request body: {e}"));
     if !starts_array(body) {
         return serde_json::from_slice(body).map(|p| vec![p]).map_err(bad);
@@ -165,7 +153,7 @@ fn parse_json(body: &[u8], max: usize) -> Result<Vec<Publication<'_>>, BadBody> 
 
 /// An `application/x-ndjson` body: one publication per line (`\n` or `\r\n`), blank lines
 /// ignored, at most `max` of them.
-fn parse_ndjson(body: &[u8], max: usize) -> Result<Vec<Publication<'_>>, BadBody> {
+fn parse_ndjson(body: &[u8], max: usize) -> Result<Vec<Item<'_>>, BadBody> {
     let lines = body
         .split(|&b| b == b'\n')
         .enumerate()
@@ -203,7 +191,7 @@ struct Batch<'c> {
 }
 
 impl<'de> DeserializeSeed<'de> for Batch<'_> {
-    type Value = Vec<Publication<'de>>;
+    type Value = Vec<Item<'de>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
@@ -211,7 +199,7 @@ impl<'de> DeserializeSeed<'de> for Batch<'_> {
 }
 
 impl<'de> Visitor<'de> for Batch<'_> {
-    type Value = Vec<Publication<'de>>;
+    type Value = Vec<Item<'de>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an array of publications")
@@ -233,263 +221,11 @@ impl<'de> Visitor<'de> for Batch<'_> {
     }
 }
 
-type Getter = fn(&Stats) -> &AtomicU64;
-
-const SERIES: &[(&str, &str, &str, Getter)] = &[
-    (
-        "corecast_connections",
-        "gauge",
-        "Open TCP connections, any phase.",
-        |s| &s.connections,
-    ),
-    (
-        "corecast_websockets",
-        "gauge",
-        "Open WebSocket connections.",
-        |s| &s.websockets,
-    ),
-    ("corecast_channels", "gauge", "Joined channels.", |s| {
-        &s.channels
-    }),
-    (
-        "corecast_accepted_total",
-        "counter",
-        "Accepted TCP connections.",
-        |s| &s.accepted,
-    ),
-    (
-        "corecast_upgrades_total",
-        "counter",
-        "Completed WebSocket upgrades.",
-        |s| &s.upgraded,
-    ),
-    (
-        "corecast_http_requests_total",
-        "counter",
-        "HTTP requests parsed.",
-        |s| &s.http_requests,
-    ),
-    (
-        "corecast_http_body_bytes",
-        "gauge",
-        "Request-body bytes reserved (being read or handled), of max_body_bytes_in_flight.",
-        |s| &s.http_body_bytes,
-    ),
-    (
-        "corecast_http_body_busy_total",
-        "counter",
-        "Requests answered 503: their body would pass max_body_bytes_in_flight.",
-        |s| &s.http_body_busy,
-    ),
-    (
-        "corecast_accept_errors_total",
-        "counter",
-        "Failed accepts (e.g. EMFILE).",
-        |s| &s.accept_errors,
-    ),
-    (
-        "corecast_poll_rearms_total",
-        "counter",
-        "Socket polls the kernel ended (a readiness burst past ring_entries) and re-armed.",
-        |s| &s.poll_rearms,
-    ),
-    (
-        "corecast_handshake_timeouts_total",
-        "counter",
-        "Connections dropped at the handshake timeout.",
-        |s| &s.handshake_timeouts,
-    ),
-    (
-        "corecast_idle_timeouts_total",
-        "counter",
-        "Sockets closed for silence.",
-        |s| &s.idle_timeouts,
-    ),
-    (
-        "corecast_message_timeouts_total",
-        "counter",
-        "Sockets closed with 1008 for a message still incomplete at message_timeout_ms.",
-        |s| &s.message_timeouts,
-    ),
-    (
-        "corecast_partial_budget_closes_total",
-        "counter",
-        "Sockets closed with 1013 for a partial message over max_partial_bytes_per_core.",
-        |s| &s.partial_budget_closes,
-    ),
-    (
-        "corecast_partial_bytes",
-        "gauge",
-        "Bytes held for partial frames and fragmented messages.",
-        |s| &s.partial_bytes,
-    ),
-    (
-        "corecast_frames_in_total",
-        "counter",
-        "WebSocket frames received (every fragment and control frame).",
-        |s| &s.frames_in,
-    ),
-    (
-        "corecast_frames_out_total",
-        "counter",
-        "WebSocket frames queued for sending.",
-        |s| &s.frames_out,
-    ),
-    (
-        "corecast_bytes_out_total",
-        "counter",
-        "Bytes written to sockets.",
-        |s| &s.bytes_out,
-    ),
-    (
-        "corecast_joins_total",
-        "counter",
-        "Successful channel joins.",
-        |s| &s.joins,
-    ),
-    (
-        "corecast_join_errors_total",
-        "counter",
-        "Refused channel joins.",
-        |s| &s.join_errors,
-    ),
-    (
-        "corecast_broadcasts_total",
-        "counter",
-        "Broadcasts published from this core.",
-        |s| &s.broadcasts,
-    ),
-    (
-        "corecast_deliveries_total",
-        "counter",
-        "Broadcast frames queued on subscribers.",
-        |s| &s.deliveries,
-    ),
-    (
-        "corecast_slow_consumer_closes_total",
-        "counter",
-        "Sockets closed with 1013 for a full queue.",
-        |s| &s.slow_consumer_closes,
-    ),
-    (
-        "corecast_handler_panics_total",
-        "counter",
-        "Panics caught in channel handlers.",
-        |s| &s.handler_panics,
-    ),
-    (
-        "corecast_refused_events_total",
-        "counter",
-        "Client pushes and broadcasts refused for a reserved event (phx_*, presence_*).",
-        |s| &s.refused_events,
-    ),
-    (
-        "corecast_refused_payloads_total",
-        "counter",
-        "Broadcasts refused for a JSON payload that is not an object.",
-        |s| &s.refused_payloads,
-    ),
-    (
-        "corecast_mesh_sent_total",
-        "counter",
-        "Broadcasts put on rings to other cores.",
-        |s| &s.mesh_sent,
-    ),
-    (
-        "corecast_mesh_received_total",
-        "counter",
-        "Broadcasts received from other cores.",
-        |s| &s.mesh_received,
-    ),
-    (
-        "corecast_mesh_dropped_total",
-        "counter",
-        "Broadcasts dropped because a peer outbox was at its bound (mesh_outbox or mesh_outbox_bytes).",
-        |s| &s.mesh_dropped,
-    ),
-    (
-        "corecast_mesh_backlog",
-        "gauge",
-        "Broadcasts waiting in this core's outboxes.",
-        |s| &s.mesh_backlog,
-    ),
-    (
-        "corecast_mesh_backlog_bytes",
-        "gauge",
-        "Bytes of broadcasts this core queued for other cores, in outboxes or on rings.",
-        |s| &s.mesh_backlog_bytes,
-    ),
-    (
-        "corecast_mesh_pauses_total",
-        "counter",
-        "Times this core stopped reading its sockets because a peer outbox passed its high mark.",
-        |s| &s.mesh_pauses,
-    ),
-    (
-        "corecast_mesh_parked_total",
-        "counter",
-        "Connections parked (not read) until the outboxes drained, once per pause each.",
-        |s| &s.mesh_parked,
-    ),
-];
-
-/// `GET /metrics`: every core's counters in Prometheus text format.
-pub fn metrics(shard: &Shard) -> Answer {
-    let all = &shard.shared.stats;
-    let mut out = String::with_capacity(8192);
-    for (name, kind, help, get) in SERIES {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (core, s) in all.iter().enumerate() {
-            let v = get(s).load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {v}");
-        }
-    }
-    let name = "corecast_closes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Close frames sent, by code.\n# TYPE {name} counter"
-    );
-    for (core, s) in all.iter().enumerate() {
-        for (i, c) in s.closes.iter().enumerate() {
-            let code = CLOSE_CODES
-                .get(i)
-                .map_or("other".to_string(), u16::to_string);
-            let v = c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{core=\"{core}\",code=\"{code}\"}} {v}");
-        }
-    }
-    // Envelopes on the SPSC rings right now: sent by some core, not yet taken by the receiver.
-    let shared = &shard.shared;
-    let in_flight = shared
-        .total(|s| &s.mesh_sent)
-        .saturating_sub(shared.total(|s| &s.mesh_received));
-    let _ = writeln!(
-        out,
-        "# HELP corecast_mesh_in_flight Broadcasts on the cross-core rings (all cores, 100 ms resolution).\n# TYPE corecast_mesh_in_flight gauge\ncorecast_mesh_in_flight {in_flight}"
-    );
-    let rss = sys::rss_bytes().unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "# HELP corecast_rss_bytes Resident set size of the process.\n# TYPE corecast_rss_bytes gauge\ncorecast_rss_bytes {rss}"
-    );
-    let up = shard.shared.started.elapsed().as_secs_f64();
-    let _ = writeln!(
-        out,
-        "# HELP corecast_uptime_seconds Seconds since start.\n# TYPE corecast_uptime_seconds gauge\ncorecast_uptime_seconds {up:.1}"
-    );
-    Answer {
-        status: 200,
-        content_type: "text/plain; version=0.0.4",
-        body: out.into_bytes(),
-        headers: &[],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn topics(p: &[Publication<'_>]) -> Vec<String> {
+    fn topics(p: &[Item<'_>]) -> Vec<String> {
         p.iter().map(|p| p.topic.to_string()).collect()
     }
 

@@ -16,6 +16,7 @@
 //!   from any address; without it, loopback peers only. Bodies must be `application/json`.
 
 pub mod api;
+pub mod metrics;
 
 use std::net::IpAddr;
 use std::sync::Arc;

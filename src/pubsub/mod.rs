@@ -1,5 +1,9 @@
-//! Phoenix pub/sub on one core: channel sessions (join, leave, push), the topic table, and
-//! the one way into a broadcast.
+//! Phoenix pub/sub on one core: publications (the one checked way into a broadcast), the topic
+//! table, channel sessions (join, leave, push), the per-core hub that delivers publications and
+//! encodes them once per wire format.
 
+pub mod encode;
+pub mod hub;
+pub mod publication;
 pub mod session;
 pub mod topics;

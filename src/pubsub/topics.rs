@@ -2,18 +2,44 @@
 //!
 //! Each topic keeps its subscribers in a `Slab`, so joining and leaving are O(1) whatever the
 //! topic's size (a subscriber remembers its index), and a fan-out walks one dense array.
-//! A subscriber entry is 8 bytes: the connection's slab key and generation.
+//! A subscriber entry is 8 bytes: the connection's slab key, its wire format and generation.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use slab::Slab;
 
-/// A subscriber: a connection slot on this core.
+/// A subscriber: a connection slot on this core and the wire format it speaks, in 8 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sub {
-    pub key: u32,
+    /// Slab key (low 30 bits, as in the reactor's tags) and wire format (top 2 bits).
+    slot: u32,
     pub generation: u32,
+}
+
+const KEY_BITS: u32 = 30;
+const KEY_MASK: u32 = (1 << KEY_BITS) - 1;
+
+impl Sub {
+    /// Slot `key` (below 2^30: the reactor's tags hold 30 bits of key) of `generation`, speaking
+    /// wire format number `wire` (below 4).
+    pub fn new(key: usize, generation: u32, wire: u8) -> Sub {
+        debug_assert!(key as u32 <= KEY_MASK && wire < 4);
+        Sub {
+            slot: (key as u32 & KEY_MASK) | (u32::from(wire & 3) << KEY_BITS),
+            generation,
+        }
+    }
+
+    /// The slot's key.
+    pub fn key(self) -> usize {
+        (self.slot & KEY_MASK) as usize
+    }
+
+    /// The wire format number.
+    pub fn wire(self) -> u8 {
+        (self.slot >> KEY_BITS) as u8
+    }
 }
 
 /// Where a subscription sits, kept by the connection to leave in O(1).
@@ -85,11 +111,8 @@ impl Topics {
 mod tests {
     use super::*;
 
-    fn sub(k: u32) -> Sub {
-        Sub {
-            key: k,
-            generation: 1,
-        }
+    fn sub(k: usize) -> Sub {
+        Sub::new(k, 1, 0)
     }
 
     #[test]
@@ -100,7 +123,7 @@ mod tests {
         let c = t.subscribe("room:2", sub(1));
         assert!(Rc::ptr_eq(&a.topic, &b.topic), "one name per topic");
         let mut seen = Vec::new();
-        t.for_each_subscriber("room:1", |s| seen.push(s.key));
+        t.for_each_subscriber("room:1", |s| seen.push(s.key()));
         seen.sort();
         assert_eq!(seen, vec![1, 2]);
         t.unsubscribe(&a);
@@ -124,6 +147,14 @@ mod tests {
         assert_eq!(a.index, b.index);
         assert_eq!(t.subscriptions(), 2);
         let _ = keep;
+    }
+
+    #[test]
+    fn sub_packs_key_and_wire() {
+        let s = Sub::new((1 << 30) - 1, 7, 3);
+        assert_eq!((s.key(), s.generation, s.wire()), ((1 << 30) - 1, 7, 3));
+        let s = Sub::new(12, 1, 0);
+        assert_eq!((s.key(), s.wire()), (12, 0));
     }
 
     #[test]

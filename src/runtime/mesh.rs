@@ -1,7 +1,7 @@
 //! Cross-core delivery: a full mesh of bounded SPSC rings between cores (glommio `channel_mesh`).
 //!
-//! A core that publishes puts one [`Envelope`] (topic + the already-framed bytes, both
-//! reference-counted) in a local outbox per peer core. One forwarder task per peer moves
+//! A core that publishes puts one [`Envelope`] (the publication's bytes, reference-counted) in a
+//! local outbox per peer core. One forwarder task per peer moves
 //! envelopes from the outbox onto that peer's SPSC ring, waiting while the ring is full. On the
 //! receiving side one task per peer drains its ring and hands each envelope to the core's local
 //! fan-out. No core ever touches another core's connections.
@@ -33,23 +33,21 @@ use std::task::{Poll, Waker};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
-/// One broadcast on its way to another core.
+/// One publication on its way to another core: its bytes, shared (reference-counted), never
+/// copied or re-encoded on the way. Opaque to the runtime: the pub/sub layer's `Publication`
+/// writes and reads them (topic, event, payload; each core then frames it per wire format).
 #[derive(Debug, Clone)]
-pub struct Envelope {
-    pub topic: Arc<str>,
-    /// The complete WebSocket frame, encoded once by the publishing core.
-    pub frame: Arc<[u8]>,
-}
+pub struct Envelope(pub Arc<[u8]>);
 
 impl Envelope {
     /// What this envelope costs while it waits for a peer, in bytes: its slot in the outbox and
-    /// the two reference-counted allocations it keeps alive (counts and contents). Every byte
-    /// bound and mark of the mesh is counted with this one method; the frame is counted whole
-    /// in every outbox, even though the same bytes are shared with local subscribers.
+    /// the reference-counted allocation it keeps alive (counts and contents). Every byte bound
+    /// and mark of the mesh is counted with this one method; the bytes are counted whole in
+    /// every outbox, even though they are shared with the publishing core.
     pub fn cost(&self) -> usize {
         /// The strong and weak counts in front of an `Arc`'s contents.
         const ARC_COUNTS: usize = 2 * size_of::<usize>();
-        size_of::<Envelope>() + 2 * ARC_COUNTS + self.topic.len() + self.frame.len()
+        size_of::<Envelope>() + ARC_COUNTS + self.0.len()
     }
 }
 
@@ -419,10 +417,7 @@ mod tests {
     use super::*;
 
     fn env(i: usize) -> Envelope {
-        Envelope {
-            topic: Arc::from("t"),
-            frame: Arc::from(i.to_le_bytes().as_slice()),
-        }
+        Envelope(Arc::from(i.to_le_bytes().as_slice()))
     }
 
     fn outbox(envelopes: usize, bytes: usize) -> Outbox {
@@ -449,7 +444,7 @@ mod tests {
             assert!(!ob.try_push(env(10_000)), "over the bound");
             assert_eq!(ob.len(), 10_000);
             for i in 0..10_000usize {
-                assert_eq!(*ob.pop().await.frame, i.to_le_bytes(), "FIFO");
+                assert_eq!(*ob.pop().await.0, i.to_le_bytes(), "FIFO");
             }
             assert!(
                 ob.queue.borrow().capacity() <= OUTBOX_KEEP,
@@ -460,10 +455,7 @@ mod tests {
 
     #[test]
     fn outbox_refuses_past_its_byte_bound_and_counts_the_ring() {
-        let big = |n: usize| Envelope {
-            topic: Arc::from("room:1"),
-            frame: Arc::from(vec![7u8; n]),
-        };
+        let big = |n: usize| Envelope(Arc::from(vec![7u8; n]));
         let cost = big(60_000).cost();
         assert!(cost > 60_000 && cost < 60_200, "cost {cost}");
         // Room for 10 such envelopes in bytes, far more in count.

@@ -5,6 +5,8 @@
 pub mod mesh;
 pub mod reactor;
 pub mod shard;
+pub mod slot;
+pub mod stats;
 #[allow(unsafe_code)] // the one module that talks to the kernel; every block has a SAFETY note
 pub mod sys;
 pub mod wheel;

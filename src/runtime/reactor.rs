@@ -46,6 +46,10 @@ pub mod ready {
     pub const PARKED: u8 = 8;
 }
 
+/// Takes an accepted socket (non-blocking, watched for input, in slot `key` of generation
+/// `generation`) and starts serving it: the layer above's connection task.
+pub type Accept = Box<dyn Fn(TcpStream, usize, u32)>;
+
 /// Submission queue entries (polls are armed in batches of at most one accept round).
 const SQ_ENTRIES: u32 = 1024;
 /// Completions handled per driver turn before it yields to the connection tasks.
@@ -96,6 +100,8 @@ pub struct Reactor {
     /// The driver's waker, for work queued from the core itself (a poll to submit).
     driver: RefCell<Option<Waker>>,
     listener: RefCell<Option<TcpListener>>,
+    /// Who takes accepted sockets (see [`Reactor::listen`]).
+    accept: RefCell<Option<Accept>>,
     /// An accept failed (e.g. out of descriptors): wait for the next tick before trying again.
     accept_paused: Cell<bool>,
     /// The last accept round stopped at its batch limit: more connections are waiting.
@@ -128,6 +134,7 @@ impl Reactor {
             bell_thread: RefCell::new(Some(thread)),
             driver: RefCell::new(None),
             listener: RefCell::new(None),
+            accept: RefCell::new(None),
             accept_paused: Cell::new(false),
             accept_more: Cell::new(false),
             reaped: RefCell::new(Vec::with_capacity(REAP_BUDGET)),
@@ -171,9 +178,11 @@ impl Reactor {
         }
     }
 
-    /// Accept connections on `listener` (non-blocking) from now on.
-    pub fn listen(&self, listener: TcpListener) {
+    /// Accept connections on `listener` (non-blocking) from now on; each accepted socket, already
+    /// in its slot and watched, goes to `accept` (which starts its connection task).
+    pub fn listen(&self, listener: TcpListener, accept: Accept) {
         *self.listener.borrow_mut() = Some(listener);
+        *self.accept.borrow_mut() = Some(accept);
         self.watch_listener();
         self.accept_more.set(true); // connections may be waiting already
     }
@@ -393,14 +402,12 @@ fn accept_round(shard: &Rc<Shard>, io: &Reactor) {
     }
     // Polls must reach the kernel before any of these sockets can be closed.
     let _ = io.ring.borrow_mut().submit();
+    let accept = io.accept.borrow();
     for (stream, key, generation) in accepted {
-        glommio::spawn_local(crate::transport::conn::serve(
-            shard.clone(),
-            stream,
-            key,
-            generation,
-        ))
-        .detach();
+        match accept.as_ref() {
+            Some(accept) => accept(stream, key, generation),
+            None => shard.close_slot(key), // nobody to serve it (not listening any more)
+        }
     }
 }
 

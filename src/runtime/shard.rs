@@ -1,177 +1,32 @@
 //! One core's world: its listener, its connection slots, its timer wheel, its scratch buffers.
 //!
 //! Everything here is owned by one glommio executor pinned to one CPU: `Rc`/`RefCell`, no locks.
-//! A connection's socket and protocol state live in its own task ([`crate::transport::conn`]); the shard
-//! keeps only what other parts of the core must reach: the outbound queue, the waker, the deadline.
+//! A connection's socket and protocol state live in its own task (spawned by the layer above
+//! for each accepted socket); the shard keeps only what other parts of the core must reach:
+//! the slot (outbound queue, waker, deadline), the wheel, the mesh, shared buffers.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::app::handler::Handler;
 use crate::config::Config;
 use crate::proto::frame::{self, OpCode};
-use crate::pubsub::topics::Topics;
 use crate::runtime::mesh::{self, Bus, Envelope};
-use crate::runtime::reactor::{self, Reactor, ready};
+use crate::runtime::reactor::{self, Accept, Reactor, ready};
+pub use crate::runtime::slot::{Slot, signal};
+pub use crate::runtime::stats::{Shared, Stats};
 use crate::runtime::wheel::{Entry, TICK, Wheel};
 
 /// Size of the per-core read scratch buffer every connection reads into.
 pub const READ_CHUNK: usize = 64 * 1024;
 /// Small frames are copied into one per-core buffer of this size and sent with one syscall.
 pub const WRITE_COALESCE: usize = 64 * 1024;
-
-/// Signals set on a slot by the core, consumed by the connection task.
-pub mod signal {
-    /// The slot's deadline passed (the wheel fired).
-    pub const TIMER: u8 = 1;
-    /// The server is draining: close with 1001.
-    pub const DRAIN: u8 = 2;
-    /// The outbound queue passed its bound during a fan-out: close with 1013.
-    pub const OVERFLOW: u8 = 4;
-}
-
-/// What the core keeps per connection (besides the connection task itself).
-///
-/// Layout (x86_64): waker 16 + queue 32 + out_bytes 4 + generation 4 + deadline 4 + signals 1 +
-/// io 1, padded to 64 bytes. Checked by `slot_is_small` below.
-pub struct Slot {
-    /// Wakes the connection task when something is queued or a signal is set.
-    pub waker: Option<Waker>,
-    /// Frames waiting to be written, shared (broadcasts are encoded once for everybody).
-    pub outq: VecDeque<Arc<[u8]>>,
-    /// Bytes in `outq` not yet written.
-    pub out_bytes: u32,
-    /// Distinguishes this connection from earlier users of the same slab key.
-    pub generation: u32,
-    /// Wheel tick at which the connection's current deadline passes; 0 = none.
-    pub deadline: u32,
-    /// Bit set of [`signal`] values.
-    pub signals: u8,
-    /// Bit set of [`reactor::ready`] values: socket readiness, kept by the core's reactor (and
-    /// `PARKED`, kept by the shard).
-    pub io: u8,
-}
-
-impl Slot {
-    /// Append a frame to the outbound queue, keeping `out_bytes` in step.
-    pub fn push(&mut self, frame: Arc<[u8]>) {
-        self.out_bytes = self.out_bytes.saturating_add(frame.len() as u32);
-        self.outq.push_back(frame);
-    }
-
-    /// Wake the task, if it is waiting.
-    pub fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
-
-/// Counters and gauges of one core. Written only by that core (relaxed atomics on a cache line
-/// nobody else writes), read by whichever core renders `/metrics`.
-#[derive(Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    pub websockets: AtomicU64,
-    pub channels: AtomicU64,
-    pub accepted: AtomicU64,
-    pub upgraded: AtomicU64,
-    pub http_requests: AtomicU64,
-    /// Request-body bytes reserved on this core right now (see `crate::http::BodyReservation`).
-    pub http_body_bytes: AtomicU64,
-    /// Requests answered 503 because their body would pass `max_body_bytes_in_flight`.
-    pub http_body_busy: AtomicU64,
-    pub accept_errors: AtomicU64,
-    /// Multishot polls the kernel ended (e.g. a burst past `ring_entries`) and the connection
-    /// re-armed.
-    pub poll_rearms: AtomicU64,
-    pub handshake_timeouts: AtomicU64,
-    pub idle_timeouts: AtomicU64,
-    /// Sockets closed (1008) because a data message was still incomplete at `message_timeout_ms`.
-    pub message_timeouts: AtomicU64,
-    /// Sockets closed (1013) because their partial message would pass the core's
-    /// `max_partial_bytes_per_core`.
-    pub partial_budget_closes: AtomicU64,
-    /// Bytes this core's sockets hold for partial frames and fragmented messages (gauge).
-    pub partial_bytes: AtomicU64,
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub joins: AtomicU64,
-    pub join_errors: AtomicU64,
-    pub broadcasts: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub slow_consumer_closes: AtomicU64,
-    pub handler_panics: AtomicU64,
-    /// Client pushes and broadcasts refused for a reserved event name.
-    pub refused_events: AtomicU64,
-    /// Broadcasts refused for a JSON payload that is not an object.
-    pub refused_payloads: AtomicU64,
-    pub mesh_sent: AtomicU64,
-    pub mesh_received: AtomicU64,
-    pub mesh_dropped: AtomicU64,
-    pub mesh_backlog: AtomicU64,
-    /// Bytes ([`Envelope::cost`]) queued for other cores, in outboxes or on rings.
-    pub mesh_backlog_bytes: AtomicU64,
-    /// Times this core began to hold its connections back (a peer outbox over its high mark).
-    pub mesh_pauses: AtomicU64,
-    /// Connections that stopped reading during such a hold (each counted once per hold).
-    pub mesh_parked: AtomicU64,
-    /// Close frames sent, by code: see [`CLOSE_CODES`]; the last slot counts any other code.
-    pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
-}
-
-/// Close codes counted one by one in [`Stats::closes`].
-pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1013];
-
-impl Stats {
-    pub fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn sub(c: &AtomicU64, n: u64) {
-        c.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    pub fn close_sent(&self, code: u16) {
-        let i = CLOSE_CODES
-            .iter()
-            .position(|&c| c == code)
-            .unwrap_or(CLOSE_CODES.len());
-        Stats::bump(&self.closes[i]);
-    }
-}
-
-/// What every core shares (read-only or atomics): config, handler, every core's counters.
-pub struct Shared {
-    pub cfg: Arc<Config>,
-    pub handler: Arc<dyn Handler>,
-    /// One `Stats` per core, each its own allocation; index = core id.
-    pub stats: Vec<Arc<Stats>>,
-    pub started: Instant,
-}
-
-impl Shared {
-    /// One counter summed over every core.
-    pub fn total(&self, counter: fn(&Stats) -> &AtomicU64) -> u64 {
-        self.stats
-            .iter()
-            .map(|s| counter(s).load(Ordering::Relaxed))
-            .sum()
-    }
-}
 
 /// One core's state.
 pub struct Shard {
@@ -180,7 +35,6 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub slots: RefCell<Slab<Slot>>,
     pub wheel: RefCell<Wheel>,
-    pub topics: RefCell<Topics>,
     /// This core's end of the cross-core mesh (None with one core).
     pub bus: RefCell<Option<Bus>>,
     /// Connections that stopped reading while the mesh holds (see [`Shard::reads_held`]), as
@@ -218,7 +72,6 @@ impl Shard {
             shared,
             slots: RefCell::new(Slab::new()),
             wheel: RefCell::new(Wheel::new(crate::runtime::wheel::DEFAULT_BUCKETS)),
-            topics: RefCell::new(Topics::new()),
             bus: RefCell::new(None),
             parked: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice()),
@@ -237,11 +90,6 @@ impl Shard {
     /// The core's reactor, once the core serves sockets.
     pub fn io(&self) -> Option<&Reactor> {
         self.io.get()
-    }
-
-    /// The channel handler.
-    pub fn handler(&self) -> &dyn Handler {
-        &*self.shared.handler
     }
 
     /// Build one complete WebSocket frame: `body` appends the payload, the header is put in front
@@ -289,45 +137,12 @@ impl Shard {
         queued
     }
 
-    /// Publish a framed broadcast on `topic`: this core's subscribers now, every other core's
-    /// through the mesh. The frame is shared, never copied.
-    pub fn broadcast(&self, topic: &str, frame: Arc<[u8]>) {
-        Stats::bump(&self.stats.broadcasts);
+    /// Put a publication's envelope on the way to every other core (nothing with one core).
+    /// Never waits: see [`crate::runtime::mesh`] for the bounds and the pushback.
+    pub fn send_to_peers(&self, env: &Envelope) {
         if let Some(bus) = self.bus.borrow().as_ref() {
-            bus.publish(&Envelope {
-                topic: Arc::from(topic),
-                frame: frame.clone(),
-            });
+            bus.publish(env);
         }
-        self.fanout_local(topic, &frame);
-    }
-
-    /// Queue `frame` on every local subscriber of `topic`. A subscriber whose queue is over its
-    /// bound gets nothing more and is told to close with 1013 (slow consumer).
-    pub fn fanout_local(&self, topic: &str, frame: &Arc<[u8]>) {
-        let max_bytes = self.cfg.out_queue_max_bytes;
-        let max_frames = self.cfg.out_queue_max_frames;
-        let topics = self.topics.borrow();
-        let mut slots = self.slots.borrow_mut();
-        let mut delivered = 0u64;
-        topics.for_each_subscriber(topic, |sub| {
-            let Some(slot) = slots.get_mut(sub.key as usize) else {
-                return;
-            };
-            if slot.generation != sub.generation || slot.signals & signal::OVERFLOW != 0 {
-                return;
-            }
-            if slot.out_bytes as usize + frame.len() > max_bytes || slot.outq.len() >= max_frames {
-                slot.signals |= signal::OVERFLOW;
-                slot.wake();
-                return;
-            }
-            slot.push(frame.clone());
-            delivered += 1;
-            slot.wake();
-        });
-        Stats::add(&self.stats.deliveries, delivered);
-        Stats::add(&self.stats.frames_out, delivered);
     }
 
     /// True while this core's cross-core outboxes are over their high mark: connections must not
@@ -369,6 +184,16 @@ impl Shard {
         if list.is_empty() && parked.capacity() <= 1024 {
             *list = parked; // a small list keeps its memory for the next hold, a big one is freed
         }
+    }
+
+    /// The connections parked right now, as (key, generation).
+    pub fn parked(&self) -> Vec<(u32, u32)> {
+        self.parked.borrow().clone()
+    }
+
+    /// This core's index in the mesh (None without a mesh).
+    pub fn mesh_peer_id(&self) -> Option<usize> {
+        self.bus.borrow().as_ref().map(Bus::peer_id)
     }
 
     /// Take every queued frame of a connection without a socket (the simulation's null sink).
@@ -548,7 +373,8 @@ impl Shard {
         }
     }
 
-    fn publish_mesh_stats(&self) {
+    /// Copy the mesh's figures into this core's counters (every tick).
+    pub fn publish_mesh_stats(&self) {
         if let Some(bus) = self.bus.borrow().as_ref() {
             let st = &self.stats;
             st.mesh_sent.store(bus.sent(), Ordering::Relaxed);
@@ -592,15 +418,13 @@ impl Shard {
         }
     }
 
-    /// Join the cross-core mesh: envelopes from other cores go to the local fan-out, and the end
-    /// of each hold wakes the parked connections.
-    async fn join_mesh(self: &Rc<Self>, mesh: mesh::Mesh) {
-        let me = Rc::downgrade(self);
-        let deliver = move |env: Envelope| {
-            if let Some(shard) = me.upgrade() {
-                shard.fanout_local(&env.topic, &env.frame);
-            }
-        };
+    /// Join the cross-core mesh: envelopes from other cores go to `deliver` (the layer above's
+    /// fan-out), and the end of each hold wakes the parked connections.
+    pub async fn join_mesh(
+        self: &Rc<Self>,
+        mesh: mesh::Mesh,
+        deliver: impl Fn(Envelope) + 'static,
+    ) {
         let me = Rc::downgrade(self);
         let resume = move || {
             if let Some(shard) = me.upgrade() {
@@ -614,15 +438,19 @@ impl Shard {
     }
 
     /// Run this core until `shutdown` is set and the drain has finished (or timed out).
+    /// `deliver` takes every envelope another core sent; `accept` every accepted socket, in
+    /// its slot (both wired by `crate::server`: the runtime does not know what they carry).
     pub async fn run(
         self: Rc<Self>,
         listener: std::net::TcpListener,
         mesh: Option<mesh::Mesh>,
+        deliver: impl Fn(Envelope) + 'static,
+        accept: Accept,
         shutdown: Arc<AtomicBool>,
         ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
         if let Some(mesh) = mesh {
-            self.join_mesh(mesh).await;
+            self.join_mesh(mesh, deliver).await;
         }
         let io = match Reactor::new(self.id, self.cfg.ring_entries) {
             Ok(io) => self.io.get_or_init(|| io),
@@ -636,7 +464,7 @@ impl Shard {
             }
         };
         let driver = glommio::spawn_local(reactor::drive(self.clone()));
-        io.listen(listener);
+        io.listen(listener, accept);
         let _ = ready.send(Ok(self.id));
         drop(ready);
         while !shutdown.load(Ordering::Relaxed) {
@@ -667,178 +495,5 @@ impl Shard {
         }
         driver.cancel().await;
         io.shutdown();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slot_is_small() {
-        // 16 (waker) + 32 (VecDeque) + 4 + 4 + 4 + 1, padded to 8.
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
-        // A slab entry adds its discriminant in the padding.
-        assert!(std::mem::size_of::<slab::Slab<Slot>>() <= 40);
-    }
-
-    /// Counts its wakes.
-    struct CountingWaker(AtomicU64);
-
-    impl std::task::Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn a_mesh_hold_parks_connections_refuses_the_api_and_wakes_them_when_drained() {
-        let shared = Arc::new(Shared {
-            cfg: Arc::new(Config::default()),
-            handler: Arc::new(crate::app::handler::DefaultHandler),
-            stats: (0..2).map(|_| Arc::new(Stats::default())).collect(),
-            started: Instant::now(),
-        });
-        let limits = mesh::Limits {
-            envelopes: 65_536,
-            bytes: 1 << 20,
-        };
-        let m = mesh::mesh(2, limits);
-        // `release`: the peer core blocks (takes nothing off its ring) until it is set.
-        let (release, done) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let handles: Vec<_> = (0..2)
-            .map(|core| {
-                let (shared, m) = (shared.clone(), m.clone());
-                let (release, done) = (release.clone(), done.clone());
-                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                    .spawn(move || async move {
-                        let shard = Shard::new(core, shared);
-                        shard.join_mesh(m).await;
-                        if shard.bus.borrow().as_ref().map(Bus::peer_id) == Some(0) {
-                            holds_and_wakes(&shard, &release).await;
-                            done.store(true, Ordering::SeqCst);
-                        }
-                        while !release.load(Ordering::SeqCst) {
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                        }
-                        while !done.load(Ordering::SeqCst) {
-                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                        }
-                    })
-                    .unwrap()
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-    }
-
-    async fn holds_and_wakes(shard: &Rc<Shard>, release: &AtomicBool) {
-        let api = |shard: &Shard| {
-            let body = br#"{"topic":"t","event":"e","payload":{}}"#;
-            crate::http::api::broadcast(shard, body, crate::http::Format::Json)
-        };
-        let (key, generation) = shard.open_slot();
-        let woken = Arc::new(CountingWaker(AtomicU64::new(0)));
-        shard.slots.borrow_mut()[key].waker = Some(Waker::from(woken.clone()));
-        // Past half of the 1 MiB bound.
-        assert!(!shard.reads_held());
-        for _ in 0..2 {
-            shard.broadcast("t", Arc::from(vec![b'x'; 300_000]));
-        }
-        assert!(shard.reads_held(), "over the high mark: hold");
-        let busy = api(shard);
-        assert_eq!(busy.status, 503);
-        assert_eq!(busy.headers, &[("Retry-After", "1")]);
-        shard.park(key);
-        shard.park(key); // polled again while parked: listed once
-        assert_eq!(*shard.parked.borrow(), vec![(key as u32, generation)]);
-        assert_eq!(shard.stats.mesh_parked.load(Ordering::SeqCst), 1);
-        // A real connection whose upgrade request comes with frames behind it (a join and a
-        // push): the request waits whole, nothing is answered or published during the hold.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let mut out =
-            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-            Sec-WebSocket-Version: 13\r\n\r\n"
-                .to_vec();
-        for msg in [
-            r#"["1","1","room:1","phx_join",{}]"#,
-            r#"["1","2","room:1","new_msg",{}]"#,
-        ] {
-            frame::encode_masked(&mut out, OpCode::Text, true, msg.as_bytes(), [1, 2, 3, 4]);
-        }
-        std::io::Write::write_all(&mut client, &out).unwrap();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let wait = |what: &str| assert!(Instant::now() < deadline, "{what}");
-        // There is no reactor here to say when the bytes arrive: let them arrive first.
-        let mut peeked = vec![0u8; out.len()];
-        while server.peek(&mut peeked).map_or(true, |n| n < out.len()) {
-            wait("the request never arrived");
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        let (ckey, cgen) = shard.open_slot();
-        glommio::spawn_local(crate::transport::conn::serve(
-            shard.clone(),
-            server,
-            ckey,
-            cgen,
-        ))
-        .detach();
-        while shard.slots.borrow()[ckey].io & ready::PARKED == 0 {
-            wait("the connection never parked");
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        client.set_nonblocking(true).unwrap();
-        let mut got = Vec::new();
-        let mut read = |got: &mut Vec<u8>| {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut client, &mut buf) {
-                got.extend_from_slice(&buf[..n]);
-            }
-        };
-        read(&mut got);
-        assert!(got.is_empty(), "answered during the hold");
-        let broadcasts = shard.stats.broadcasts.load(Ordering::SeqCst);
-        assert!(
-            shard.reads_held(),
-            "the envelopes are on the ring: still held"
-        );
-        release.store(true, Ordering::SeqCst);
-        // The peer takes the envelopes; the hold ends and wakes the parked connections.
-        while shard.reads_held() {
-            wait("the hold never ended");
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken once");
-        assert_eq!(shard.slots.borrow()[key].io & ready::PARKED, 0);
-        assert!(shard.parked.borrow().is_empty());
-        // The connection was woken too: upgraded, joined, pushed.
-        let text = loop {
-            read(&mut got);
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if text.matches("phx_reply").count() == 2 {
-                break text;
-            }
-            wait("no replies");
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        };
-        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-        assert_eq!(text.matches(r#""status":"ok""#).count(), 2, "{text}");
-        assert_eq!(
-            shard.stats.broadcasts.load(Ordering::SeqCst),
-            broadcasts + 1
-        );
-        assert_eq!(api(shard).status, 202, "accepted again");
-        shard.publish_mesh_stats();
-        assert_eq!(shard.stats.mesh_pauses.load(Ordering::SeqCst), 1);
-        assert_eq!(shard.stats.mesh_dropped.load(Ordering::SeqCst), 0);
-        shard.close_slot(key);
     }
 }

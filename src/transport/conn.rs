@@ -20,30 +20,19 @@ use tracing::trace;
 use crate::app::auth;
 use crate::app::handler::ConnectInfo;
 use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
-use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode};
+use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode, close};
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::proto::phoenix::Frame;
+use crate::pubsub::hub::Hub;
 use crate::pubsub::session::{Ctx, Session};
 use crate::runtime::reactor::ready;
-use crate::runtime::shard::{Shard, Slot, Stats, WRITE_COALESCE, signal};
+use crate::runtime::shard::{Slot, Stats, WRITE_COALESCE, signal};
 use crate::runtime::wheel::TICK;
 
 /// Frames at least this big are written straight from their buffer instead of being coalesced.
 const DIRECT_WRITE: usize = 16 * 1024;
 /// Reads handled in one poll before the task yields to its neighbours.
 const READ_BUDGET: usize = 16;
-
-/// Close codes used by the server (RFC 6455 7.4.1).
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// What a WebSocket connection does with its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,15 +94,16 @@ impl PendingBody {
 /// closed: the returned future is the connection's whole task state (see
 /// `connection_task_state_is_small`). Spawned as its own task on the accepting core.
 pub fn serve(
-    shard: Rc<Shard>,
+    hub: Rc<Hub>,
     stream: TcpStream,
     key: usize,
     generation: u32,
 ) -> impl Future<Output = ()> {
+    let shard = &hub.shard;
     shard.set_deadline(key, Some(shard.cfg.handshake_timeout()));
     let rate = RateBucket::full(shard.cfg.max_messages_per_sec);
     Conn {
-        shard,
+        hub,
         stream,
         key,
         generation,
@@ -132,7 +122,8 @@ pub fn serve(
 }
 
 struct Conn {
-    shard: Rc<Shard>,
+    /// The core: its pub/sub hub and, through it, its runtime shard.
+    hub: Rc<Hub>,
     stream: TcpStream,
     key: usize,
     generation: u32,
@@ -150,16 +141,17 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self.leave_open();
         let write_armed = self
+            .hub
             .shard
             .slots
             .borrow()
             .get(self.key)
             .is_some_and(|s| s.io & ready::WRITE_ARMED != 0);
-        if let Some(io) = self.shard.io() {
+        if let Some(io) = self.hub.shard.io() {
             // Before the socket closes (when `stream` drops, right after this).
             io.forget(self.key, self.generation, write_armed);
         }
-        self.shard.close_slot(self.key);
+        self.hub.shard.close_slot(self.key);
     }
 }
 
@@ -177,7 +169,7 @@ impl Future for Conn {
         match this.step(cx) {
             Poll::Ready(()) => Poll::Ready(()),
             Poll::Pending => {
-                if let Some(slot) = this.shard.slots.borrow_mut().get_mut(this.key) {
+                if let Some(slot) = this.hub.shard.slots.borrow_mut().get_mut(this.key) {
                     match &slot.waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
                         _ => slot.waker = Some(cx.waker().clone()),
@@ -194,8 +186,8 @@ impl Conn {
         let mut reads = 0;
         loop {
             // 1. Signals from the core: deadlines and drain.
-            let signals = self.shard.take_signals(self.key);
-            if signals & signal::TIMER != 0 && self.shard.deadline_passed(self.key) {
+            let signals = self.hub.shard.take_signals(self.key);
+            if signals & signal::TIMER != 0 && self.hub.shard.deadline_passed(self.key) {
                 match self.phase {
                     Phase::Http { .. } => {
                         if self.on_http_deadline() {
@@ -203,28 +195,28 @@ impl Conn {
                         }
                     }
                     Phase::Closing { .. } => return Poll::Ready(()),
-                    Phase::Open { .. } if self.shard.reads_held() => {
+                    Phase::Open { .. } if self.hub.shard.reads_held() => {
                         // The core stopped reading, not the client: it may well have spoken.
-                        let idle = self.shard.cfg.idle_timeout();
-                        self.shard.set_deadline(self.key, Some(idle));
+                        let idle = self.hub.shard.cfg.idle_timeout();
+                        self.hub.shard.set_deadline(self.key, Some(idle));
                     }
                     Phase::Open { .. } => {
-                        Stats::bump(&self.shard.stats.idle_timeouts);
-                        self.start_close(close_code::POLICY, "idle timeout");
+                        Stats::bump(&self.hub.shard.stats.idle_timeouts);
+                        self.start_close(close::code::POLICY, "idle timeout");
                     }
                 }
             }
             if signals & signal::OVERFLOW != 0 && matches!(self.phase, Phase::Open { .. }) {
                 // A slow consumer: drop what it has not started to receive, then close.
-                Stats::bump(&self.shard.stats.slow_consumer_closes);
+                Stats::bump(&self.hub.shard.stats.slow_consumer_closes);
                 self.discard_unsent();
-                self.start_close(close_code::TRY_AGAIN_LATER, "slow consumer");
+                self.start_close(close::code::TRY_AGAIN_LATER, "slow consumer");
             }
             if signals & signal::DRAIN != 0 {
                 match self.phase {
                     Phase::Http { .. } => return Poll::Ready(()),
                     Phase::Open { .. } => {
-                        self.start_close(close_code::GOING_AWAY, "server shutting down")
+                        self.start_close(close::code::GOING_AWAY, "server shutting down")
                     }
                     Phase::Closing { .. } => {}
                 }
@@ -260,8 +252,8 @@ impl Conn {
                 Phase::Http { deferred, .. } => *deferred,
                 Phase::Closing { .. } => false,
             };
-            if publisher && self.shard.reads_held() {
-                self.shard.park(self.key);
+            if publisher && self.hub.shard.reads_held() {
+                self.hub.shard.park(self.key);
                 return Poll::Pending;
             }
             if let Phase::Http { deferred, .. } = &mut self.phase
@@ -295,17 +287,17 @@ impl Conn {
 
     /// The outbound queue is at its bound: no more reading (or answering) until it drains.
     fn backed_up(&self) -> bool {
-        let slots = self.shard.slots.borrow();
+        let slots = self.hub.shard.slots.borrow();
         slots.get(self.key).is_some_and(|s| {
-            s.out_bytes as usize >= self.shard.cfg.out_queue_max_bytes
-                || s.outq.len() >= self.shard.cfg.out_queue_max_frames
+            s.out_bytes as usize >= self.hub.shard.cfg.out_queue_max_bytes
+                || s.outq.len() >= self.hub.shard.cfg.out_queue_max_frames
         })
     }
 
     /// Read once into the core's scratch buffer and act on the bytes before returning. Pending
     /// when the socket has nothing: the reactor wakes the task when it has.
     fn poll_read_and_handle(&mut self) -> Poll<Step> {
-        let shard = self.shard.clone();
+        let shard = self.hub.shard.clone();
         {
             let mut slots = shard.slots.borrow_mut();
             let Some(slot) = slots.get_mut(self.key) else {
@@ -405,14 +397,14 @@ impl Conn {
             let rest = buf.split_off(pending.end()); // the next request's bytes, if any
             let body = &buf[pending.req.head_len..];
             let a = match pending.api {
-                Api::Broadcast => crate::http::api::broadcast(&self.shard, body, pending.format),
+                Api::Broadcast => crate::http::api::broadcast(&self.hub, body, pending.format),
             };
-            let keep = http::keep_alive(&pending.req, &self.shard.cfg, true);
+            let keep = http::keep_alive(&pending.req, &self.hub.shard.cfg, true);
             let head_only = pending.req.method == "HEAD";
             drop(pending); // its budget is given back once answered
             return self.answer(head_only, &a, &[], keep, rest);
         }
-        let req = match handshake::parse_request(buf, self.shard.cfg.max_request_head) {
+        let req = match handshake::parse_request(buf, self.hub.shard.cfg.max_request_head) {
             Ok(None) => return false,
             Ok(Some(req)) => req,
             Err(e) => {
@@ -424,19 +416,19 @@ impl Conn {
                 return false;
             }
         };
-        Stats::bump(&self.shard.stats.http_requests);
+        Stats::bump(&self.hub.shard.stats.http_requests);
         let stream = &self.stream;
         let peer = || stream.peer_addr().ok().map(|a| a.ip());
-        let (a, extra) = match http::plan(&req, &self.shard.cfg, peer) {
+        let (a, extra) = match http::plan(&req, &self.hub.shard.cfg, peer) {
             Plan::Refuse(refusal) => (refusal.answer(), refusal.headers),
             Plan::Health => {
-                let (id, n) = (self.shard.id, self.shard.connections());
+                let (id, n) = (self.hub.shard.id, self.hub.shard.connections());
                 let body = format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#);
                 (Answer::json(200, &body), &[][..])
             }
-            Plan::Metrics => (crate::http::api::metrics(&self.shard), &[][..]),
+            Plan::Metrics => (crate::http::metrics::metrics(&self.hub), &[][..]),
             Plan::Phoenix => {
-                if buf.len() > req.head_len && self.shard.reads_held() {
+                if buf.len() > req.head_len && self.hub.shard.reads_held() {
                     // Frames sent right behind an upgrade would be handled before the socket's
                     // first read, so past the mesh's read gate: the request waits whole until
                     // the hold ends.
@@ -453,8 +445,9 @@ impl Conn {
                 return false;
             }
             Plan::Body { api, format, len } => {
-                let limit = self.shard.cfg.max_body_bytes_in_flight;
-                let Some(reservation) = BodyReservation::take(&self.shard.stats, limit, len) else {
+                let limit = self.hub.shard.cfg.max_body_bytes_in_flight;
+                let Some(reservation) = BodyReservation::take(&self.hub.shard.stats, limit, len)
+                else {
                     self.refuse(&Refusal::BUSY);
                     return false;
                 };
@@ -475,7 +468,7 @@ impl Conn {
             }
         };
         // Answered from the head: kept alive only if no body was announced (it is never read).
-        let keep = http::keep_alive(&req, &self.shard.cfg, false);
+        let keep = http::keep_alive(&req, &self.hub.shard.cfg, false);
         let rest = buf.split_off(req.head_len);
         self.answer(req.method == "HEAD", &a, extra, keep, rest)
     }
@@ -492,7 +485,7 @@ impl Conn {
         keep: bool,
         rest: Vec<u8>,
     ) -> bool {
-        let shard = self.shard.clone();
+        let shard = self.hub.shard.clone();
         let wait = shard
             .cfg
             .http_keepalive()
@@ -547,13 +540,13 @@ impl Conn {
             return true;
         }
         if *served > 0 {
-            let age = TICK * (self.shard.now_tick() as u32).wrapping_sub(*started);
-            if let Some(next) = http::recheck_after(age, &self.shard.cfg) {
-                self.shard.set_deadline(self.key, Some(next));
+            let age = TICK * (self.hub.shard.now_tick() as u32).wrapping_sub(*started);
+            if let Some(next) = http::recheck_after(age, &self.hub.shard.cfg) {
+                self.hub.shard.set_deadline(self.key, Some(next));
                 return false;
             }
         }
-        Stats::bump(&self.shard.stats.handshake_timeouts);
+        Stats::bump(&self.hub.shard.stats.handshake_timeouts);
         trace!(key = self.key, "handshake timeout");
         true
     }
@@ -572,7 +565,7 @@ impl Conn {
             self.respond(403, "text/plain", b"unsupported vsn: use vsn=2.0.0\n", &[]);
             return;
         }
-        if !self.shard.cfg.origin_allowed(req.origin.as_deref()) {
+        if !self.hub.shard.cfg.origin_allowed(req.origin.as_deref()) {
             self.respond(403, "text/plain", b"origin not allowed\n", &[]);
             return;
         }
@@ -591,7 +584,7 @@ impl Conn {
         }
         let token = handshake::query_param(&req.query, "token")
             .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
-        let cfg = &self.shard.cfg;
+        let cfg = &self.hub.shard.cfg;
         let claims = match (&cfg.auth_secret, token) {
             (Some(secret), Some(token)) => {
                 let (now, max_age) = (auth::now_unix(), cfg.token_max_age_secs);
@@ -616,10 +609,8 @@ impl Conn {
             query: &req.query,
             origin: req.origin.as_deref(),
         };
-        let handler = self.shard.handler();
-        let allowed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.connect(&info)));
-        if !matches!(allowed, Ok(true)) {
+        // A panic in the handler counts like one at any other call site (`Hub::guard`).
+        if self.hub.guard(|h| h.connect(&info)) != Some(true) {
             self.respond(403, "text/plain", b"connection refused\n", &[]);
             return;
         }
@@ -649,13 +640,14 @@ impl Conn {
         handshake::write_switching(&mut out, &handshake::accept_key(key), protocol);
         // The 101 is already complete; insert the core header before the final blank line.
         out.truncate(out.len() - 2);
-        out.extend_from_slice(format!("x-corecast-core: {}\r\n\r\n", self.shard.id).as_bytes());
+        out.extend_from_slice(format!("x-corecast-core: {}\r\n\r\n", self.hub.shard.id).as_bytes());
         self.enqueue(out);
-        Stats::bump(&self.shard.stats.upgraded);
-        Stats::bump(&self.shard.stats.websockets);
+        Stats::bump(&self.hub.shard.stats.upgraded);
+        Stats::bump(&self.hub.shard.stats.websockets);
         // Both endpoints: an echo socket holds a slot and a descriptor like any other.
-        self.shard
-            .set_deadline(self.key, Some(self.shard.cfg.idle_timeout()));
+        self.hub
+            .shard
+            .set_deadline(self.key, Some(self.hub.shard.cfg.idle_timeout()));
         self.phase = Phase::Open {
             endpoint,
             decoder: Decoder::new(),
@@ -679,9 +671,9 @@ impl Conn {
             return;
         };
         let endpoint = *endpoint;
-        let shard = &*self.shard;
+        let shard = &*self.hub.shard;
         let ctx = Ctx {
-            shard,
+            hub: &self.hub,
             key: self.key,
             generation: self.generation,
         };
@@ -719,7 +711,7 @@ impl Conn {
                 return; // closing: ignore what follows
             }
             if rate > 0 && !bucket.take() {
-                app_close = Some((close_code::POLICY, "rate limit"));
+                app_close = Some((close::code::POLICY, "rate limit"));
                 return;
             }
             let data = match msg {
@@ -766,11 +758,11 @@ impl Conn {
         } else if let Some((code, reason)) = app_close {
             self.start_close(code, reason);
         } else if timed_out {
-            Stats::bump(&self.shard.stats.message_timeouts);
-            self.start_close(close_code::POLICY, "message timeout");
+            Stats::bump(&self.hub.shard.stats.message_timeouts);
+            self.start_close(close::code::POLICY, "message timeout");
         } else if let Some(code) = peer_close {
             // Echo the peer's code (RFC 6455 5.5.1), then close.
-            self.start_close(code.unwrap_or(close_code::NORMAL), "");
+            self.start_close(code.unwrap_or(close::code::NORMAL), "");
         }
     }
 
@@ -780,20 +772,20 @@ impl Conn {
             session, decoder, ..
         } = &mut self.phase
         {
-            self.shard.hold_partial(decoder.heap_bytes(), 0);
+            self.hub.shard.hold_partial(decoder.heap_bytes(), 0);
             session.leave_all(Ctx {
-                shard: &self.shard,
+                hub: &self.hub,
                 key: self.key,
                 generation: self.generation,
             });
-            Stats::sub(&self.shard.stats.websockets, 1);
+            Stats::sub(&self.hub.shard.stats.websockets, 1);
             self.phase = Phase::Closing { shut: false };
         }
     }
 
     /// Drop every queued frame not yet started (the one being written is kept whole).
     fn discard_unsent(&mut self) {
-        let mut slots = self.shard.slots.borrow_mut();
+        let mut slots = self.hub.shard.slots.borrow_mut();
         if let Some(slot) = slots.get_mut(self.key) {
             let keep = usize::from(self.out_off > 0);
             slot.outq.truncate(keep);
@@ -811,7 +803,7 @@ impl Conn {
             FrameError::InvalidUtf8 => "invalid utf-8",
             FrameError::TooBig => "message too big",
             FrameError::OverBudget => {
-                Stats::bump(&self.shard.stats.partial_budget_closes);
+                Stats::bump(&self.hub.shard.stats.partial_budget_closes);
                 "server busy: partial message budget"
             }
         };
@@ -827,7 +819,7 @@ impl Conn {
         let mut out = Vec::with_capacity(4 + reason.len());
         frame::encode_close(&mut out, code, reason);
         self.enqueue(out);
-        self.shard.stats.close_sent(code);
+        self.hub.shard.stats.close_sent(code);
         self.close_after_queued();
     }
 
@@ -842,19 +834,20 @@ impl Conn {
     /// Move to Closing behind what is queued, with the close deadline running.
     fn close_after_queued(&mut self) {
         self.phase = Phase::Closing { shut: false };
-        self.shard
-            .set_deadline(self.key, Some(self.shard.cfg.close_timeout()));
+        self.hub
+            .shard
+            .set_deadline(self.key, Some(self.hub.shard.cfg.close_timeout()));
     }
 
     fn enqueue(&mut self, bytes: Vec<u8>) {
-        self.shard.queue_own(self.key, Arc::from(bytes));
+        self.hub.shard.queue_own(self.key, Arc::from(bytes));
     }
 
     /// Write queued frames until the queue is empty (Ready(Ok)) or the socket is full (Pending,
     /// with a write poll armed).
     fn poll_flush(&mut self) -> Poll<std::io::Result<()>> {
         loop {
-            let mut slots = self.shard.slots.borrow_mut();
+            let mut slots = self.hub.shard.slots.borrow_mut();
             let Some(slot) = slots.get_mut(self.key) else {
                 return Poll::Ready(Ok(()));
             };
@@ -868,7 +861,7 @@ impl Conn {
             let result = if front.len() - off >= DIRECT_WRITE || slot.outq.len() == 1 {
                 (&self.stream).write(&front[off..])
             } else {
-                let mut wbuf = self.shard.wbuf.borrow_mut();
+                let mut wbuf = self.hub.shard.wbuf.borrow_mut();
                 wbuf.clear();
                 wbuf.extend_from_slice(&front[off..]);
                 for f in slot.outq.iter().skip(1) {
@@ -890,7 +883,7 @@ impl Conn {
                 Err(e) => return Poll::Ready(Err(e)),
             };
             slot.out_bytes = slot.out_bytes.saturating_sub(written as u32);
-            Stats::add(&self.shard.stats.bytes_out, written as u64);
+            Stats::add(&self.hub.shard.stats.bytes_out, written as u64);
             let mut left = written;
             while left > 0 {
                 let Some(front) = slot.outq.front() else {
@@ -912,9 +905,10 @@ impl Conn {
     /// The socket is full: have the reactor wake us when it has room (once per wait).
     fn wait_writable(&self, slot: &mut Slot) {
         if slot.io & ready::WRITE_ARMED == 0
-            && let Some(io) = self.shard.io()
+            && let Some(io) = self.hub.shard.io()
         {
             slot.io |= ready::WRITE_ARMED;
+            Stats::bump(&self.hub.shard.stats.write_polls);
             io.want_write(&self.stream, self.key, self.generation);
         }
     }

@@ -1,0 +1,238 @@
+//! A broadcast as it travels between cores (and, later, nodes): `Publication { topic, event,
+//! payload }`, the payload raw JSON text or binary bytes, never re-serialised.
+//!
+//! One reference-counted allocation holds all of it, so a publication is cloned for every peer
+//! core by a count increment and handed to the runtime's mesh as its opaque [`Envelope`] bytes:
+//!
+//! ```text
+//! kind u8 (0 JSON, 1 binary) | topic length u32 LE | event length u32 LE | topic | event | payload
+//! ```
+//!
+//! [`Publication::new`] is the one check every broadcast passes, whoever asks for it (a client's
+//! push, a handler, the HTTP API): no reserved event (the client libraries would act on it: a
+//! `phx_close` closes every member's channel), no JSON payload that is not an object (phoenix.js
+//! reads `payload.status` and throws on `null`), and header strings that fit the V2 binary
+//! format when the payload is binary.
+
+use std::sync::Arc;
+
+use crate::proto::phoenix::{Payload, is_reserved_event};
+use crate::runtime::mesh::Envelope;
+
+const HEADER: usize = 9;
+const JSON: u8 = 0;
+const BINARY: u8 = 1;
+
+/// Why a broadcast was refused. Nothing was sent to anybody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The event is reserved ([`is_reserved_event`]): the client libraries would act on it.
+    ReservedEvent,
+    /// The JSON payload is not an object (Phoenix never broadcasts anything else).
+    NotAnObject,
+    /// A field does not fit the wire format (a binary header string over 255 bytes).
+    TooLong,
+}
+
+impl Refused {
+    /// The reason, in words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::ReservedEvent => "reserved event",
+            Refused::NotAnObject => "payload must be a JSON object",
+            Refused::TooLong => "too long",
+        }
+    }
+
+    /// The `phx_reply` response a client is told: `{"reason": ..}`.
+    pub fn response(self) -> &'static str {
+        match self {
+            Refused::ReservedEvent => r#"{"reason":"reserved event"}"#,
+            Refused::NotAnObject => r#"{"reason":"payload must be a JSON object"}"#,
+            Refused::TooLong => r#"{"reason":"too long"}"#,
+        }
+    }
+}
+
+/// One broadcast: topic, event and payload in one shared buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication(Arc<[u8]>);
+
+impl Publication {
+    /// Check and pack a broadcast (see the module documentation for what is refused). The JSON
+    /// payload is already known to be one well-formed value (the decoders and the API check it).
+    pub fn new(topic: &str, event: &str, payload: Payload<'_>) -> Result<Publication, Refused> {
+        if is_reserved_event(event) {
+            return Err(Refused::ReservedEvent);
+        }
+        if !payload.is_relayable() {
+            return Err(Refused::NotAnObject);
+        }
+        let (kind, body) = match payload {
+            Payload::Json(p) => (JSON, p.as_bytes()),
+            Payload::Binary(b) => {
+                if topic.len() > 255 || event.len() > 255 {
+                    return Err(Refused::TooLong); // V2 binary sizes each string in one byte
+                }
+                (BINARY, b)
+            }
+        };
+        let (Ok(t), Ok(e)) = (u32::try_from(topic.len()), u32::try_from(event.len())) else {
+            return Err(Refused::TooLong);
+        };
+        let mut buf = Vec::with_capacity(HEADER + topic.len() + event.len() + body.len());
+        buf.push(kind);
+        buf.extend_from_slice(&t.to_le_bytes());
+        buf.extend_from_slice(&e.to_le_bytes());
+        buf.extend_from_slice(topic.as_bytes());
+        buf.extend_from_slice(event.as_bytes());
+        buf.extend_from_slice(body);
+        Ok(Publication(Arc::from(buf)))
+    }
+
+    /// Read an envelope another core sent. `None` if it is not a publication's layout (it always
+    /// is: only [`Publication::into_envelope`] makes them; checked rather than trusted anyway).
+    pub fn from_envelope(env: Envelope) -> Option<Publication> {
+        let b = &env.0;
+        let (t, e) = Self::lengths(b)?;
+        let ok = b[0] <= BINARY
+            && HEADER.checked_add(t)?.checked_add(e)? <= b.len()
+            && std::str::from_utf8(&b[HEADER..HEADER + t + e]).is_ok()
+            && (b[0] == BINARY || std::str::from_utf8(&b[HEADER + t + e..]).is_ok());
+        ok.then_some(Publication(env.0))
+    }
+
+    /// The bytes for the mesh (shared, not copied).
+    pub fn into_envelope(self) -> Envelope {
+        Envelope(self.0)
+    }
+
+    /// The same, keeping this handle.
+    pub fn envelope(&self) -> Envelope {
+        Envelope(self.0.clone())
+    }
+
+    fn lengths(b: &[u8]) -> Option<(usize, usize)> {
+        let t = u32::from_le_bytes(b.get(1..5)?.try_into().ok()?) as usize;
+        let e = u32::from_le_bytes(b.get(5..9)?.try_into().ok()?) as usize;
+        Some((t, e))
+    }
+
+    fn split(&self) -> (&str, &str, &[u8]) {
+        let (t, e) = Self::lengths(&self.0).unwrap_or((0, 0));
+        let text = |r: std::ops::Range<usize>| {
+            self.0
+                .get(r)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .unwrap_or("")
+        };
+        let body = self.0.get(HEADER + t + e..).unwrap_or(&[]);
+        (
+            text(HEADER..HEADER + t),
+            text(HEADER + t..HEADER + t + e),
+            body,
+        )
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        self.split().0
+    }
+
+    /// The event.
+    pub fn event(&self) -> &str {
+        self.split().1
+    }
+
+    /// The payload, as it was given.
+    pub fn payload(&self) -> Payload<'_> {
+        let body = self.split().2;
+        if self.0.first() == Some(&BINARY) {
+            Payload::Binary(body)
+        } else {
+            Payload::Json(std::str::from_utf8(body).unwrap_or("{}"))
+        }
+    }
+
+    /// Bytes this publication holds (its one allocation's contents).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a publication has at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_an_envelope_without_copying() {
+        let p = Publication::new("room:1", "new_msg", Payload::Json(r#"{"a":1}"#)).unwrap();
+        assert_eq!(
+            (p.topic(), p.event(), p.payload()),
+            ("room:1", "new_msg", Payload::Json(r#"{"a":1}"#))
+        );
+        let env = p.envelope();
+        assert!(Arc::ptr_eq(&env.0, &p.0), "shared, not copied");
+        let q = Publication::from_envelope(env).unwrap();
+        assert_eq!(q, p);
+        let b = Publication::new("t", "bin", Payload::Binary(&[0, 255, 7])).unwrap();
+        let b = Publication::from_envelope(b.into_envelope()).unwrap();
+        assert_eq!(b.payload(), Payload::Binary(&[0, 255, 7]));
+    }
+
+    #[test]
+    fn refuses_what_no_client_may_receive() {
+        for e in [
+            "phx_close",
+            "phx_error",
+            "phx_reply",
+            "presence_diff",
+            "presence_state",
+        ] {
+            assert_eq!(
+                Publication::new("t", e, Payload::Json("{}")),
+                Err(Refused::ReservedEvent)
+            );
+        }
+        for p in ["null", "[]", "1", r#""s""#] {
+            assert_eq!(
+                Publication::new("t", "e", Payload::Json(p)),
+                Err(Refused::NotAnObject)
+            );
+        }
+        let long = "x".repeat(256);
+        assert_eq!(
+            Publication::new(&long, "e", Payload::Binary(b"")),
+            Err(Refused::TooLong)
+        );
+        assert!(Publication::new(&long, "e", Payload::Json("{}")).is_ok());
+    }
+
+    #[test]
+    fn foreign_bytes_are_not_taken_for_a_publication() {
+        for bad in [
+            &b""[..],
+            &[0, 1],
+            &[2, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0, 9, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            assert!(Publication::from_envelope(Envelope(Arc::from(bad))).is_none());
+        }
+    }
+
+    #[test]
+    fn reasons_and_responses_agree() {
+        for r in [
+            Refused::ReservedEvent,
+            Refused::NotAnObject,
+            Refused::TooLong,
+        ] {
+            assert_eq!(r.response(), format!(r#"{{"reason":"{}"}}"#, r.reason()));
+        }
+    }
+}
