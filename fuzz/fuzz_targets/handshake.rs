@@ -60,7 +60,7 @@ fn exercise(req: &Request) {
         let accept = accept_key(key);
         assert_eq!(accept.len(), 28);
         let mut out = Vec::new();
-        write_switching(&mut out, &accept, req.protocols.first().map(String::as_str));
+        write_switching(&mut out, &accept, req.protocols.first().map(String::as_str), &[]);
         // One head, ending at the end of the buffer, carrying the accept value.
         assert!(out.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
         let end = out.windows(4).position(|w| w == b"\r\n\r\n");

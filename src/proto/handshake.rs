@@ -250,14 +250,23 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// Append a `101 Switching Protocols` response with `Upgrade`, `Connection`,
-/// `Sec-WebSocket-Accept` and, if `protocol` is `Some`, `Sec-WebSocket-Protocol`.
-pub fn write_switching(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>) {
+/// `Sec-WebSocket-Accept`, `Sec-WebSocket-Protocol` if `protocol` is `Some`, then the `extra`
+/// headers (CR and LF dropped, as in every header written here).
+pub fn write_switching(
+    out: &mut Vec<u8>,
+    accept: &str,
+    protocol: Option<&str>,
+    extra: &[(&str, &str)],
+) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     push_header(out, "Upgrade", "websocket");
     push_header(out, "Connection", "Upgrade");
     push_header(out, "Sec-WebSocket-Accept", accept);
     if let Some(p) = protocol {
         push_header(out, "Sec-WebSocket-Protocol", p);
+    }
+    for (name, value) in extra {
+        push_header(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -771,7 +780,7 @@ mod tests {
     #[test]
     fn switching_response() {
         let mut out = Vec::new();
-        write_switching(&mut out, &accept_key(KEY), Some("phoenix"));
+        write_switching(&mut out, &accept_key(KEY), Some("phoenix"), &[("x-a", "1")]);
         let (status, reason, headers, body) = parse_response(&out);
         assert_eq!((status, reason.as_str()), (101, "Switching Protocols"));
         assert!(body.is_empty());
@@ -780,6 +789,7 @@ mod tests {
             ("Connection", "Upgrade"),
             ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             ("Sec-WebSocket-Protocol", "phoenix"),
+            ("x-a", "1"),
         ];
         assert_eq!(headers, want.map(|(n, v)| (n.to_owned(), v.to_owned())));
     }

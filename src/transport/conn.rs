@@ -637,10 +637,9 @@ impl Conn {
             }
         };
         let mut out = Vec::with_capacity(192);
-        handshake::write_switching(&mut out, &handshake::accept_key(key), protocol);
-        // The 101 is already complete; insert the core header before the final blank line.
-        out.truncate(out.len() - 2);
-        out.extend_from_slice(format!("x-corecast-core: {}\r\n\r\n", self.hub.shard.id).as_bytes());
+        let core = self.hub.shard.id.to_string();
+        let extra = [("x-corecast-core", core.as_str())];
+        handshake::write_switching(&mut out, &handshake::accept_key(key), protocol, &extra);
         self.enqueue(out);
         Stats::bump(&self.hub.shard.stats.upgraded);
         Stats::bump(&self.hub.shard.stats.websockets);

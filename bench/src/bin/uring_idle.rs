@@ -72,7 +72,7 @@ fn on_readable(c: &mut Conn, scratch: &mut [u8]) -> bool {
             let Ok(key) = handshake::check_upgrade(&req) else {
                 return false;
             };
-            handshake::write_switching(&mut out, &handshake::accept_key(key), None);
+            handshake::write_switching(&mut out, &handshake::accept_key(key), None, &[]);
             c.open = true;
             c.head = Vec::new();
         } else {
