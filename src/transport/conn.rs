@@ -6,6 +6,11 @@
 //! `poll` so that a read borrows the core's scratch buffer only for the duration of one
 //! non-blocking `recv` and the parse that follows: nothing is held across a wait, so an idle
 //! connection holds no read buffer.
+//!
+//! This file is the task itself: its state, its poll loop (signals, flushing, reading), and
+//! closing. What it does with the bytes it reads is in [`super::http`] (the HTTP phase: requests,
+//! keep-alive, the upgrade) and [`super::websocket`] (frames, the rate limit, the partial-message
+//! budget, the Phoenix session).
 
 use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
@@ -17,17 +22,14 @@ use std::task::{Context, Poll};
 
 use tracing::trace;
 
-use crate::app::auth;
-use crate::app::handler::ConnectInfo;
-use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
-use crate::proto::frame::{self, Decoder, FrameError, Message, OpCode, close};
-use crate::proto::handshake::{self, HttpError, Request};
-use crate::proto::phoenix::Frame;
+use crate::proto::frame::{self, Decoder, FrameError, close};
+use crate::proto::handshake;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::session::{Ctx, Session};
 use crate::runtime::reactor::ready;
 use crate::runtime::shard::{Slot, Stats, WRITE_COALESCE, signal};
-use crate::runtime::wheel::TICK;
+use crate::transport::http::PendingBody;
+use crate::transport::websocket::RateBucket;
 
 /// Frames at least this big are written straight from their buffer instead of being coalesced.
 const DIRECT_WRITE: usize = 16 * 1024;
@@ -43,7 +45,7 @@ pub enum Endpoint {
     Phoenix,
 }
 
-enum Phase {
+pub(super) enum Phase {
     /// Reading the request head, then (`body` set: the head was accepted) its body. Once the
     /// request is answered `buf` keeps only bytes already received past it (a pipelined next
     /// request) on a kept-alive connection, nothing otherwise: an idle kept-alive connection
@@ -71,23 +73,6 @@ enum Phase {
     /// Our last bytes (a close frame or an HTTP response) are queued: flush them, shut the write
     /// side, then read and discard until the peer closes or the close deadline passes.
     Closing { shut: bool },
-}
-
-/// A request whose head was accepted and whose body is being read into the phase's `buf`
-/// (`req.head_len` bytes of head, then the body). Holds its bytes of the core's body budget
-/// until it is dropped: when answered, or with the connection, whichever way it ends.
-struct PendingBody {
-    req: Request,
-    api: Api,
-    format: Format,
-    reservation: BodyReservation,
-}
-
-impl PendingBody {
-    /// Bytes of head and body: `buf` is complete at this length.
-    fn end(&self) -> usize {
-        self.req.head_len + self.reservation.bytes()
-    }
 }
 
 /// Serve one accepted connection (already in slot `key`, watched by the reactor) until it is
@@ -121,20 +106,20 @@ pub fn serve(
     }
 }
 
-struct Conn {
+pub(super) struct Conn {
     /// The core: its pub/sub hub and, through it, its runtime shard.
-    hub: Rc<Hub>,
-    stream: TcpStream,
-    key: usize,
-    generation: u32,
+    pub(super) hub: Rc<Hub>,
+    pub(super) stream: TcpStream,
+    pub(super) key: usize,
+    pub(super) generation: u32,
     /// `max_messages_per_sec`.
-    rate: RateBucket,
+    pub(super) rate: RateBucket,
     /// Tick by which the data message now arriving must be complete (`message_timeout_ms`
     /// after its first bytes); 0 while no data message is pending.
-    msg_deadline: u32,
+    pub(super) msg_deadline: u32,
     /// Bytes of the front frame of the queue already written.
-    out_off: u32,
-    phase: Phase,
+    pub(super) out_off: u32,
+    pub(super) phase: Phase,
 }
 
 impl Drop for Conn {
@@ -156,7 +141,7 @@ impl Drop for Conn {
 }
 
 /// What reading and parsing asked the loop to do next.
-enum Step {
+pub(super) enum Step {
     Continue,
     Finished,
 }
@@ -286,7 +271,7 @@ impl Conn {
     }
 
     /// The outbound queue is at its bound: no more reading (or answering) until it drains.
-    fn backed_up(&self) -> bool {
+    pub(super) fn backed_up(&self) -> bool {
         let slots = self.hub.shard.slots.borrow();
         slots.get(self.key).is_some_and(|s| {
             s.out_bytes as usize >= self.hub.shard.cfg.out_queue_max_bytes
@@ -354,419 +339,8 @@ impl Conn {
         Poll::Ready(step)
     }
 
-    /// Serve the requests buffered in the HTTP phase, in their order (keep-alive, pipelining):
-    /// until one is incomplete, the connection leaves the HTTP phase (upgrade, close), or the
-    /// answers queued reach the out-queue bounds; then the rest waits in `buf` (`pipelined`)
-    /// and is served before the socket is read again.
-    fn on_http_bytes(&mut self) -> Step {
-        loop {
-            if let Phase::Http { pipelined, .. } = &mut self.phase {
-                *pipelined = false;
-            }
-            if !self.on_http_request() {
-                return Step::Continue;
-            }
-            if self.backed_up() {
-                if let Phase::Http { pipelined, .. } = &mut self.phase {
-                    *pipelined = true;
-                }
-                return Step::Continue;
-            }
-        }
-    }
-
-    /// Parse the request at the front of `buf` and act on it at once (see [`http::plan`]):
-    /// refuse, answer, upgrade, or (an accepted API call) reserve its body's bytes and read it;
-    /// once the body is complete, answer it. True when there is more to do with `buf` now (a
-    /// kept-alive answer with bytes of the next request behind it, or a body to check).
-    fn on_http_request(&mut self) -> bool {
-        let Phase::Http {
-            buf,
-            body,
-            deferred,
-            ..
-        } = &mut self.phase
-        else {
-            return false;
-        };
-        if body.as_ref().is_some_and(|p| buf.len() < p.end()) {
-            return false; // the body is still coming
-        }
-        if let Some(pending) = body.take() {
-            let mut buf = std::mem::take(buf);
-            let rest = buf.split_off(pending.end()); // the next request's bytes, if any
-            let body = &buf[pending.req.head_len..];
-            let a = match pending.api {
-                Api::Broadcast => crate::http::api::broadcast(&self.hub, body, pending.format),
-            };
-            let keep = http::keep_alive(&pending.req, &self.hub.shard.cfg, true);
-            let head_only = pending.req.method == "HEAD";
-            drop(pending); // its budget is given back once answered
-            return self.answer(head_only, &a, &[], keep, rest);
-        }
-        let req = match handshake::parse_request(buf, self.hub.shard.cfg.max_request_head) {
-            Ok(None) => return false,
-            Ok(Some(req)) => req,
-            Err(e) => {
-                let status = match e {
-                    HttpError::TooLarge => 431,
-                    HttpError::Malformed(_) => 400,
-                };
-                self.respond(status, "text/plain", e.to_string().as_bytes(), &[]);
-                return false;
-            }
-        };
-        Stats::bump(&self.hub.shard.stats.http_requests);
-        let stream = &self.stream;
-        let peer = || stream.peer_addr().ok().map(|a| a.ip());
-        let (a, extra) = match http::plan(&req, &self.hub.shard.cfg, peer) {
-            Plan::Refuse(refusal) => (refusal.answer(), refusal.headers),
-            Plan::Health => {
-                let (id, n) = (self.hub.shard.id, self.hub.shard.connections());
-                let body = format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#);
-                (Answer::json(200, &body), &[][..])
-            }
-            Plan::Metrics => (crate::http::metrics::metrics(&self.hub), &[][..]),
-            Plan::Phoenix => {
-                if buf.len() > req.head_len && self.hub.shard.reads_held() {
-                    // Frames sent right behind an upgrade would be handled before the socket's
-                    // first read, so past the mesh's read gate: the request waits whole until
-                    // the hold ends.
-                    *deferred = true;
-                    return false;
-                }
-                let mut rest = buf.split_off(req.head_len);
-                self.phoenix_upgrade(&req, &mut rest);
-                return false;
-            }
-            Plan::Echo => {
-                let mut rest = buf.split_off(req.head_len);
-                self.upgrade(&req, Endpoint::Echo, None, None, &mut rest);
-                return false;
-            }
-            Plan::Body { api, format, len } => {
-                let limit = self.hub.shard.cfg.max_body_bytes_in_flight;
-                let Some(reservation) = BodyReservation::take(&self.hub.shard.stats, limit, len)
-                else {
-                    self.refuse(&Refusal::BUSY);
-                    return false;
-                };
-                let end = req.head_len + len;
-                buf.reserve_exact(end.saturating_sub(buf.len()));
-                let waiting = req.expect_continue && buf.len() == req.head_len && len > 0;
-                *body = Some(Box::new(PendingBody {
-                    req,
-                    api,
-                    format,
-                    reservation,
-                }));
-                if waiting {
-                    // The client holds its body back until it hears that it may send it.
-                    self.enqueue(handshake::CONTINUE.to_vec());
-                }
-                return true; // the body may be here already
-            }
-        };
-        // Answered from the head: kept alive only if no body was announced (it is never read).
-        let keep = http::keep_alive(&req, &self.hub.shard.cfg, false);
-        let rest = buf.split_off(req.head_len);
-        self.answer(req.method == "HEAD", &a, extra, keep, rest)
-    }
-
-    /// Answer a plain HTTP request (see [`http::write_answer`]). Kept alive (`keep`, and the
-    /// core is not draining): the connection stays in the HTTP phase with `rest` (the bytes
-    /// already received past this request) as its buffer and `http_keepalive_ms` to send the
-    /// next request; true if `rest` holds some of it. Otherwise it closes after the answer.
-    fn answer(
-        &mut self,
-        head_only: bool,
-        a: &Answer,
-        extra: &[(&str, &str)],
-        keep: bool,
-        rest: Vec<u8>,
-    ) -> bool {
-        let shard = self.hub.shard.clone();
-        let wait = shard
-            .cfg
-            .http_keepalive()
-            .filter(|_| keep && !shard.is_draining());
-        let mut out = Vec::with_capacity(192 + a.body.len());
-        http::write_answer(&mut out, head_only, a, extra, wait);
-        self.enqueue(out);
-        let (
-            Some(wait),
-            Phase::Http {
-                buf,
-                served,
-                started,
-                ..
-            },
-        ) = (wait, &mut self.phase)
-        else {
-            self.close_after_queued();
-            return false;
-        };
-        *buf = rest; // exactly the bytes past this request: nothing when it was the last
-        *started = shard.now_tick() as u32;
-        *served = served.saturating_add(1);
-        // After the first answer deadlines only move later (answer time + wait): extending the
-        // slot's deadline is enough. The first moves it before the handshake timeout's wheel
-        // entry, so it needs an entry of its own.
-        if *served == 1 {
-            shard.set_deadline(self.key, Some(wait));
-        } else {
-            shard.extend_deadline(self.key, wait);
-        }
-        !buf.is_empty()
-    }
-
-    /// The HTTP phase's deadline has passed; true: drop the connection. On the first request
-    /// that is the handshake timeout. On a kept-alive connection waiting for its next request,
-    /// the keep-alive wait is over: closed without a word. One whose next request is under way
-    /// gives that request `handshake_timeout_ms` from its first byte (`started`).
-    fn on_http_deadline(&mut self) -> bool {
-        let Phase::Http {
-            buf,
-            body,
-            served,
-            started,
-            ..
-        } = &self.phase
-        else {
-            return false;
-        };
-        if *served > 0 && buf.is_empty() && body.is_none() {
-            trace!(key = self.key, "keep-alive wait over");
-            return true;
-        }
-        if *served > 0 {
-            let age = TICK * (self.hub.shard.now_tick() as u32).wrapping_sub(*started);
-            if let Some(next) = http::recheck_after(age, &self.hub.shard.cfg) {
-                self.hub.shard.set_deadline(self.key, Some(next));
-                return false;
-            }
-        }
-        Stats::bump(&self.hub.shard.stats.handshake_timeouts);
-        trace!(key = self.key, "handshake timeout");
-        true
-    }
-
-    /// Answer a refused request and close (its body, if any, is never read).
-    fn refuse(&mut self, refusal: &Refusal) {
-        let (content_type, body) = refusal.body();
-        self.respond(refusal.status, content_type, &body, refusal.headers);
-    }
-
-    /// Phoenix's connect: transport version, token, the handler's verdict; then the upgrade.
-    fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) {
-        // Like Phoenix: the serializer is chosen by `vsn` (default 1.0.0); we speak V2 only.
-        let vsn = handshake::query_param(&req.query, "vsn").unwrap_or_else(|| "1.0.0".into());
-        if !(vsn == "2.0.0" || vsn.starts_with("2.0.")) {
-            self.respond(403, "text/plain", b"unsupported vsn: use vsn=2.0.0\n", &[]);
-            return;
-        }
-        if !self.hub.shard.cfg.origin_allowed(req.origin.as_deref()) {
-            self.respond(403, "text/plain", b"origin not allowed\n", &[]);
-            return;
-        }
-        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed. Without
-        // it we could choose no subprotocol, and a browser fails a handshake that answers an
-        // offer with none: refuse with the reason instead.
-        let offers_phoenix = req.protocols.iter().any(|p| p == "phoenix");
-        let offers_bearer = req
-            .protocols
-            .iter()
-            .any(|p| p.starts_with(handshake::PHX_BEARER_PREFIX));
-        if offers_bearer && !offers_phoenix {
-            let why = b"the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"\n";
-            self.respond(400, "text/plain", why, &[]);
-            return;
-        }
-        let token = handshake::query_param(&req.query, "token")
-            .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
-        let cfg = &self.hub.shard.cfg;
-        let claims = match (&cfg.auth_secret, token) {
-            (Some(secret), Some(token)) => {
-                let (now, max_age) = (auth::now_unix(), cfg.token_max_age_secs);
-                match auth::verify(secret.as_bytes(), &token, now, max_age) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        // Never log the token itself.
-                        trace!(key = self.key, error = %e, "token refused");
-                        self.respond(403, "text/plain", b"invalid token\n", &[]);
-                        return;
-                    }
-                }
-            }
-            _ => None,
-        };
-        if cfg.require_token && claims.is_none() {
-            self.respond(403, "text/plain", b"token required\n", &[]);
-            return;
-        }
-        let info = ConnectInfo {
-            claims: claims.as_ref(),
-            query: &req.query,
-            origin: req.origin.as_deref(),
-        };
-        // A panic in the handler counts like one at any other call site (`Hub::guard`).
-        if self.hub.guard(|h| h.connect(&info)) != Some(true) {
-            self.respond(403, "text/plain", b"connection refused\n", &[]);
-            return;
-        }
-        let protocol = offers_phoenix.then_some("phoenix");
-        let user = claims.as_ref().map(|c| c.sub.as_str());
-        self.upgrade(req, Endpoint::Phoenix, protocol, user, rest);
-    }
-
-    /// Answer the opening handshake and switch to WebSocket.
-    fn upgrade(
-        &mut self,
-        req: &Request,
-        endpoint: Endpoint,
-        protocol: Option<&str>,
-        user: Option<&str>,
-        rest: &mut [u8],
-    ) {
-        let key = match handshake::check_upgrade(req) {
-            Ok(k) => k,
-            Err(e) => {
-                let msg = format!("{e}\n");
-                self.respond(e.status(), "text/plain", msg.as_bytes(), e.headers());
-                return;
-            }
-        };
-        let mut out = Vec::with_capacity(192);
-        let core = self.hub.shard.id.to_string();
-        let extra = [("x-corecast-core", core.as_str())];
-        handshake::write_switching(&mut out, &handshake::accept_key(key), protocol, &extra);
-        self.enqueue(out);
-        Stats::bump(&self.hub.shard.stats.upgraded);
-        Stats::bump(&self.hub.shard.stats.websockets);
-        // Both endpoints: an echo socket holds a slot and a descriptor like any other.
-        self.hub
-            .shard
-            .set_deadline(self.key, Some(self.hub.shard.cfg.idle_timeout()));
-        self.phase = Phase::Open {
-            endpoint,
-            decoder: Decoder::new(),
-            session: Session::new(user),
-        };
-        if !rest.is_empty() {
-            // Frames sent right behind the request, before our 101 was read.
-            self.on_ws_bytes(rest);
-        }
-    }
-
-    /// Decode frames and act on each message, under the socket's rate limit, the core's budget
-    /// for partial messages and the message deadline.
-    fn on_ws_bytes(&mut self, input: &mut [u8]) {
-        let Phase::Open {
-            endpoint,
-            decoder,
-            session,
-        } = &mut self.phase
-        else {
-            return;
-        };
-        let endpoint = *endpoint;
-        let shard = &*self.hub.shard;
-        let ctx = Ctx {
-            hub: &self.hub,
-            key: self.key,
-            generation: self.generation,
-        };
-        let now = shard.now_tick() as u32;
-        let rate = shard.cfg.max_messages_per_sec;
-        if rate > 0 {
-            self.rate.refill(rate, now);
-        }
-        // This socket may hold what the core's budget has left, besides what it holds now.
-        let held_before = decoder.heap_bytes();
-        let held_elsewhere = shard.partial_bytes().saturating_sub(held_before);
-        let limits = frame::Limits {
-            max_buffered: shard
-                .cfg
-                .max_partial_bytes_per_core
-                .saturating_sub(held_elsewhere),
-            ..shard.cfg.frame_limits()
-        };
-        let bucket = &mut self.rate;
-        let mut peer_close: Option<Option<u16>> = None;
-        let mut app_close: Option<(u16, &'static str)> = None;
-        let mut frames_in = 0u64;
-        let mut data_done = false;
-        let echo = |op: OpCode, payload: &[u8]| {
-            let Ok(frame) = shard.build_frame(op, |b| {
-                b.extend_from_slice(payload);
-                Ok::<(), std::convert::Infallible>(())
-            });
-            shard.enqueue(ctx.key, frame);
-        };
-        // One call per frame of any kind (a fragment too): each costs one from the bucket.
-        let result = decoder.feed(input, &limits, &mut |msg| {
-            frames_in += 1;
-            if app_close.is_some() {
-                return; // closing: ignore what follows
-            }
-            if rate > 0 && !bucket.take() {
-                app_close = Some((close::code::POLICY, "rate limit"));
-                return;
-            }
-            let data = match msg {
-                Message::Text(t) => Frame::Text(t),
-                Message::Binary(b) => Frame::Binary(b),
-                Message::Fragment => return,
-                Message::Ping(p) => return echo(OpCode::Pong, p),
-                Message::Pong(_) => return,
-                Message::Close(c) => {
-                    peer_close = Some(c.map(|c| c.code));
-                    return;
-                }
-            };
-            data_done = true;
-            match (endpoint, data) {
-                (Endpoint::Echo, Frame::Text(t)) => echo(OpCode::Text, t.as_bytes()),
-                (Endpoint::Echo, Frame::Binary(b)) => echo(OpCode::Binary, b),
-                (Endpoint::Phoenix, data) => {
-                    if let Err(close) = session.on_frame(ctx, data) {
-                        app_close = Some(close);
-                    }
-                }
-            }
-        });
-        Stats::add(&shard.stats.frames_in, frames_in);
-        shard.hold_partial(held_before, decoder.heap_bytes());
-        // The message deadline runs from the read that brought a data message's first bytes
-        // until the read that completes it. While the same message stays incomplete, nothing
-        // (pings included) pushes the idle deadline: a peer that starts a message and then only
-        // pings is closed at the message deadline, one that goes silent at the idle timeout.
-        let mut timed_out = false;
-        if !decoder.message_pending() {
-            self.msg_deadline = 0;
-            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
-        } else if self.msg_deadline == 0 || data_done {
-            let at = shard.deadline_tick(shard.cfg.message_timeout());
-            self.msg_deadline = at.clamp(1, u64::from(u32::MAX)) as u32;
-            shard.extend_deadline(self.key, shard.cfg.idle_timeout());
-        } else {
-            timed_out = now >= self.msg_deadline;
-        }
-        if let Err(e) = result {
-            self.fail(&e);
-        } else if let Some((code, reason)) = app_close {
-            self.start_close(code, reason);
-        } else if timed_out {
-            Stats::bump(&self.hub.shard.stats.message_timeouts);
-            self.start_close(close::code::POLICY, "message timeout");
-        } else if let Some(code) = peer_close {
-            // Echo the peer's code (RFC 6455 5.5.1), then close.
-            self.start_close(code.unwrap_or(close::code::NORMAL), "");
-        }
-    }
-
     /// Leave the Open phase: the socket's channels are left and the gauges updated.
-    fn leave_open(&mut self) {
+    pub(super) fn leave_open(&mut self) {
         if let Phase::Open {
             session, decoder, ..
         } = &mut self.phase
@@ -783,7 +357,7 @@ impl Conn {
     }
 
     /// Drop every queued frame not yet started (the one being written is kept whole).
-    fn discard_unsent(&mut self) {
+    pub(super) fn discard_unsent(&mut self) {
         let mut slots = self.hub.shard.slots.borrow_mut();
         if let Some(slot) = slots.get_mut(self.key) {
             let keep = usize::from(self.out_off > 0);
@@ -795,7 +369,7 @@ impl Conn {
         }
     }
 
-    fn fail(&mut self, e: &FrameError) {
+    pub(super) fn fail(&mut self, e: &FrameError) {
         trace!(key = self.key, error = %e, "closing on protocol error");
         let reason = match e {
             FrameError::Protocol(why) => why,
@@ -810,7 +384,7 @@ impl Conn {
     }
 
     /// Queue a close frame and move to Closing (no-op if already closing).
-    fn start_close(&mut self, code: u16, reason: &str) {
+    pub(super) fn start_close(&mut self, code: u16, reason: &str) {
         if matches!(self.phase, Phase::Closing { .. }) {
             return;
         }
@@ -823,7 +397,13 @@ impl Conn {
     }
 
     /// Queue a plain HTTP response and close after it.
-    fn respond(&mut self, status: u16, ctype: &str, body: &[u8], extra: &[(&str, &str)]) {
+    pub(super) fn respond(
+        &mut self,
+        status: u16,
+        ctype: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) {
         let mut out = Vec::with_capacity(160 + body.len());
         handshake::write_response(&mut out, status, ctype, body, extra, false);
         self.enqueue(out);
@@ -831,14 +411,14 @@ impl Conn {
     }
 
     /// Move to Closing behind what is queued, with the close deadline running.
-    fn close_after_queued(&mut self) {
+    pub(super) fn close_after_queued(&mut self) {
         self.phase = Phase::Closing { shut: false };
         self.hub
             .shard
             .set_deadline(self.key, Some(self.hub.shard.cfg.close_timeout()));
     }
 
-    fn enqueue(&mut self, bytes: Vec<u8>) {
+    pub(super) fn enqueue(&mut self, bytes: Vec<u8>) {
         self.hub.shard.queue_own(self.key, Arc::from(bytes));
     }
 
@@ -913,82 +493,9 @@ impl Conn {
     }
 }
 
-/// Token bucket of one socket for `max_messages_per_sec`: it holds one second's worth and
-/// refills on the core's 100 ms ticks. Counted in tenths of a frame, so a tick refills exactly
-/// `rate` tenths whatever the rate (no rounding away of 1.5 frames a tick at 15/s).
-#[derive(Debug, Clone, Copy)]
-struct RateBucket {
-    /// Tenths of a frame left.
-    left: u32,
-    /// Tick of the last refill.
-    tick: u32,
-}
-
-impl RateBucket {
-    /// A full bucket for `rate` frames a second (`rate` is at most 1,000,000: see config).
-    fn full(rate: u32) -> RateBucket {
-        RateBucket {
-            left: rate.saturating_mul(10),
-            tick: 0,
-        }
-    }
-
-    /// Add what the ticks since the last refill earned, up to one second's worth.
-    fn refill(&mut self, rate: u32, now: u32) {
-        let ticks = now.wrapping_sub(self.tick);
-        if ticks > 0 {
-            let full = u64::from(rate) * 10;
-            let earned = u64::from(ticks) * u64::from(rate);
-            self.left = (u64::from(self.left) + earned).min(full) as u32;
-            self.tick = now;
-        }
-    }
-
-    /// Spend one frame; false when the bucket is empty.
-    fn take(&mut self) -> bool {
-        let ok = self.left >= 10;
-        if ok {
-            self.left -= 10;
-        }
-        ok
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Frames a bucket lets through over `ticks` ticks, offered `per_tick` every tick.
-    fn passed(rate: u32, per_tick: u32, ticks: u32) -> u32 {
-        let mut b = RateBucket::full(rate);
-        let mut n = 0;
-        for t in 1..=ticks {
-            b.refill(rate, t);
-            n += (0..per_tick).filter(|_| b.take()).count() as u32;
-        }
-        n
-    }
-
-    #[test]
-    fn rate_bucket_is_exact_at_any_rate() {
-        // A burst of one second's worth, then `rate` a second.
-        let mut b = RateBucket::full(200);
-        b.refill(200, 0);
-        assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
-        // Offered far more than the rate for 10 s: the full bucket spent on the first tick,
-        // then what the other 99 ticks refilled.
-        for rate in [1, 5, 10, 15, 19, 200, 1_000_000] {
-            let got = passed(rate, rate + 10, 100);
-            assert_eq!(got, rate + rate * 99 / 10, "rate {rate}");
-        }
-        // Offered 1.5 frames a tick (15/s) at a rate of 15: never refused.
-        let mut b = RateBucket::full(15);
-        for t in 1..=200u32 {
-            b.refill(15, t);
-            let n = if t % 2 == 0 { 2 } else { 1 };
-            assert!((0..n).all(|_| b.take()), "tick {t}");
-        }
-    }
 
     #[test]
     fn connection_task_state_is_small() {

@@ -1,3 +1,6 @@
-//! The TCP connection task: the HTTP phase, the WebSocket phase, closing.
+//! The TCP connection task: one glommio task per accepted socket, through its HTTP phase, its
+//! WebSocket phase and closing.
 
 pub mod conn;
+mod http;
+mod websocket;

@@ -1,0 +1,338 @@
+//! The HTTP phase of a connection: requests answered in their order on a kept-alive connection
+//! (decided from the head by [`crate::http::plan`], bodies read only once accepted), and the
+//! WebSocket upgrade (Phoenix's connect checks first).
+
+use tracing::trace;
+
+use crate::app::auth;
+use crate::app::handler::ConnectInfo;
+use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
+use crate::proto::frame::Decoder;
+use crate::proto::handshake::{self, HttpError, Request};
+use crate::pubsub::session::Session;
+use crate::runtime::shard::Stats;
+use crate::runtime::wheel::TICK;
+use crate::transport::conn::{Conn, Endpoint, Phase, Step};
+
+/// A request whose head was accepted and whose body is being read into the phase's `buf`
+/// (`req.head_len` bytes of head, then the body). Holds its bytes of the core's body budget
+/// until it is dropped: when answered, or with the connection, whichever way it ends.
+pub(super) struct PendingBody {
+    pub(super) req: Request,
+    pub(super) api: Api,
+    pub(super) format: Format,
+    pub(super) reservation: BodyReservation,
+}
+
+impl PendingBody {
+    /// Bytes of head and body: `buf` is complete at this length.
+    pub(super) fn end(&self) -> usize {
+        self.req.head_len + self.reservation.bytes()
+    }
+}
+
+impl Conn {
+    /// Serve the requests buffered in the HTTP phase, in their order (keep-alive, pipelining):
+    /// until one is incomplete, the connection leaves the HTTP phase (upgrade, close), or the
+    /// answers queued reach the out-queue bounds; then the rest waits in `buf` (`pipelined`)
+    /// and is served before the socket is read again.
+    pub(super) fn on_http_bytes(&mut self) -> Step {
+        loop {
+            if let Phase::Http { pipelined, .. } = &mut self.phase {
+                *pipelined = false;
+            }
+            if !self.on_http_request() {
+                return Step::Continue;
+            }
+            if self.backed_up() {
+                if let Phase::Http { pipelined, .. } = &mut self.phase {
+                    *pipelined = true;
+                }
+                return Step::Continue;
+            }
+        }
+    }
+
+    /// Parse the request at the front of `buf` and act on it at once (see [`http::plan`]):
+    /// refuse, answer, upgrade, or (an accepted API call) reserve its body's bytes and read it;
+    /// once the body is complete, answer it. True when there is more to do with `buf` now (a
+    /// kept-alive answer with bytes of the next request behind it, or a body to check).
+    fn on_http_request(&mut self) -> bool {
+        let Phase::Http {
+            buf,
+            body,
+            deferred,
+            ..
+        } = &mut self.phase
+        else {
+            return false;
+        };
+        if body.as_ref().is_some_and(|p| buf.len() < p.end()) {
+            return false; // the body is still coming
+        }
+        if let Some(pending) = body.take() {
+            let mut buf = std::mem::take(buf);
+            let rest = buf.split_off(pending.end()); // the next request's bytes, if any
+            let body = &buf[pending.req.head_len..];
+            let a = match pending.api {
+                Api::Broadcast => crate::http::api::broadcast(&self.hub, body, pending.format),
+            };
+            let keep = http::keep_alive(&pending.req, &self.hub.shard.cfg, true);
+            let head_only = pending.req.method == "HEAD";
+            drop(pending); // its budget is given back once answered
+            return self.answer(head_only, &a, &[], keep, rest);
+        }
+        let req = match handshake::parse_request(buf, self.hub.shard.cfg.max_request_head) {
+            Ok(None) => return false,
+            Ok(Some(req)) => req,
+            Err(e) => {
+                let status = match e {
+                    HttpError::TooLarge => 431,
+                    HttpError::Malformed(_) => 400,
+                };
+                self.respond(status, "text/plain", e.to_string().as_bytes(), &[]);
+                return false;
+            }
+        };
+        Stats::bump(&self.hub.shard.stats.http_requests);
+        let stream = &self.stream;
+        let peer = || stream.peer_addr().ok().map(|a| a.ip());
+        let (a, extra) = match http::plan(&req, &self.hub.shard.cfg, peer) {
+            Plan::Refuse(refusal) => (refusal.answer(), refusal.headers),
+            Plan::Health => {
+                let (id, n) = (self.hub.shard.id, self.hub.shard.connections());
+                let body = format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#);
+                (Answer::json(200, &body), &[][..])
+            }
+            Plan::Metrics => (crate::http::metrics::metrics(&self.hub), &[][..]),
+            Plan::Phoenix => {
+                if buf.len() > req.head_len && self.hub.shard.reads_held() {
+                    // Frames sent right behind an upgrade would be handled before the socket's
+                    // first read, so past the mesh's read gate: the request waits whole until
+                    // the hold ends.
+                    *deferred = true;
+                    return false;
+                }
+                let mut rest = buf.split_off(req.head_len);
+                self.phoenix_upgrade(&req, &mut rest);
+                return false;
+            }
+            Plan::Echo => {
+                let mut rest = buf.split_off(req.head_len);
+                self.upgrade(&req, Endpoint::Echo, None, None, &mut rest);
+                return false;
+            }
+            Plan::Body { api, format, len } => {
+                let limit = self.hub.shard.cfg.max_body_bytes_in_flight;
+                let Some(reservation) = BodyReservation::take(&self.hub.shard.stats, limit, len)
+                else {
+                    self.refuse(&Refusal::BUSY);
+                    return false;
+                };
+                let end = req.head_len + len;
+                buf.reserve_exact(end.saturating_sub(buf.len()));
+                let waiting = req.expect_continue && buf.len() == req.head_len && len > 0;
+                *body = Some(Box::new(PendingBody {
+                    req,
+                    api,
+                    format,
+                    reservation,
+                }));
+                if waiting {
+                    // The client holds its body back until it hears that it may send it.
+                    self.enqueue(handshake::CONTINUE.to_vec());
+                }
+                return true; // the body may be here already
+            }
+        };
+        // Answered from the head: kept alive only if no body was announced (it is never read).
+        let keep = http::keep_alive(&req, &self.hub.shard.cfg, false);
+        let rest = buf.split_off(req.head_len);
+        self.answer(req.method == "HEAD", &a, extra, keep, rest)
+    }
+
+    /// Answer a plain HTTP request (see [`http::write_answer`]). Kept alive (`keep`, and the
+    /// core is not draining): the connection stays in the HTTP phase with `rest` (the bytes
+    /// already received past this request) as its buffer and `http_keepalive_ms` to send the
+    /// next request; true if `rest` holds some of it. Otherwise it closes after the answer.
+    fn answer(
+        &mut self,
+        head_only: bool,
+        a: &Answer,
+        extra: &[(&str, &str)],
+        keep: bool,
+        rest: Vec<u8>,
+    ) -> bool {
+        let shard = self.hub.shard.clone();
+        let wait = shard
+            .cfg
+            .http_keepalive()
+            .filter(|_| keep && !shard.is_draining());
+        let mut out = Vec::with_capacity(192 + a.body.len());
+        http::write_answer(&mut out, head_only, a, extra, wait);
+        self.enqueue(out);
+        let (
+            Some(wait),
+            Phase::Http {
+                buf,
+                served,
+                started,
+                ..
+            },
+        ) = (wait, &mut self.phase)
+        else {
+            self.close_after_queued();
+            return false;
+        };
+        *buf = rest; // exactly the bytes past this request: nothing when it was the last
+        *started = shard.now_tick() as u32;
+        *served = served.saturating_add(1);
+        // After the first answer deadlines only move later (answer time + wait): extending the
+        // slot's deadline is enough. The first moves it before the handshake timeout's wheel
+        // entry, so it needs an entry of its own.
+        if *served == 1 {
+            shard.set_deadline(self.key, Some(wait));
+        } else {
+            shard.extend_deadline(self.key, wait);
+        }
+        !buf.is_empty()
+    }
+
+    /// The HTTP phase's deadline has passed; true: drop the connection. On the first request
+    /// that is the handshake timeout. On a kept-alive connection waiting for its next request,
+    /// the keep-alive wait is over: closed without a word. One whose next request is under way
+    /// gives that request `handshake_timeout_ms` from its first byte (`started`).
+    pub(super) fn on_http_deadline(&mut self) -> bool {
+        let Phase::Http {
+            buf,
+            body,
+            served,
+            started,
+            ..
+        } = &self.phase
+        else {
+            return false;
+        };
+        if *served > 0 && buf.is_empty() && body.is_none() {
+            trace!(key = self.key, "keep-alive wait over");
+            return true;
+        }
+        if *served > 0 {
+            let age = TICK * (self.hub.shard.now_tick() as u32).wrapping_sub(*started);
+            if let Some(next) = http::recheck_after(age, &self.hub.shard.cfg) {
+                self.hub.shard.set_deadline(self.key, Some(next));
+                return false;
+            }
+        }
+        Stats::bump(&self.hub.shard.stats.handshake_timeouts);
+        trace!(key = self.key, "handshake timeout");
+        true
+    }
+
+    /// Answer a refused request and close (its body, if any, is never read).
+    fn refuse(&mut self, refusal: &Refusal) {
+        let (content_type, body) = refusal.body();
+        self.respond(refusal.status, content_type, &body, refusal.headers);
+    }
+
+    /// Phoenix's connect: transport version, token, the handler's verdict; then the upgrade.
+    fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) {
+        // Like Phoenix: the serializer is chosen by `vsn` (default 1.0.0); we speak V2 only.
+        let vsn = handshake::query_param(&req.query, "vsn").unwrap_or_else(|| "1.0.0".into());
+        if !(vsn == "2.0.0" || vsn.starts_with("2.0.")) {
+            self.respond(403, "text/plain", b"unsupported vsn: use vsn=2.0.0\n", &[]);
+            return;
+        }
+        if !self.hub.shard.cfg.origin_allowed(req.origin.as_deref()) {
+            self.respond(403, "text/plain", b"origin not allowed\n", &[]);
+            return;
+        }
+        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed. Without
+        // it we could choose no subprotocol, and a browser fails a handshake that answers an
+        // offer with none: refuse with the reason instead.
+        let offers_phoenix = req.protocols.iter().any(|p| p == "phoenix");
+        let offers_bearer = req
+            .protocols
+            .iter()
+            .any(|p| p.starts_with(handshake::PHX_BEARER_PREFIX));
+        if offers_bearer && !offers_phoenix {
+            let why = b"the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"\n";
+            self.respond(400, "text/plain", why, &[]);
+            return;
+        }
+        let token = handshake::query_param(&req.query, "token")
+            .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
+        let cfg = &self.hub.shard.cfg;
+        let claims = match (&cfg.auth_secret, token) {
+            (Some(secret), Some(token)) => {
+                let (now, max_age) = (auth::now_unix(), cfg.token_max_age_secs);
+                match auth::verify(secret.as_bytes(), &token, now, max_age) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        // Never log the token itself.
+                        trace!(key = self.key, error = %e, "token refused");
+                        self.respond(403, "text/plain", b"invalid token\n", &[]);
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if cfg.require_token && claims.is_none() {
+            self.respond(403, "text/plain", b"token required\n", &[]);
+            return;
+        }
+        let info = ConnectInfo {
+            claims: claims.as_ref(),
+            query: &req.query,
+            origin: req.origin.as_deref(),
+        };
+        // A panic in the handler counts like one at any other call site (`Hub::guard`).
+        if self.hub.guard(|h| h.connect(&info)) != Some(true) {
+            self.respond(403, "text/plain", b"connection refused\n", &[]);
+            return;
+        }
+        let protocol = offers_phoenix.then_some("phoenix");
+        let user = claims.as_ref().map(|c| c.sub.as_str());
+        self.upgrade(req, Endpoint::Phoenix, protocol, user, rest);
+    }
+
+    /// Answer the opening handshake and switch to WebSocket.
+    pub(super) fn upgrade(
+        &mut self,
+        req: &Request,
+        endpoint: Endpoint,
+        protocol: Option<&str>,
+        user: Option<&str>,
+        rest: &mut [u8],
+    ) {
+        let key = match handshake::check_upgrade(req) {
+            Ok(k) => k,
+            Err(e) => {
+                let msg = format!("{e}\n");
+                self.respond(e.status(), "text/plain", msg.as_bytes(), e.headers());
+                return;
+            }
+        };
+        let mut out = Vec::with_capacity(192);
+        let core = self.hub.shard.id.to_string();
+        let extra = [("x-corecast-core", core.as_str())];
+        handshake::write_switching(&mut out, &handshake::accept_key(key), protocol, &extra);
+        self.enqueue(out);
+        Stats::bump(&self.hub.shard.stats.upgraded);
+        Stats::bump(&self.hub.shard.stats.websockets);
+        // Both endpoints: an echo socket holds a slot and a descriptor like any other.
+        self.hub
+            .shard
+            .set_deadline(self.key, Some(self.hub.shard.cfg.idle_timeout()));
+        self.phase = Phase::Open {
+            endpoint,
+            decoder: Decoder::new(),
+            session: Session::new(user),
+        };
+        if !rest.is_empty() {
+            // Frames sent right behind the request, before our 101 was read.
+            self.on_ws_bytes(rest);
+        }
+    }
+}
