@@ -4,8 +4,8 @@
 
 use tracing::trace;
 
-use crate::app::auth;
 use crate::app::handler::ConnectInfo;
+use crate::app::{auth, policy};
 use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::{self, HttpError, Request};
@@ -237,51 +237,16 @@ impl Conn {
 
     /// Phoenix's connect: transport version, token, the handler's verdict; then the upgrade.
     fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) {
-        // Like Phoenix: the serializer is chosen by `vsn` (default 1.0.0); we speak V2 only.
-        let vsn = handshake::query_param(&req.query, "vsn").unwrap_or_else(|| "1.0.0".into());
-        if !(vsn == "2.0.0" || vsn.starts_with("2.0.")) {
-            self.respond(403, "text/plain", b"unsupported vsn: use vsn=2.0.0\n", &[]);
-            return;
-        }
-        if !self.hub.shard.cfg.origin_allowed(req.origin.as_deref()) {
-            self.respond(403, "text/plain", b"origin not allowed\n", &[]);
-            return;
-        }
-        // phoenix.js offers "phoenix" next to its bearer subprotocol and needs it echoed. Without
-        // it we could choose no subprotocol, and a browser fails a handshake that answers an
-        // offer with none: refuse with the reason instead.
-        let offers_phoenix = req.protocols.iter().any(|p| p == "phoenix");
-        let offers_bearer = req
-            .protocols
-            .iter()
-            .any(|p| p.starts_with(handshake::PHX_BEARER_PREFIX));
-        if offers_bearer && !offers_phoenix {
-            let why = b"the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"\n";
-            self.respond(400, "text/plain", why, &[]);
-            return;
-        }
-        let token = handshake::query_param(&req.query, "token")
-            .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
-        let cfg = &self.hub.shard.cfg;
-        let claims = match (&cfg.auth_secret, token) {
-            (Some(secret), Some(token)) => {
-                let (now, max_age) = (auth::now_unix(), cfg.token_max_age_secs);
-                match auth::verify(secret.as_bytes(), &token, now, max_age) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        // Never log the token itself.
-                        trace!(key = self.key, error = %e, "token refused");
-                        self.respond(403, "text/plain", b"invalid token\n", &[]);
-                        return;
-                    }
-                }
+        let admitted = match policy::admit(&self.hub.shard.cfg, req, auth::now_unix()) {
+            Ok(a) => a,
+            Err(refused) => {
+                trace!(key = self.key, reason = refused.reason, "upgrade refused");
+                let body = format!("{}\n", refused.reason);
+                self.respond(refused.status, "text/plain", body.as_bytes(), &[]);
+                return;
             }
-            _ => None,
         };
-        if cfg.require_token && claims.is_none() {
-            self.respond(403, "text/plain", b"token required\n", &[]);
-            return;
-        }
+        let claims = admitted.claims;
         let info = ConnectInfo {
             claims: claims.as_ref(),
             query: &req.query,
@@ -292,9 +257,8 @@ impl Conn {
             self.respond(403, "text/plain", b"connection refused\n", &[]);
             return;
         }
-        let protocol = offers_phoenix.then_some("phoenix");
         let user = claims.as_ref().map(|c| c.sub.as_str());
-        self.upgrade(req, Endpoint::Phoenix, protocol, user, rest);
+        self.upgrade(req, Endpoint::Phoenix, admitted.protocol, user, rest);
     }
 
     /// Answer the opening handshake and switch to WebSocket.

@@ -1,0 +1,141 @@
+//! The connect policy: what a Phoenix socket must bring to be upgraded, decided from the
+//! upgrade request alone (pure: no I/O, the clock passed in). The embedder's
+//! [`crate::app::handler::Handler::connect`] has the last word afterwards.
+//!
+//! In order: the serializer version (`vsn`, Phoenix's default 1.0.0; V2 only here), the
+//! `Origin` (`check_origin`), the subprotocols (phoenix.js offers `phoenix` next to its
+//! `base64url.bearer.phx.<token>` and needs `phoenix` echoed: a bearer offer without it is
+//! refused, since a browser fails a 101 that answers an offer with none), then the token (a
+//! `token` query parameter or the bearer subprotocol), verified when `auth_secret` is set and
+//! required with `require_token`.
+
+use crate::app::auth::{self, Claims};
+use crate::config::Config;
+use crate::proto::handshake::{self, Request};
+
+/// The socket may be upgraded.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The verified token's claims, if it brought one.
+    pub claims: Option<Claims>,
+    /// The subprotocol to answer with (`phoenix` when offered).
+    pub protocol: Option<&'static str>,
+}
+
+/// The upgrade is refused: answer `status` with `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Refused {
+    Refused { status, reason }
+}
+
+/// Decide on a Phoenix upgrade request at unix time `now`.
+pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused> {
+    let vsn = handshake::query_param(&req.query, "vsn").unwrap_or_else(|| "1.0.0".into());
+    if !(vsn == "2.0.0" || vsn.starts_with("2.0.")) {
+        return Err(refuse(403, "unsupported vsn: use vsn=2.0.0"));
+    }
+    if !cfg.origin_allowed(req.origin.as_deref()) {
+        return Err(refuse(403, "origin not allowed"));
+    }
+    let offers_phoenix = req.protocols.iter().any(|p| p == "phoenix");
+    let offers_bearer = req
+        .protocols
+        .iter()
+        .any(|p| p.starts_with(handshake::PHX_BEARER_PREFIX));
+    if offers_bearer && !offers_phoenix {
+        return Err(refuse(
+            400,
+            "the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"",
+        ));
+    }
+    let token = handshake::query_param(&req.query, "token")
+        .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
+    let claims = match (&cfg.auth_secret, token) {
+        (Some(secret), Some(token)) => {
+            // The token itself is never logged, nor put in the answer.
+            let c = auth::verify(secret.as_bytes(), &token, now, cfg.token_max_age_secs)
+                .map_err(|_| refuse(403, "invalid token"))?;
+            Some(c)
+        }
+        _ => None,
+    };
+    if cfg.require_token && claims.is_none() {
+        return Err(refuse(403, "token required"));
+    }
+    Ok(Admitted {
+        claims,
+        protocol: offers_phoenix.then_some("phoenix"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(query: &str, protocols: &[&str], origin: Option<&str>) -> Request {
+        let mut head = format!("GET /socket/websocket?{query} HTTP/1.1\r\nHost: x\r\n");
+        if !protocols.is_empty() {
+            head += &format!("Sec-WebSocket-Protocol: {}\r\n", protocols.join(", "));
+        }
+        if let Some(o) = origin {
+            head += &format!("Origin: {o}\r\n");
+        }
+        head += "\r\n";
+        handshake::parse_request(head.as_bytes(), 8192)
+            .expect("parses")
+            .expect("complete")
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_status() {
+        let cfg = Config {
+            check_origin: vec!["https://app.example.com".into()],
+            auth_secret: Some("k".into()),
+            require_token: true,
+            ..Config::default()
+        };
+        let now = 1_700_000_000;
+        let good = auth::mint(b"k", "alice", now + 60);
+        let bearer = format!("{}{}", handshake::PHX_BEARER_PREFIX, "x");
+        let cases = [
+            (
+                req("vsn=1.0.0", &[], None),
+                403,
+                "unsupported vsn: use vsn=2.0.0",
+            ),
+            (req("", &[], None), 403, "unsupported vsn: use vsn=2.0.0"),
+            (
+                req("vsn=2.0.0", &[], Some("https://evil.example")),
+                403,
+                "origin not allowed",
+            ),
+            (
+                req("vsn=2.0.0", &[&bearer], None),
+                400,
+                "the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"",
+            ),
+            (req("vsn=2.0.0&token=nope", &[], None), 403, "invalid token"),
+            (req("vsn=2.0.0", &[], None), 403, "token required"),
+        ];
+        for (r, status, reason) in cases {
+            assert_eq!(
+                admit(&cfg, &r, now).unwrap_err(),
+                refuse(status, reason),
+                "{r:?}"
+            );
+        }
+        let ok = admit(
+            &cfg,
+            &req(&format!("vsn=2.0.0&token={good}"), &["phoenix"], None),
+            now,
+        )
+        .expect("admitted");
+        assert_eq!(ok.protocol, Some("phoenix"));
+        assert_eq!(ok.claims.map(|c| c.sub), Some("alice".to_string()));
+    }
+}
