@@ -321,9 +321,7 @@ fn a_message_left_incomplete_is_closed_at_its_deadline_though_the_peer_pings() {
 fn pings_do_not_keep_a_socket_whose_message_is_incomplete() {
     let srv =
         TestServer::start_with_config("idle_timeout_ms = 600\nmessage_timeout_ms = 60000\n", &[]);
-    let mut s = srv.connect_tcp();
-    let req = upgrade_request("/socket/websocket?vsn=2.0.0");
-    assert_eq!(http_exchange(&mut s, req.as_bytes()).0, 101);
+    let mut s = srv.open_phx();
     // With no message pending, pings are activity: 1.5 s of them keeps the socket.
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(1500) {
