@@ -94,16 +94,23 @@ fn close_handshake_echoes_the_code_and_closes_tcp() {
         reason: "bye".into(),
     }))
     .unwrap();
+    // The server's answering close, with its code: None until one arrives, Some(None) for a
+    // close without a code.
+    let mut answer = None;
     loop {
         match ws.read() {
-            Ok(Message::Close(Some(f))) => {
-                assert_eq!(f.code, CloseCode::Normal);
-            }
+            Ok(Message::Close(f)) => answer = Some(f.map(|f| f.code)),
             Ok(_) => continue,
+            // After the close handshake: the server closed the TCP connection.
             Err(tungstenite::Error::ConnectionClosed) => break,
             Err(e) => panic!("unclean close: {e}"),
         }
     }
+    assert_eq!(
+        answer,
+        Some(Some(CloseCode::Normal)),
+        "the server must answer the close with the same code"
+    );
 }
 
 #[test]
