@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{MASK, TestServer, http_exchange, read_close_code, upgrade_request};
+use common::{MASK, Open, PHX_PATH, TestServer, http_exchange, read_close_code, upgrade_request};
 use corecast::proto::frame::{OpCode, encode_masked};
 use serde_json::{Value, json};
 
@@ -14,16 +14,20 @@ fn start(cfg: &str) -> TestServer {
     TestServer::start_with_config(cfg, &["--cores", "2"])
 }
 
-fn phx_open(srv: &TestServer, stream: TcpStream) -> TcpStream {
-    let mut s = stream;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (status, head) = http_exchange(
-        &mut s,
-        upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
-    );
-    assert_eq!(status, 101, "{head}");
-    let _ = srv;
-    s
+/// A subscriber that will stall: a 4 KiB receive buffer, on any core.
+const STALLING: Open = Open {
+    core: None,
+    rcvbuf: Some(4096),
+    source: None,
+};
+
+/// A Phoenix socket on `core`, stalling (see [`STALLING`]) or not.
+fn on_core(core: u64, stalling: bool) -> Open {
+    let how = if stalling { STALLING } else { Open::default() };
+    Open {
+        core: Some(core),
+        ..how
+    }
 }
 
 #[test]
@@ -31,14 +35,11 @@ fn slow_consumer_is_closed_with_1013_and_fast_subscriber_loses_nothing() {
     // The fast one publishes 2,500 pushes as fast as it can: a flood by design.
     let srv = start("out_queue_max_bytes = 262144\nmax_messages_per_sec = 0\n");
     // The slow one: a tiny receive buffer, joins, then never reads.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&srv.addr.into()).unwrap();
-    let mut slow = phx_open(&srv, sock.into());
+    let mut slow = srv.open(PHX_PATH, STALLING);
     send(&mut slow, &json!(["1", "1", "room:flood", "phx_join", {}]));
     assert_eq!(recv(&mut slow)[4]["status"], "ok");
     // The fast one publishes and reads everything.
-    let mut fast = phx_open(&srv, srv.connect_tcp());
+    let mut fast = srv.open_phx();
     send(&mut fast, &json!(["1", "1", "room:flood", "phx_join", {}]));
     assert_eq!(recv(&mut fast)[4]["status"], "ok");
     let body = "x".repeat(4000);
@@ -94,8 +95,8 @@ fn slow_consumer_is_closed_with_1013_and_fast_subscriber_loses_nothing() {
 #[test]
 fn message_flood_is_closed_by_the_rate_limit() {
     let srv = start("max_messages_per_sec = 50\n");
-    let mut flood = phx_open(&srv, srv.connect_tcp());
-    let mut calm = phx_open(&srv, srv.connect_tcp());
+    let mut flood = srv.open_phx();
+    let mut calm = srv.open_phx();
     for i in 0..500 {
         let mut out = Vec::new();
         let hb = json!([null, i.to_string(), "phoenix", "heartbeat", {}]).to_string();
@@ -114,8 +115,8 @@ fn origin_outside_the_allowlist_is_refused() {
     let srv = start("check_origin = [\"//*.example.com\"]\n");
     let with_origin = |origin: &str| {
         let mut s = srv.connect_tcp();
-        let req = upgrade_request("/socket/websocket?vsn=2.0.0")
-            .replace("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"));
+        let req =
+            upgrade_request(PHX_PATH).replace("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"));
         http_exchange(&mut s, req.as_bytes()).0
     };
     assert_eq!(with_origin("https://evil.test"), 403);
@@ -150,7 +151,7 @@ fn invalid_phoenix_input_never_hurts_the_server() {
         ("empty binary", vec![], 2, 1003),
     ];
     for (name, payload, op, code) in bad {
-        let mut s = phx_open(&srv, srv.connect_tcp());
+        let mut s = srv.open_phx();
         let mut out = Vec::new();
         let opcode = if op == 1 {
             OpCode::Text
@@ -163,7 +164,7 @@ fn invalid_phoenix_input_never_hurts_the_server() {
     }
     // A non-object payload is decoded (Phoenix reads any JSON value) but never broadcast: the
     // pusher gets an error reply and the socket stays usable (tests/security.rs has the rest).
-    let mut s = phx_open(&srv, srv.connect_tcp());
+    let mut s = srv.open_phx();
     send(&mut s, &json!(["1", "1", "room:1", "phx_join", {}]));
     assert_eq!(recv(&mut s)[4]["status"], "ok");
     send(&mut s, &json!(["1", "2", "room:1", "n", 42]));
@@ -191,11 +192,10 @@ fn recv(s: &mut TcpStream) -> Value {
 fn tokens_never_reach_the_log_even_at_trace() {
     let dir = std::env::temp_dir().join(format!("corecast-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("auth.toml");
-    std::fs::write(&cfg, "auth_secret = \"k\"\nrequire_token = true\n").unwrap();
     let log = dir.join("server.log");
     let mut srv = TestServer::start_logging(
-        &["--cores", "2", "--config", cfg.to_str().unwrap()],
+        "auth_secret = \"k\"\nrequire_token = true\n",
+        &["--cores", "2"],
         "trace",
         &log,
     );
@@ -203,7 +203,7 @@ fn tokens_never_reach_the_log_even_at_trace() {
     let bad = corecast::app::auth::mint(b"wrong", "mallory", corecast::app::auth::now_unix() + 60);
     for (token, want) in [(&good, 101), (&bad, 403)] {
         let mut s = srv.connect_tcp();
-        let req = upgrade_request(&format!("/socket/websocket?vsn=2.0.0&token={token}"));
+        let req = upgrade_request(&format!("{PHX_PATH}&token={token}"));
         assert_eq!(http_exchange(&mut s, req.as_bytes()).0, want);
     }
     srv.terminate();
@@ -267,11 +267,7 @@ fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
     let base = srv.metric("corecast_rss_bytes");
     let mut slow = Vec::new();
     for i in 0..SLOW {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        sock.connect(&srv.addr.into()).unwrap();
-        let mut s = phx_open(&srv, sock.into());
+        let mut s = srv.open(PHX_PATH, STALLING);
         send(
             &mut s,
             &json!([i.to_string(), "1", "room:storm", "phx_join", {}]),
@@ -279,7 +275,7 @@ fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
         assert_eq!(recv(&mut s)[4]["status"], "ok");
         slow.push(s); // and never read again
     }
-    let mut publisher = phx_open(&srv, srv.connect_tcp());
+    let mut publisher = srv.open_phx();
     send(
         &mut publisher,
         &json!(["p", "1", "room:storm", "phx_join", {}]),
@@ -314,32 +310,6 @@ fn broadcast_storm_into_stalled_subscribers_stays_within_the_queue_bounds() {
         grew <= SLOW as u64 * BOUND,
         "RSS grew {grew} bytes, over the queue bounds"
     );
-}
-
-/// A socket upgraded on `/socket/websocket` that landed on `core` (the kernel spreads
-/// connections over the cores' listeners; the 101 says which one took it), optionally with a
-/// 4 KiB receive buffer (a subscriber that will stall).
-fn open_on_core(srv: &TestServer, core: u64, small_rcvbuf: bool) -> TcpStream {
-    for _ in 0..200 {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        if small_rcvbuf {
-            sock.set_recv_buffer_size(4096).unwrap();
-        }
-        sock.connect(&srv.addr.into()).unwrap();
-        let mut s: TcpStream = sock.into();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        let (status, head) = http_exchange(
-            &mut s,
-            upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
-        );
-        assert_eq!(status, 101, "{head}");
-        if common::header(&head, "x-corecast-core").and_then(|c| c.parse().ok()) == Some(core) {
-            return s;
-        }
-    }
-    panic!("no connection landed on core {core}");
 }
 
 /// The cross-core outbox attack (issue 10.4): a publisher on core 0 floods `room:attack`, whose
@@ -419,15 +389,15 @@ fn cross_core_flood(srv: &TestServer, f: &Flood) -> FloodResult {
     };
     let mut stalled = Vec::with_capacity(f.subscribers);
     for _ in 0..f.subscribers {
-        let mut s = open_on_core(srv, 1, true);
+        let mut s = srv.open(PHX_PATH, on_core(1, true));
         join(&mut s, "room:attack");
         stalled.push(s); // and never read again
     }
-    let mut sub = open_on_core(srv, 1, false);
+    let mut sub = srv.open(PHX_PATH, on_core(1, false));
     join(&mut sub, "room:calm");
-    let mut publisher = open_on_core(srv, 0, false);
+    let mut publisher = srv.open(PHX_PATH, on_core(0, false));
     join(&mut publisher, "room:calm");
-    let mut attacker = open_on_core(srv, 0, false);
+    let mut attacker = srv.open(PHX_PATH, on_core(0, false));
     join(&mut attacker, "room:attack");
     let base_rss = srv.metric("corecast_rss_bytes");
     let start = Instant::now();
@@ -618,7 +588,7 @@ fn default_rate_limit_lets_a_rejoin_burst_through_and_stops_a_flood() {
     let srv = start("");
     // What phoenix.js sends after a reconnect with max_channels (100) channels: every join at
     // once, and a heartbeat. All answered.
-    let mut s = phx_open(&srv, srv.connect_tcp());
+    let mut s = srv.open_phx();
     let mut out = Vec::new();
     for i in 0..100 {
         let join = json!([
@@ -649,7 +619,7 @@ fn default_rate_limit_lets_a_rejoin_burst_through_and_stops_a_flood() {
         assert_eq!(recv(&mut s)[4]["status"], "ok");
     }
     // A flood: 2,000 heartbeats at once, closed with 1008 after the bucket's 200.
-    let mut flood = phx_open(&srv, srv.connect_tcp());
+    let mut flood = srv.open_phx();
     let mut out = Vec::new();
     for i in 0..2000 {
         let hb = json!([null, i.to_string(), "phoenix", "heartbeat", {}]);
@@ -793,7 +763,7 @@ fn pinging_sockets_holding_partial_messages_stay_within_the_budget() {
     let fragment = first_fragment(PART);
     let mut socks: Vec<TcpStream> = (0..SOCKETS)
         .map(|_| {
-            let mut s = phx_open(&srv, srv.connect_tcp());
+            let mut s = srv.open_phx();
             let _ = s.write_all(&fragment);
             s
         })

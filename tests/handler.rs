@@ -1,29 +1,15 @@
 //! An embedder's handler (examples/private_rooms.rs) run in-process: join authorisation,
 //! custom replies, and a panicking handler that costs only its own channel.
 
+mod common;
 #[path = "../examples/private_rooms.rs"]
 mod private_rooms;
 
 use std::time::Duration;
 
+use common::{PHX_PATH, ws_connect, ws_recv as recv, ws_send as send};
 use corecast::config::Config;
-use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket, connect};
-
-type Ws = WebSocket<MaybeTlsStream<std::net::TcpStream>>;
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).unwrap();
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        if let Message::Text(t) = ws.read().expect("read") {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
+use serde_json::json;
 
 #[test]
 fn custom_handler_authorises_replies_and_survives_its_own_panic() {
@@ -35,14 +21,8 @@ fn custom_handler_authorises_replies_and_survives_its_own_panic() {
     };
     let server = private_rooms::start(cfg);
     let token = corecast::app::auth::mint(b"k", "alice", corecast::app::auth::now_unix() + 60);
-    let url = format!(
-        "ws://{}/socket/websocket?vsn=2.0.0&token={token}",
-        server.local_addr()
-    );
-    let (mut ws, _) = connect(url).unwrap();
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    }
+    let url = format!("ws://{}{PHX_PATH}&token={token}", server.local_addr());
+    let (mut ws, _) = ws_connect(&url, Duration::from_secs(5));
 
     send(&mut ws, json!(["1", "1", "user:alice", "phx_join", {}]));
     assert_eq!(recv(&mut ws)[4]["status"], "ok");
@@ -77,11 +57,8 @@ fn custom_handler_authorises_replies_and_survives_its_own_panic() {
     events.sort();
     assert_eq!(events, vec!["hello", "phx_reply"]);
     // Another socket on the same server is unaffected.
-    let (mut other, _) = connect(format!(
-        "ws://{}/socket/websocket?vsn=2.0.0",
-        server.local_addr()
-    ))
-    .unwrap();
+    let url = format!("ws://{}{PHX_PATH}", server.local_addr());
+    let (mut other, _) = ws_connect(&url, Duration::from_secs(5));
     send(&mut other, json!([null, "1", "phoenix", "heartbeat", {}]));
     assert_eq!(recv(&mut other)[4]["status"], "ok");
     server.stop();

@@ -129,10 +129,7 @@ fn silent_and_slow_handshakes_are_closed_at_the_timeout() {
 
 #[test]
 fn bad_config_file_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("corecast-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.toml");
-    std::fs::write(&path, "lissten = \"127.0.0.1:1\"\n").unwrap();
+    let path = common::write_config("lissten = \"127.0.0.1:1\"\n");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
         .args(["serve", "--config"])
         .arg(&path)

@@ -11,12 +11,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, connect};
 
-use common::{TestServer, header};
-
-type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
+use common::{TestServer, Ws, header, ws_recv as next_message, ws_send};
 
 /// One HTTP response as read from the wire.
 #[derive(Debug)]
@@ -132,31 +128,12 @@ fn post_one(topic: &str, n: usize) -> String {
 
 /// A Phoenix V2 socket joined to `topic`, and the core it is on.
 fn subscriber(srv: &TestServer, topic: &str) -> (Ws, u64) {
-    let (mut ws, resp) = connect(srv.url("/socket/websocket?vsn=2.0.0")).expect("connect");
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    }
-    let core = resp.headers()["x-corecast-core"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let join = json!(["1", "1", topic, "phx_join", {}]).to_string();
-    ws.send(Message::text(join)).unwrap();
+    let (mut ws, core) = srv.phx_ws(Duration::from_secs(10));
+    ws_send(&mut ws, json!(["1", "1", topic, "phx_join", {}]));
     let reply = next_message(&mut ws);
     assert_eq!(reply[3], "phx_reply", "{reply}");
     assert_eq!(reply[4]["status"], "ok", "{reply}");
     (ws, core)
-}
-
-fn next_message(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }
 
 /// The `n` of the next `seq` broadcast on `ws`.

@@ -4,56 +4,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, header, http_exchange};
+use common::{PHX_PATH, TestServer, Ws, header, http_exchange, ws_recv as recv, ws_send as send};
 use serde_json::{Value, json};
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket, connect};
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn config(text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("corecast-phx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "{:x}.toml",
-        text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
-    ));
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use tungstenite::Message;
 
 fn start(cfg: &str) -> TestServer {
-    let path = config(cfg);
-    TestServer::start(&["--cores", "2", "--config", path.to_str().unwrap()])
+    TestServer::start_with_config(cfg, &["--cores", "2"])
 }
 
-fn open(srv: &TestServer) -> (Ws, String) {
-    let (ws, resp) = connect(srv.url("/socket/websocket?vsn=2.0.0")).expect("connect");
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    }
-    let core = resp.headers()["x-corecast-core"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    (ws, core)
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).unwrap();
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+fn open(srv: &TestServer) -> (Ws, u64) {
+    srv.phx_ws(Duration::from_secs(5))
 }
 
 fn join(ws: &mut Ws, topic: &str, join_ref: &str) -> Value {
@@ -245,26 +207,8 @@ fn api_broadcast_with_key_reaches_subscribers() {
 #[test]
 fn tokens_required_checked_and_expiring() {
     let srv = start("auth_secret = \"s3cret\"\nrequire_token = true\n");
-    let mint = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
-            .args(["token", "--secret", "s3cret", "--sub", "alice"])
-            .args(extra)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let status = |query: &str, protocol: Option<&str>| {
-        let mut s = srv.connect_tcp();
-        let mut req = common::upgrade_request(&format!("/socket/websocket?vsn=2.0.0{query}"));
-        if let Some(p) = protocol {
-            req = req.replace(
-                "\r\n\r\n",
-                &format!("\r\nSec-WebSocket-Protocol: {p}\r\n\r\n"),
-            );
-        }
-        let (st, head) = http_exchange(&mut s, req.as_bytes());
-        (st, head)
-    };
+    let mint = |extra: &[&str]| mint_cli(extra).1;
+    let status = |query: &str, protocol: Option<&str>| upgrade_status(&srv, query, protocol);
     let good = mint(&["--ttl-secs", "60"]);
     let expired = mint(&["--exp-unix", "1000"]);
     let forged = mint(&["--ttl-secs", "60"]).replace("v1.", "v1.x");
@@ -318,7 +262,7 @@ fn idle_sockets_are_closed_and_heartbeats_keep_them() {
 /// Status and head of an upgrade to `/socket/websocket?vsn=2.0.0<query>` offering `protocols`.
 fn upgrade_status(srv: &TestServer, query: &str, protocols: Option<&str>) -> (u16, String) {
     let mut s = srv.connect_tcp();
-    let mut req = common::upgrade_request(&format!("/socket/websocket?vsn=2.0.0{query}"));
+    let mut req = common::upgrade_request(&format!("{PHX_PATH}{query}"));
     if let Some(p) = protocols {
         req = req.replace(
             "\r\n\r\n",

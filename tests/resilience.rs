@@ -6,19 +6,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Incoming, MASK, TestServer, closed_within, http_exchange, upgrade_request};
+use common::{Incoming, MASK, PHX_PATH, TestServer, closed_within, upgrade_request};
 use corecast::proto::frame::{OpCode, encode_masked};
 use serde_json::{Value, json};
-
-fn phx(srv: &TestServer) -> TcpStream {
-    let mut s = srv.connect_tcp();
-    let (status, _) = http_exchange(
-        &mut s,
-        upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
-    );
-    assert_eq!(status, 101);
-    s
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
@@ -30,8 +20,8 @@ fn slowloris_is_cut_at_the_handshake_timeout_while_others_are_served() {
     // 300 that open TCP and send nothing, 100 that send the request one byte at a time.
     let mut silent: Vec<TcpStream> = (0..300).map(|_| srv.connect_tcp()).collect();
     let mut dribblers: Vec<TcpStream> = (0..100).map(|_| srv.connect_tcp()).collect();
-    let request = upgrade_request("/socket/websocket?vsn=2.0.0").into_bytes();
-    let mut legit = phx(&srv);
+    let request = upgrade_request(PHX_PATH).into_bytes();
+    let mut legit = srv.open_phx();
     let mut latencies = Vec::new();
     let start = Instant::now();
     let mut i = 0;
@@ -73,7 +63,7 @@ fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
         "max_messages_per_sec = 0\n",
         &["--cores", "2", "--shutdown-timeout-ms", "5000"],
     );
-    let mut subs: Vec<TcpStream> = (0..20).map(|_| phx(&srv)).collect();
+    let mut subs: Vec<TcpStream> = (0..20).map(|_| srv.open_phx()).collect();
     for (i, s) in subs.iter_mut().enumerate() {
         send(
             s,
@@ -81,7 +71,7 @@ fn sigterm_delivers_queued_broadcasts_then_closes_1001() {
         );
         assert!(matches!(recv(s), Incoming::Json(v) if v[4]["status"] == "ok"));
     }
-    let mut publisher = phx(&srv);
+    let mut publisher = srv.open_phx();
     send(
         &mut publisher,
         &json!(["p", "j", "room:drain", "phx_join", {}]),
@@ -150,7 +140,7 @@ fn memory_goes_back_down_after_a_mass_disconnect() {
     // completion ring (kernel memory mapped into the process: fixed, not per connection) become
     // resident once and stay. Round 2 is measured against that.
     let join_all = |srv: &TestServer| -> Vec<TcpStream> {
-        let mut socks: Vec<TcpStream> = (0..SOCKETS).map(|_| phx(srv)).collect();
+        let mut socks: Vec<TcpStream> = (0..SOCKETS).map(|_| srv.open_phx()).collect();
         for (i, s) in socks.iter_mut().enumerate() {
             let topic = format!("room:{}", i % 50);
             send(s, &json!([i.to_string(), "1", topic, "phx_join", {}]));

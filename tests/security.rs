@@ -6,37 +6,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, Ws, ws_recv as recv, ws_send as send};
 use serde_json::{Value, json};
+use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket, connect};
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 fn open(srv: &TestServer) -> Ws {
-    let (ws, _) = connect(srv.url("/socket/websocket?vsn=2.0.0")).expect("connect");
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    }
-    ws
-}
-
-fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).unwrap();
-}
-
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    srv.phx_ws(Duration::from_secs(5)).0
 }
 
 fn join(ws: &mut Ws, topic: &str) {

@@ -10,15 +10,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    MASK, TestServer, http_exchange, read_frame, recv_json as recv, send_json as send,
-    upgrade_request,
+    MASK, Open, PHX_PATH, TestServer, open_raw, read_frame, recv_json as recv, send_json as send,
 };
 use corecast::proto::frame::{OpCode, encode_masked};
 use serde_json::json;
@@ -26,43 +24,6 @@ use serde_json::json;
 const SUBSCRIBERS: usize = 40;
 const CHURNERS: usize = 4;
 const PUBLISH_EVERY: Duration = Duration::from_millis(4);
-
-fn open(addr: SocketAddr, source: Option<[u8; 4]>) -> std::io::Result<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    if let Some(ip) = source {
-        sock.bind(&SocketAddr::from((ip, 0)).into())?;
-    }
-    sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_nodelay(true)?;
-    let (status, _) = http_exchange(
-        &mut s,
-        upgrade_request("/socket/websocket?vsn=2.0.0").as_bytes(),
-    );
-    if status != 101 {
-        return Err(std::io::Error::other(format!("upgrade: {status}")));
-    }
-    Ok(s)
-}
-
-fn rss(addr: SocketAddr) -> u64 {
-    metric(addr, "corecast_rss_bytes")
-}
-
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
 
 #[test]
 #[ignore = "long: run by `make test` (60 s) and `make soak` (600 s)"]
@@ -79,7 +40,7 @@ fn soak_loses_nothing_leaks_nothing() {
     // Long-lived subscribers: each checks the publisher's sequence, exactly once, in order.
     let subs: Vec<_> = (0..SUBSCRIBERS)
         .map(|i| {
-            let mut s = open(addr, None).expect("subscriber connect");
+            let mut s = srv.open_phx();
             send(
                 &mut s,
                 &json!([i.to_string(), "j", "soak:main", "phx_join", {}]),
@@ -138,7 +99,11 @@ fn soak_loses_nothing_leaks_nothing() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let src = [127, 0, (c + 1) as u8, (n % 250 + 2) as u8];
-                    let Ok(mut s) = open(addr, Some(src)) else {
+                    let from = Open {
+                        source: Some(src),
+                        ..Open::default()
+                    };
+                    let Ok(mut s) = open_raw(addr, PHX_PATH, from) else {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     };
@@ -163,7 +128,7 @@ fn soak_loses_nothing_leaks_nothing() {
         .collect();
 
     // The publisher, with a reader thread that drains its replies and own broadcasts.
-    let mut publisher = open(addr, None).expect("publisher");
+    let mut publisher = srv.open_phx();
     send(
         &mut publisher,
         &json!(["p", "j", "soak:main", "phx_join", {}]),
@@ -197,7 +162,7 @@ fn soak_loses_nothing_leaks_nothing() {
         .unwrap();
         seq += 1;
         if last_sample.elapsed() >= Duration::from_secs(2) {
-            samples.push((start.elapsed().as_secs(), rss(addr)));
+            samples.push((start.elapsed().as_secs(), srv.metric("corecast_rss_bytes")));
             last_sample = Instant::now();
         }
         std::thread::sleep(PUBLISH_EVERY);
@@ -226,10 +191,10 @@ fn soak_loses_nothing_leaks_nothing() {
     // No leaked sockets: the subscribers hung up after "done", the churners are gone; only the
     // publisher remains open.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut open_ws = metric(addr, "corecast_websockets");
+    let mut open_ws = srv.metric("corecast_websockets");
     while open_ws != 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        open_ws = metric(addr, "corecast_websockets");
+        open_ws = srv.metric("corecast_websockets");
     }
     assert_eq!(open_ws, 1, "leaked sockets");
     // No growth after warm-up: compare the end with the largest of the first fifth of samples.
@@ -240,7 +205,7 @@ fn soak_loses_nothing_leaks_nothing() {
         .map(|s| s.1)
         .max()
         .unwrap_or(0);
-    let end = rss(addr);
+    let end = srv.metric("corecast_rss_bytes");
     println!(
         "soak: {secs} s, {seq} broadcasts x {SUBSCRIBERS} subscribers = {delivered} deliveries, \
          lost 0, duplicated 0, churn cycles {}, rss after warm-up {:.1} MiB, at end {:.1} MiB",

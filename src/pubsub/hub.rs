@@ -173,3 +173,208 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The hub on cores built without sockets (as `crate::sim` builds them): what one broadcast
+    //! costs a core, and who gets it. The builders are shared with `pubsub::session`'s tests.
+
+    use std::time::Instant;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::app::handler::DefaultHandler;
+    use crate::config::Config;
+    use crate::pubsub::topics::Sub;
+    use crate::runtime::shard::{self, signal};
+
+    /// `n` cores (hubs) with `cfg` and `handler`, as `crate::sim` builds them: no sockets, no
+    /// reactor, no mesh.
+    pub(crate) fn cores(n: usize, cfg: Config, handler: Arc<dyn Handler>) -> Vec<Rc<Hub>> {
+        let shared = Arc::new(shard::Shared {
+            cfg: Arc::new(cfg),
+            stats: (0..n).map(|_| Arc::new(Stats::default())).collect(),
+            started: Instant::now(),
+        });
+        let channels = Arc::new(Shared::new(handler, n));
+        (0..n)
+            .map(|id| Hub::new(Shard::new(id, shared.clone()), channels.clone()))
+            .collect()
+    }
+
+    /// One core with `cfg` and `handler`.
+    pub(crate) fn core(cfg: Config, handler: Arc<dyn Handler>) -> Rc<Hub> {
+        cores(1, cfg, handler).remove(0)
+    }
+
+    /// One complete server text frame (FIN, unmasked) parsed as JSON.
+    pub(crate) fn json_of(frame: &[u8]) -> Value {
+        assert_eq!(frame[0], 0x81, "a final text frame");
+        let (len, header) = match frame[1] {
+            126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+            127 => panic!("a test frame over 64 KiB"),
+            n => (usize::from(n), 2),
+        };
+        assert_eq!(frame.len(), header + len, "one whole frame");
+        serde_json::from_slice(&frame[header..]).expect("a JSON message")
+    }
+
+    /// Take what is queued on `key` as JSON messages.
+    pub(crate) fn queued(hub: &Hub, key: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        hub.shard.drain_queue(key, |f| out.push(json_of(f)));
+        out
+    }
+
+    fn counter(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// A connection subscribed to `topic` straight in the table (V2), as a join leaves it.
+    fn subscriber(hub: &Hub, topic: &str) -> usize {
+        let (key, generation) = hub.shard.open_slot();
+        let sub = Sub::new(key, generation, Wire::V2.number());
+        hub.topics.borrow_mut().subscribe(topic, sub);
+        key
+    }
+
+    fn json(s: &str) -> Payload<'_> {
+        Payload::Json(s)
+    }
+
+    #[test]
+    fn a_thousand_subscribers_cost_one_encode_and_share_one_buffer() {
+        let hub = core(Config::default(), Arc::new(DefaultHandler));
+        let big: Vec<usize> = (0..1000).map(|_| subscriber(&hub, "room:big")).collect();
+        let other: Vec<usize> = (0..50).map(|_| subscriber(&hub, "room:other")).collect();
+        let c = &hub.counters;
+        let out_before = counter(&hub.shard.stats.frames_out);
+        hub.broadcast("room:big", "new_msg", json(r#"{"n":1}"#))
+            .unwrap();
+        assert_eq!(counter(&c.broadcasts), 1);
+        assert_eq!(counter(&c.encodes), 1, "one encode for 1,000 subscribers");
+        assert_eq!(counter(&c.deliveries), 1000);
+        assert_eq!(counter(&hub.shard.stats.frames_out) - out_before, 1000);
+        {
+            let slots = hub.shard.slots.borrow();
+            let first = slots[big[0]].outq[0].clone();
+            for &key in &big {
+                let q = &slots[key].outq;
+                assert_eq!(q.len(), 1, "exactly once");
+                assert!(Arc::ptr_eq(&q[0], &first), "the same shared buffer");
+                assert_eq!(slots[key].out_bytes as usize, first.len());
+            }
+            for &key in &other {
+                assert!(slots[key].outq.is_empty(), "another topic's subscriber");
+            }
+            assert_eq!(
+                json_of(&first),
+                serde_json::json!([null, null, "room:big", "new_msg", {"n": 1}])
+            );
+        }
+        // A second broadcast: one more encode, not one per subscriber.
+        hub.broadcast("room:big", "new_msg", json(r#"{"n":2}"#))
+            .unwrap();
+        assert_eq!((counter(&c.encodes), counter(&c.deliveries)), (2, 2000));
+    }
+
+    #[test]
+    fn a_topic_without_subscribers_here_is_never_encoded() {
+        let hub = core(Config::default(), Arc::new(DefaultHandler));
+        let key = subscriber(&hub, "room:elsewhere");
+        hub.broadcast("room:empty", "new_msg", json("{}")).unwrap();
+        let c = &hub.counters;
+        assert_eq!(counter(&c.broadcasts), 1, "published all the same");
+        assert_eq!((counter(&c.encodes), counter(&c.deliveries)), (0, 0));
+        // Nor a topic whose only subscriber's connection has gone (its slot reused since).
+        let gone = subscriber(&hub, "room:gone");
+        hub.shard.close_slot(gone);
+        let (reused, _) = hub.shard.open_slot();
+        assert_eq!(reused, gone, "the slab hands the key out again");
+        hub.broadcast("room:gone", "new_msg", json("{}")).unwrap();
+        assert_eq!((counter(&c.encodes), counter(&c.deliveries)), (0, 0));
+        assert!(
+            queued(&hub, reused).is_empty(),
+            "not for the slot's next user"
+        );
+        assert!(queued(&hub, key).is_empty());
+    }
+
+    #[test]
+    fn each_core_encodes_once_for_its_own_subscribers() {
+        let hubs = cores(2, Config::default(), Arc::new(DefaultHandler));
+        let here: Vec<usize> = (0..10).map(|_| subscriber(&hubs[0], "room:1")).collect();
+        let there: Vec<usize> = (0..20).map(|_| subscriber(&hubs[1], "room:1")).collect();
+        // What the mesh carries from core 0 to core 1 (no mesh here: handed over by hand).
+        let p = hubs[0]
+            .check("room:1", "new_msg", json(r#"{"a":1}"#))
+            .unwrap();
+        hubs[0].publish(p.clone());
+        hubs[1].deliver_envelope(p.into_envelope());
+        for (hub, keys) in [(&hubs[0], &here), (&hubs[1], &there)] {
+            let c = &hub.counters;
+            assert_eq!(counter(&c.encodes), 1, "core {}", hub.shard.id);
+            assert_eq!(counter(&c.deliveries), keys.len() as u64);
+            for &key in keys.iter() {
+                assert_eq!(queued(hub, key).len(), 1);
+            }
+        }
+        assert_eq!(hubs[0].shared.total(|c| &c.broadcasts), 1, "published once");
+    }
+
+    #[test]
+    fn a_subscriber_over_its_bound_gets_overflow_and_the_others_lose_nothing() {
+        let cfg = Config {
+            out_queue_max_frames: 4,
+            ..Config::default()
+        };
+        let hub = core(cfg, Arc::new(DefaultHandler));
+        let slow = subscriber(&hub, "room:1");
+        let fast: Vec<usize> = (0..3).map(|_| subscriber(&hub, "room:1")).collect();
+        let mut got = vec![Vec::new(); fast.len()];
+        for n in 0..10 {
+            let payload = format!(r#"{{"n":{n}}}"#);
+            hub.broadcast("room:1", "m", json(&payload)).unwrap();
+            for (i, &key) in fast.iter().enumerate() {
+                got[i].extend(queued(&hub, key).into_iter().map(|m| m[4]["n"].clone()));
+            }
+            let signals = hub.shard.slots.borrow()[slow].signals;
+            assert_eq!(signals & signal::OVERFLOW != 0, n >= 4, "after {n}");
+        }
+        assert_eq!(hub.shard.take_signals(slow), signal::OVERFLOW);
+        let kept: Vec<Value> = queued(&hub, slow)
+            .into_iter()
+            .map(|m| m[4]["n"].clone())
+            .collect();
+        assert_eq!(
+            kept,
+            (0..4).map(Value::from).collect::<Vec<_>>(),
+            "nothing past the bound"
+        );
+        for g in &got {
+            assert_eq!(*g, (0..10).map(Value::from).collect::<Vec<_>>());
+        }
+        let c = &hub.counters;
+        assert_eq!(counter(&c.encodes), 10);
+        assert_eq!(counter(&c.deliveries), 30 + 4);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_like_the_frame_bound() {
+        let body = "x".repeat(1000);
+        let payload = format!(r#"{{"b":"{body}"}}"#);
+        let cfg = Config {
+            out_queue_max_bytes: 2500, // room for two of these frames, not three
+            ..Config::default()
+        };
+        let hub = core(cfg, Arc::new(DefaultHandler));
+        let (slow, fast) = (subscriber(&hub, "room:1"), subscriber(&hub, "room:1"));
+        for _ in 0..3 {
+            hub.broadcast("room:1", "m", json(&payload)).unwrap();
+            assert_eq!(queued(&hub, fast).len(), 1);
+        }
+        assert_eq!(hub.shard.take_signals(slow), signal::OVERFLOW);
+        assert_eq!(queued(&hub, slow).len(), 2);
+    }
+}

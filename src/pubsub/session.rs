@@ -274,3 +274,476 @@ fn push(
         shard.enqueue(ctx.key, frame);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The channel layer in memory, without sockets (as quinn tests quinn-proto): text frames in
+    //! through [`Session::on_frame`], the frames queued on the connection's slot out, compared
+    //! with what Phoenix answers (see the module documentation).
+
+    use std::borrow::Cow;
+    use std::rc::Rc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::app::handler::{DefaultHandler, Handler};
+    use crate::config::Config;
+    use crate::proto::phoenix::Payload;
+    use crate::pubsub::hub::tests::{core, queued};
+
+    /// One connection: its slot on the core and its session.
+    struct Client {
+        session: Session,
+        key: usize,
+        generation: u32,
+    }
+
+    impl Client {
+        fn open(hub: &Hub) -> Client {
+            let (key, generation) = hub.shard.open_slot();
+            Client {
+                session: Session::new(None),
+                key,
+                generation,
+            }
+        }
+
+        fn ctx<'a>(&self, hub: &'a Hub) -> Ctx<'a> {
+            Ctx {
+                hub,
+                key: self.key,
+                generation: self.generation,
+            }
+        }
+
+        /// Feed one text frame.
+        fn text(&mut self, hub: &Hub, text: &str) -> Result<(), CloseWith> {
+            let ctx = self.ctx(hub);
+            self.session.on_frame(ctx, Frame::Text(text))
+        }
+
+        /// Feed one message; it must not close the socket.
+        fn send(&mut self, hub: &Hub, msg: Value) {
+            assert_eq!(self.text(hub, &msg.to_string()), Ok(()), "{msg}");
+        }
+
+        /// What was queued on this connection since the last look.
+        fn got(&self, hub: &Hub) -> Vec<Value> {
+            queued(hub, self.key)
+        }
+
+        /// Send `msg` and take what it was answered with.
+        fn ask(&mut self, hub: &Hub, msg: Value) -> Vec<Value> {
+            self.send(hub, msg);
+            self.got(hub)
+        }
+
+        /// Join `topic` with `join_ref` as both refs; it must be answered ok.
+        fn join(&mut self, hub: &Hub, topic: &str, join_ref: &str) {
+            let got = self.ask(hub, json!([join_ref, join_ref, topic, "phx_join", {}]));
+            assert_eq!(got, [ok(join_ref, join_ref, topic, json!({}))]);
+        }
+    }
+
+    fn default_core(cfg: Config) -> Rc<Hub> {
+        core(cfg, Arc::new(DefaultHandler))
+    }
+
+    fn ok(join_ref: impl Into<Value>, msg_ref: &str, topic: &str, response: Value) -> Value {
+        json!([join_ref.into(), msg_ref, topic, "phx_reply", {"status": "ok", "response": response}])
+    }
+
+    fn error(join_ref: impl Into<Value>, msg_ref: &str, topic: &str, reason: &str) -> Value {
+        json!([join_ref.into(), msg_ref, topic, "phx_reply",
+            {"status": "error", "response": {"reason": reason}}])
+    }
+
+    fn close(join_ref: &str, topic: &str) -> Value {
+        json!([join_ref, join_ref, topic, "phx_close", {}])
+    }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// A handler that writes down every call and panics where asked: in `join` for topic
+    /// `crash:join`, in `handle_in` for event `crash`, in `terminate` for topic
+    /// `crash:terminate`. Otherwise the default behaviour.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn note(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+    }
+
+    impl Handler for Recorder {
+        fn join(
+            &self,
+            _: Socket<'_>,
+            topic: &str,
+            _: Payload<'_>,
+        ) -> Result<Cow<'static, str>, Cow<'static, str>> {
+            self.note(format!("join {topic}"));
+            assert_ne!(topic, "crash:join", "the handler panics in join");
+            Ok(Cow::Borrowed("{}"))
+        }
+
+        fn handle_in(&self, _: Socket<'_>, topic: &str, event: &str, _: Payload<'_>) -> InReply {
+            self.note(format!("in {topic} {event}"));
+            assert_ne!(event, "crash", "the handler panics in handle_in");
+            InReply::OkAndBroadcast
+        }
+
+        fn terminate(&self, _: Socket<'_>, topic: &str, why: Terminate) {
+            self.note(format!("terminate {topic} {why:?}"));
+            assert_ne!(topic, "crash:terminate", "the handler panics in terminate");
+        }
+    }
+
+    fn recorded_core(cfg: Config) -> (Rc<Hub>, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        (core(cfg, recorder.clone()), recorder)
+    }
+
+    #[test]
+    fn heartbeat_is_answered_ok_on_phoenix() {
+        let hub = default_core(Config::default());
+        let mut c = Client::open(&hub);
+        let got = c.ask(&hub, json!([null, "1", "phoenix", "heartbeat", {}]));
+        assert_eq!(got, [ok(Value::Null, "1", "phoenix", json!({}))]);
+    }
+
+    #[test]
+    fn join_is_answered_with_its_refs_and_subscribes() {
+        let hub = default_core(Config::default());
+        let mut c = Client::open(&hub);
+        let got = c.ask(
+            &hub,
+            json!(["3", "4", "room:1", "phx_join", {"token": "x"}]),
+        );
+        assert_eq!(got, [ok("3", "4", "room:1", json!({}))]);
+        assert_eq!(hub.topics.borrow().count("room:1"), 1);
+        assert_eq!(get(&hub.counters.joins), 1);
+        assert_eq!(get(&hub.counters.channels), 1);
+    }
+
+    #[test]
+    fn a_topic_not_allowed_is_unmatched_with_a_null_join_ref() {
+        let hub = default_core(Config {
+            topics: vec!["room:*".into()],
+            ..Config::default()
+        });
+        let mut c = Client::open(&hub);
+        for topic in ["chat:1", "phoenix"] {
+            let got = c.ask(&hub, json!(["1", "2", topic, "phx_join", {}]));
+            assert_eq!(got, [error(Value::Null, "2", topic, "unmatched topic")]);
+        }
+        assert_eq!(hub.topics.borrow().topics(), 0);
+        assert_eq!(get(&hub.counters.channels), 0);
+    }
+
+    #[test]
+    fn duplicate_join_closes_the_old_join_ref_then_answers_the_new_one() {
+        let (hub, handler) = recorded_core(Config::default());
+        let mut c = Client::open(&hub);
+        c.join(&hub, "room:1", "1");
+        let got = c.ask(&hub, json!(["2", "2", "room:1", "phx_join", {}]));
+        assert_eq!(
+            got,
+            [close("1", "room:1"), ok("2", "2", "room:1", json!({}))]
+        );
+        assert_eq!(
+            handler.take(),
+            [
+                "join room:1",
+                "terminate room:1 DuplicateJoin",
+                "join room:1"
+            ]
+        );
+        assert_eq!(hub.topics.borrow().count("room:1"), 1, "subscribed once");
+        assert_eq!(get(&hub.counters.channels), 1);
+        // The old join_ref is stale now; the new one works.
+        assert!(c.ask(&hub, json!(["1", "3", "room:1", "m", {}])).is_empty());
+        let got = c.ask(&hub, json!(["2", "4", "room:1", "m", {}]));
+        assert_eq!(got.len(), 2, "the broadcast and the reply: {got:?}");
+        assert_eq!(got[1], ok("2", "4", "room:1", json!({})));
+    }
+
+    #[test]
+    fn leave_is_answered_ok_then_closed() {
+        let (hub, handler) = recorded_core(Config::default());
+        let mut c = Client::open(&hub);
+        c.join(&hub, "room:1", "1");
+        let got = c.ask(&hub, json!(["1", "2", "room:1", "phx_leave", {}]));
+        assert_eq!(
+            got,
+            [ok("1", "2", "room:1", json!({})), close("1", "room:1")]
+        );
+        assert_eq!(handler.take(), ["join room:1", "terminate room:1 Left"]);
+        assert_eq!(hub.topics.borrow().topics(), 0);
+        assert_eq!(get(&hub.counters.channels), 0);
+        // Leaving a topic not joined is answered ok with its refs, and closes nothing.
+        let got = c.ask(&hub, json!(["5", "6", "room:2", "phx_leave", {}]));
+        assert_eq!(got, [ok("5", "6", "room:2", json!({}))]);
+        assert!(handler.take().is_empty());
+    }
+
+    #[test]
+    fn a_push_on_a_topic_not_joined_is_unmatched() {
+        let (hub, handler) = recorded_core(Config::default());
+        let mut c = Client::open(&hub);
+        let got = c.ask(&hub, json!(["1", "5", "room:9", "new_msg", {}]));
+        assert_eq!(got, [error(Value::Null, "5", "room:9", "unmatched topic")]);
+        assert!(handler.take().is_empty(), "never reaches the handler");
+        assert_eq!(get(&hub.counters.broadcasts), 0);
+    }
+
+    #[test]
+    fn messages_with_a_stale_join_ref_are_ignored() {
+        let (hub, handler) = recorded_core(Config::default());
+        let mut c = Client::open(&hub);
+        c.join(&hub, "room:1", "7");
+        handler.take();
+        // A push and a leave meant for an earlier join of the topic: nothing queued, nothing
+        // broadcast, still joined.
+        assert!(
+            c.ask(&hub, json!(["6", "8", "room:1", "new_msg", {}]))
+                .is_empty()
+        );
+        assert!(
+            c.ask(&hub, json!(["6", "9", "room:1", "phx_leave", {}]))
+                .is_empty()
+        );
+        assert!(handler.take().is_empty());
+        assert_eq!(get(&hub.counters.broadcasts), 0);
+        assert_eq!(hub.topics.borrow().count("room:1"), 1);
+        // Without a join_ref (the V1 serializer sends none) the push is the current join's.
+        let got = c.ask(&hub, json!([null, "10", "room:1", "new_msg", {}]));
+        assert_eq!(
+            got.last(),
+            Some(&ok(Value::Null, "10", "room:1", json!({})))
+        );
+    }
+
+    #[test]
+    fn max_channels_refuses_the_join_past_it() {
+        let hub = default_core(Config {
+            max_channels: 2,
+            ..Config::default()
+        });
+        let mut c = Client::open(&hub);
+        c.join(&hub, "room:1", "1");
+        c.join(&hub, "room:2", "2");
+        let got = c.ask(&hub, json!(["3", "3", "room:3", "phx_join", {}]));
+        assert_eq!(got, [error("3", "3", "room:3", "too many channels joined")]);
+        assert_eq!(get(&hub.counters.join_errors), 1);
+        assert_eq!(get(&hub.counters.channels), 2);
+        assert_eq!(hub.topics.borrow().count("room:3"), 0);
+        // Joining a joined topic again at the limit replaces it: the count does not grow.
+        let got = c.ask(&hub, json!(["4", "4", "room:1", "phx_join", {}]));
+        assert_eq!(
+            got,
+            [close("1", "room:1"), ok("4", "4", "room:1", json!({}))]
+        );
+        assert_eq!(get(&hub.counters.channels), 2);
+    }
+
+    #[test]
+    fn reserved_events_are_refused_and_reach_nobody() {
+        let (hub, handler) = recorded_core(Config::default());
+        let (mut a, mut b) = (Client::open(&hub), Client::open(&hub));
+        a.join(&hub, "room:1", "1");
+        b.join(&hub, "room:1", "1");
+        handler.take();
+        let reserved = [
+            "phx_reply",
+            "phx_close",
+            "phx_error",
+            "phx_anything",
+            "presence_state",
+            "presence_diff",
+        ];
+        for event in reserved {
+            let got = a.ask(&hub, json!(["1", "7", "room:1", event, {}]));
+            assert_eq!(
+                got,
+                [error("1", "7", "room:1", "reserved event")],
+                "{event}"
+            );
+            // Without a ref there is nothing to answer: refused in silence.
+            assert!(
+                a.ask(&hub, json!(["1", null, "room:1", event, {}]))
+                    .is_empty()
+            );
+            assert!(b.got(&hub).is_empty(), "{event} reached another member");
+        }
+        assert!(handler.take().is_empty(), "never reaches the handler");
+        let c = &hub.counters;
+        assert_eq!(get(&c.refused_events), 2 * reserved.len() as u64);
+        assert_eq!((get(&c.broadcasts), get(&c.deliveries)), (0, 0));
+        assert_eq!(hub.topics.borrow().count("room:1"), 2, "both still joined");
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_is_refused_not_relayed() {
+        let hub = default_core(Config::default());
+        let (mut a, mut b) = (Client::open(&hub), Client::open(&hub));
+        a.join(&hub, "room:1", "1");
+        b.join(&hub, "room:1", "1");
+        let payloads = [
+            json!(null),
+            json!([1, 2]),
+            json!("text"),
+            json!(7),
+            json!(true),
+        ];
+        for payload in &payloads {
+            let got = a.ask(&hub, json!(["1", "8", "room:1", "new_msg", payload]));
+            let refused = error("1", "8", "room:1", "payload must be a JSON object");
+            assert_eq!(got, [refused], "{payload}");
+            assert!(b.got(&hub).is_empty(), "{payload} reached another member");
+        }
+        let c = &hub.counters;
+        assert_eq!(get(&c.refused_payloads), payloads.len() as u64);
+        assert_eq!((get(&c.broadcasts), get(&c.deliveries)), (0, 0));
+    }
+
+    #[test]
+    fn a_push_reaches_every_member_on_the_core_once_sender_included() {
+        let hub = default_core(Config::default());
+        let (mut a, mut b) = (Client::open(&hub), Client::open(&hub));
+        a.join(&hub, "room:1", "1");
+        b.join(&hub, "room:1", "2");
+        let outsider = {
+            let mut o = Client::open(&hub);
+            o.join(&hub, "room:2", "1");
+            o
+        };
+        let broadcast = json!([null, null, "room:1", "new_msg", {"body": "hi"}]);
+        let got = a.ask(&hub, json!(["1", "5", "room:1", "new_msg", {"body": "hi"}]));
+        // The broadcast is queued on the sender before its reply.
+        assert_eq!(got, [broadcast.clone(), ok("1", "5", "room:1", json!({}))]);
+        assert_eq!(b.got(&hub), [broadcast]);
+        assert!(outsider.got(&hub).is_empty());
+        let c = &hub.counters;
+        assert_eq!(get(&c.broadcasts), 1);
+        assert_eq!((get(&c.encodes), get(&c.deliveries)), (1, 2));
+        assert!(
+            a.got(&hub).is_empty() && b.got(&hub).is_empty(),
+            "exactly once"
+        );
+    }
+
+    #[test]
+    fn a_join_that_panics_is_answered_join_crashed_and_counted() {
+        let (hub, _) = recorded_core(Config::default());
+        let mut c = Client::open(&hub);
+        let got = c.ask(&hub, json!(["1", "1", "crash:join", "phx_join", {}]));
+        assert_eq!(got, [error("1", "1", "crash:join", "join crashed")]);
+        let n = &hub.counters;
+        assert_eq!(get(&n.handler_panics), 1);
+        assert_eq!((get(&n.join_errors), get(&n.channels)), (1, 0));
+        assert_eq!(hub.topics.borrow().topics(), 0, "not joined");
+        let got = c.ask(&hub, json!(["1", "2", "crash:join", "m", {}]));
+        assert_eq!(
+            got,
+            [error(Value::Null, "2", "crash:join", "unmatched topic")]
+        );
+    }
+
+    #[test]
+    fn a_push_that_panics_is_a_phx_error_and_ends_only_that_channel() {
+        let (hub, handler) = recorded_core(Config::default());
+        let (mut a, mut b) = (Client::open(&hub), Client::open(&hub));
+        a.join(&hub, "room:1", "1");
+        a.join(&hub, "room:2", "2");
+        b.join(&hub, "room:1", "1");
+        handler.take();
+        let got = a.ask(&hub, json!(["1", "3", "room:1", "crash", {}]));
+        let crashed = json!(["1", "1", "room:1", "phx_error", {"reason": "channel_crash"}]);
+        assert_eq!(got, [crashed]);
+        assert_eq!(
+            handler.take(),
+            ["in room:1 crash", "terminate room:1 Crashed"]
+        );
+        assert_eq!(get(&hub.counters.handler_panics), 1);
+        assert!(b.got(&hub).is_empty(), "nothing reached the other member");
+        assert_eq!(hub.topics.borrow().count("room:1"), 1, "only b is left");
+        assert_eq!(get(&hub.counters.channels), 2);
+        // The channel is gone; the socket and its other channel are not.
+        let got = a.ask(&hub, json!(["1", "4", "room:1", "m", {}]));
+        assert_eq!(got, [error(Value::Null, "4", "room:1", "unmatched topic")]);
+        let got = a.ask(&hub, json!(["2", "5", "room:2", "m", {}]));
+        assert_eq!(got.last(), Some(&ok("2", "5", "room:2", json!({}))));
+    }
+
+    #[test]
+    fn a_terminate_that_panics_is_counted_and_the_leave_still_completes() {
+        let (hub, handler) = recorded_core(Config::default());
+        let mut c = Client::open(&hub);
+        c.join(&hub, "crash:terminate", "1");
+        let got = c.ask(&hub, json!(["1", "2", "crash:terminate", "phx_leave", {}]));
+        assert_eq!(
+            got,
+            [
+                ok("1", "2", "crash:terminate", json!({})),
+                close("1", "crash:terminate")
+            ]
+        );
+        assert_eq!(get(&hub.counters.handler_panics), 1);
+        assert_eq!(hub.topics.borrow().topics(), 0);
+        // On the socket's close, too: counted, and every channel is still left.
+        c.join(&hub, "crash:terminate", "3");
+        c.join(&hub, "room:1", "4");
+        handler.take();
+        let ctx = c.ctx(&hub);
+        c.session.leave_all(ctx);
+        let mut calls = handler.take();
+        calls.sort();
+        assert_eq!(
+            calls,
+            [
+                "terminate crash:terminate Closed",
+                "terminate room:1 Closed"
+            ]
+        );
+        assert_eq!(get(&hub.counters.handler_panics), 2);
+        assert_eq!(get(&hub.counters.channels), 0);
+        assert_eq!(hub.topics.borrow().topics(), 0);
+        assert!(c.got(&hub).is_empty(), "a closing socket is sent nothing");
+    }
+
+    #[test]
+    fn frames_that_are_not_phoenix_messages_close_the_socket() {
+        let hub = default_core(Config::default());
+        let mut c = Client::open(&hub);
+        for text in [r#"{"not":"an array"}"#, "[1,2]", "not json"] {
+            let (code, _) = c.text(&hub, text).unwrap_err();
+            assert_eq!(code, code::INVALID_DATA, "{text}");
+        }
+        let ctx = c.ctx(&hub);
+        let (code, _) = c.session.on_frame(ctx, Frame::Binary(&[0xff])).unwrap_err();
+        assert_eq!(code, code::UNSUPPORTED);
+        let long = "r".repeat(65);
+        let (code, _) = c
+            .text(
+                &hub,
+                &json!(["1", long, "room:1", "phx_join", {}]).to_string(),
+            )
+            .unwrap_err();
+        assert_eq!(code, code::POLICY);
+        assert!(c.got(&hub).is_empty());
+        assert_eq!(hub.topics.borrow().topics(), 0);
+    }
+}

@@ -1,10 +1,34 @@
-//! Shared helpers for the integration tests: a real `corecast` process on real sockets.
+//! Shared helpers for the integration tests: a real `corecast` process on real sockets. The one
+//! place that writes config files ([`write_config`]), starts servers ([`TestServer`]) and opens
+//! Phoenix sockets: raw ([`open_raw`], [`TestServer::open_phx`]) or with tungstenite
+//! ([`ws_connect`], [`TestServer::phx_ws`]).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Where a Phoenix V2 client connects.
+pub const PHX_PATH: &str = "/socket/websocket?vsn=2.0.0";
+
+/// Write `config` (TOML text) to a file of its own (numbered: two configs never share a file)
+/// and return its path.
+pub fn write_config(config: &str) -> PathBuf {
+    static FILES: AtomicUsize = AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("corecast-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{n}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
 
 /// A `corecast serve` child process listening on an ephemeral loopback port.
 pub struct TestServer {
@@ -28,21 +52,31 @@ impl TestServer {
     /// reached from a non-loopback address); `addr` is then `0.0.0.0:PORT`, which connects
     /// over loopback.
     pub fn start_on(listen: &str, config: &str, extra: &[&str]) -> TestServer {
-        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("corecast-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{n}.toml"));
-        std::fs::write(&path, config).unwrap();
-        let mut args = vec!["--config", path.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        TestServer::spawn(listen, &args, "warn", Stdio::inherit())
+        TestServer::spawn_with_config(listen, config, extra, "warn", Stdio::inherit())
     }
 
-    /// Like [`TestServer::start`] with logging at `level` written to `log`.
-    pub fn start_logging(extra: &[&str], level: &str, log: &std::path::Path) -> TestServer {
+    /// Like [`TestServer::start_with_config`] with logging at `level` written to `log`.
+    pub fn start_logging(
+        config: &str,
+        extra: &[&str],
+        level: &str,
+        log: &std::path::Path,
+    ) -> TestServer {
         let file = std::fs::File::create(log).expect("log file");
-        TestServer::spawn("127.0.0.1:0", extra, level, Stdio::from(file))
+        TestServer::spawn_with_config("127.0.0.1:0", config, extra, level, Stdio::from(file))
+    }
+
+    fn spawn_with_config(
+        listen: &str,
+        config: &str,
+        extra: &[&str],
+        level: &str,
+        stderr: Stdio,
+    ) -> TestServer {
+        let path = write_config(config);
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        TestServer::spawn(listen, &args, level, stderr)
     }
 
     fn spawn(listen: &str, extra: &[&str], level: &str, stderr: Stdio) -> TestServer {
@@ -84,10 +118,22 @@ impl TestServer {
 
     /// A raw socket upgraded on `GET /echo` (the server needs `--echo`).
     pub fn open_echo(&self) -> TcpStream {
-        let mut s = self.connect_tcp();
-        let (status, head) = http_exchange(&mut s, upgrade_request("/echo").as_bytes());
-        assert_eq!(status, 101, "{head}");
-        s
+        self.open("/echo", Open::default())
+    }
+
+    /// A raw Phoenix V2 socket (upgraded on [`PHX_PATH`]).
+    pub fn open_phx(&self) -> TcpStream {
+        self.open(PHX_PATH, Open::default())
+    }
+
+    /// A raw socket upgraded on `path`, opened as `how` says; any failure panics.
+    pub fn open(&self, path: &str, how: Open) -> TcpStream {
+        open_raw(self.addr, path, how).unwrap_or_else(|e| panic!("opening {path}: {e}"))
+    }
+
+    /// A tungstenite Phoenix V2 client with `read_timeout`, and the core that took it.
+    pub fn phx_ws(&self, read_timeout: Duration) -> (Ws, u64) {
+        ws_connect(&self.url(PHX_PATH), read_timeout)
     }
 
     /// A `/metrics` series summed over its labels (per-core series add up); 0 if absent.
@@ -252,7 +298,7 @@ pub fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Send one JSON value as a masked text frame (a raw Phoenix V2 client).
-pub fn send_json(stream: &mut TcpStream, v: &serde_json::Value) -> std::io::Result<()> {
+pub fn send_json(stream: &mut TcpStream, v: &Value) -> std::io::Result<()> {
     let mut out = Vec::new();
     corecast::proto::frame::encode_masked(
         &mut out,
@@ -267,7 +313,7 @@ pub fn send_json(stream: &mut TcpStream, v: &serde_json::Value) -> std::io::Resu
 /// What a raw client reads next: a JSON text message or the server's close.
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
-    Json(serde_json::Value),
+    Json(Value),
     Close(Option<u16>),
 }
 
@@ -292,9 +338,86 @@ pub fn recv_incoming(stream: &mut TcpStream) -> std::io::Result<Incoming> {
 }
 
 /// Read the next JSON text message; a close frame is an error.
-pub fn recv_json(stream: &mut TcpStream) -> std::io::Result<serde_json::Value> {
+pub fn recv_json(stream: &mut TcpStream) -> std::io::Result<Value> {
     match recv_incoming(stream)? {
         Incoming::Json(v) => Ok(v),
         Incoming::Close(code) => Err(std::io::Error::other(format!("closed by server: {code:?}"))),
+    }
+}
+
+/// How [`open_raw`] opens a socket. The default: any core, the kernel's buffers, any source.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open {
+    /// Open until the 101 says this core took the connection (the kernel spreads connections
+    /// over the cores' listeners).
+    pub core: Option<u64>,
+    /// `SO_RCVBUF` set before connecting: a small one makes a peer that stops reading fill up
+    /// (a subscriber that will stall).
+    pub rcvbuf: Option<usize>,
+    /// Bind to this local address first (to spread connections over source addresses).
+    pub source: Option<[u8; 4]>,
+}
+
+/// A raw socket to `addr` upgraded on `path` (read timeout 10 s, no Nagle), opened as `how`
+/// says. A refused connection or an answer other than 101 is an error.
+pub fn open_raw(addr: SocketAddr, path: &str, how: Open) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    for _ in 0..200 {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        if let Some(size) = how.rcvbuf {
+            sock.set_recv_buffer_size(size)?;
+        }
+        if let Some(ip) = how.source {
+            sock.bind(&SocketAddr::from((ip, 0)).into())?;
+        }
+        sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        let (status, head) = http_exchange(&mut s, upgrade_request(path).as_bytes());
+        if status != 101 {
+            return Err(std::io::Error::other(format!("upgrade: {status}: {head}")));
+        }
+        let core = header(&head, "x-corecast-core").and_then(|c| c.parse().ok());
+        if how.core.is_none() || core == how.core {
+            return Ok(s);
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "no connection landed on core {:?}",
+        how.core
+    )))
+}
+
+/// A tungstenite client.
+pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A tungstenite client on `url` with `read_timeout`, and the core that took it.
+pub fn ws_connect(url: &str, read_timeout: Duration) -> (Ws, u64) {
+    let (ws, resp) = tungstenite::connect(url).expect("connect");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(read_timeout)).unwrap();
+    }
+    let core = resp.headers()["x-corecast-core"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (ws, core)
+}
+
+/// Send one JSON value as a text message.
+pub fn ws_send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).unwrap();
+}
+
+/// Read the next JSON text message, skipping pings and pongs; anything else panics.
+pub fn ws_recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
