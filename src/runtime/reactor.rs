@@ -28,12 +28,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
+use slab::Slab;
 use tracing::{debug, warn};
 
-use crate::runtime::shard::{Shard, Stats};
+use crate::runtime::slot::Slot;
+use crate::runtime::stats::Stats;
 use crate::runtime::sys::{Completion, Ring};
 
-/// Readiness bits kept in [`crate::runtime::shard::Slot::io`].
+/// Readiness bits kept in [`Slot::io`].
 pub mod ready {
     /// Input (or EOF, or an error) may be waiting: `recv` until `WouldBlock`.
     pub const READABLE: u8 = 1;
@@ -92,7 +94,25 @@ struct Bell {
     stop: AtomicBool,
 }
 
-/// One core's reactor. Lives in its [`Shard`]; every method runs on that core.
+/// What the reactor needs from the core it serves: its slots, counters and reactor (implemented
+/// by `runtime::shard::Shard`, which owns the reactor; a trait, so that the two files do not
+/// import each other).
+pub trait Host: 'static {
+    /// The core's reactor, once it serves sockets.
+    fn io(&self) -> Option<&Reactor>;
+    /// The connection slots, where readiness bits are set and tasks woken.
+    fn slots(&self) -> &RefCell<Slab<Slot>>;
+    /// The core's counters.
+    fn stats(&self) -> &Stats;
+    /// A slot for a newly accepted connection: (key, generation).
+    fn open_slot(&self) -> (usize, u32);
+    /// Give back a slot nobody will serve.
+    fn close_slot(&self, key: usize);
+    /// The core's index, for logs.
+    fn core(&self) -> usize;
+}
+
+/// One core's reactor. Lives in its shard; every method runs on that core.
 pub struct Reactor {
     ring: RefCell<Ring>,
     bell: Arc<Bell>,
@@ -274,11 +294,11 @@ fn ring_bell(bell: &Bell) {
 }
 
 /// The core's driver task: submit, reap, dispatch; runs until the core stops.
-pub async fn drive(shard: Rc<Shard>) {
+pub async fn drive<H: Host>(shard: Rc<H>) {
     std::future::poll_fn(|cx| poll_drive(&shard, cx)).await
 }
 
-fn poll_drive(shard: &Rc<Shard>, cx: &mut Context<'_>) -> Poll<()> {
+fn poll_drive<H: Host>(shard: &Rc<H>, cx: &mut Context<'_>) -> Poll<()> {
     let Some(io) = shard.io() else {
         return Poll::Ready(());
     };
@@ -324,7 +344,7 @@ fn poll_drive(shard: &Rc<Shard>, cx: &mut Context<'_>) -> Poll<()> {
 }
 
 /// Act on one completion.
-fn dispatch(shard: &Rc<Shard>, io: &Reactor, c: Completion) {
+fn dispatch<H: Host>(shard: &Rc<H>, io: &Reactor, c: Completion) {
     let (kind, key, generation) = untag(c.tag);
     match kind {
         Kind::Removal => {}
@@ -341,7 +361,7 @@ fn dispatch(shard: &Rc<Shard>, io: &Reactor, c: Completion) {
             if c.result == -libc::ECANCELED {
                 return; // removed because the connection closed
             }
-            let mut slots = shard.slots.borrow_mut();
+            let mut slots = shard.slots().borrow_mut();
             let Some(slot) = slots.get_mut(key) else {
                 return;
             };
@@ -352,7 +372,7 @@ fn dispatch(shard: &Rc<Shard>, io: &Reactor, c: Completion) {
                 slot.io |= ready::READABLE;
                 if !c.more {
                     slot.io |= ready::REARM;
-                    Stats::bump(&shard.stats.poll_rearms);
+                    Stats::bump(&shard.stats().poll_rearms);
                 }
             } else {
                 slot.io &= !ready::WRITE_ARMED;
@@ -363,7 +383,7 @@ fn dispatch(shard: &Rc<Shard>, io: &Reactor, c: Completion) {
 }
 
 /// Accept up to a batch of connections, arm their polls, submit, and start their tasks.
-fn accept_round(shard: &Rc<Shard>, io: &Reactor) {
+fn accept_round<H: Host>(shard: &Rc<H>, io: &Reactor) {
     let mut accepted = Vec::new();
     {
         let listener = io.listener.borrow();
@@ -377,7 +397,7 @@ fn accept_round(shard: &Rc<Shard>, io: &Reactor) {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    Stats::bump(&shard.stats.accepted);
+                    Stats::bump(&shard.stats().accepted);
                     let (key, generation) = shard.open_slot();
                     io.watch(&stream, key, generation);
                     accepted.push((stream, key, generation));
@@ -386,8 +406,8 @@ fn accept_round(shard: &Rc<Shard>, io: &Reactor) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off until the next tick instead of spinning.
-                    Stats::bump(&shard.stats.accept_errors);
-                    debug!(core = shard.id, error = %e, "accept failed");
+                    Stats::bump(&shard.stats().accept_errors);
+                    debug!(core = shard.core(), error = %e, "accept failed");
                     io.accept_paused.set(true);
                     break;
                 }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::proto::frame::{self, OpCode};
 use crate::runtime::mesh::{self, Bus, Envelope};
-use crate::runtime::reactor::{self, Accept, Reactor, ready};
+use crate::runtime::reactor::{self, Accept, Host, Reactor, ready};
 pub use crate::runtime::slot::{Slot, signal};
 pub use crate::runtime::stats::{Shared, Stats};
 use crate::runtime::wheel::{Entry, TICK, Wheel};
@@ -495,5 +495,31 @@ impl Shard {
         }
         driver.cancel().await;
         io.shutdown();
+    }
+}
+
+impl Host for Shard {
+    fn io(&self) -> Option<&Reactor> {
+        Shard::io(self)
+    }
+
+    fn slots(&self) -> &RefCell<Slab<Slot>> {
+        &self.slots
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn open_slot(&self) -> (usize, u32) {
+        Shard::open_slot(self)
+    }
+
+    fn close_slot(&self, key: usize) {
+        Shard::close_slot(self, key)
+    }
+
+    fn core(&self) -> usize {
+        self.id
     }
 }

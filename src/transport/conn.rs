@@ -22,58 +22,18 @@ use std::task::{Context, Poll};
 
 use tracing::trace;
 
-use crate::proto::frame::{self, Decoder, FrameError, close};
+use crate::proto::frame::{self, FrameError, close};
 use crate::proto::handshake;
 use crate::pubsub::hub::Hub;
-use crate::pubsub::session::{Ctx, Session};
+use crate::pubsub::session::Ctx;
 use crate::runtime::reactor::ready;
 use crate::runtime::shard::{Slot, Stats, WRITE_COALESCE, signal};
-use crate::transport::http::PendingBody;
-use crate::transport::websocket::RateBucket;
+use crate::transport::state::{Conn, Endpoint, Phase, RateBucket, Step};
 
 /// Frames at least this big are written straight from their buffer instead of being coalesced.
 const DIRECT_WRITE: usize = 16 * 1024;
 /// Reads handled in one poll before the task yields to its neighbours.
 const READ_BUDGET: usize = 16;
-
-/// What a WebSocket connection does with its messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `GET /echo`: send every data message back.
-    Echo,
-    /// `GET /socket/websocket?vsn=2.0.0`: Phoenix Channels V2.
-    Phoenix,
-}
-
-pub(super) enum Phase {
-    /// Reading the request head, then (`body` set: the head was accepted) its body. Once the
-    /// request is answered `buf` keeps only bytes already received past it (a pipelined next
-    /// request) on a kept-alive connection, nothing otherwise: an idle kept-alive connection
-    /// holds no buffer.
-    /// `deferred`: a complete upgrade request with frames behind it waits in `buf` for the
-    /// core's mesh hold to end (those frames could be broadcasts; see `on_http_request`).
-    Http {
-        buf: Vec<u8>,
-        body: Option<Box<PendingBody>>,
-        deferred: bool,
-        /// Requests answered on this connection so far (keep-alive).
-        served: u32,
-        /// After the first: the tick the current request's first byte came in.
-        started: u32,
-        /// Complete requests wait in `buf`, held back while the answers before them were over
-        /// the out-queue bounds: serve them before reading the socket again.
-        pipelined: bool,
-    },
-    /// An open WebSocket.
-    Open {
-        endpoint: Endpoint,
-        decoder: Decoder,
-        session: Session,
-    },
-    /// Our last bytes (a close frame or an HTTP response) are queued: flush them, shut the write
-    /// side, then read and discard until the peer closes or the close deadline passes.
-    Closing { shut: bool },
-}
 
 /// Serve one accepted connection (already in slot `key`, watched by the reactor) until it is
 /// closed: the returned future is the connection's whole task state (see
@@ -106,22 +66,6 @@ pub fn serve(
     }
 }
 
-pub(super) struct Conn {
-    /// The core: its pub/sub hub and, through it, its runtime shard.
-    pub(super) hub: Rc<Hub>,
-    pub(super) stream: TcpStream,
-    pub(super) key: usize,
-    pub(super) generation: u32,
-    /// `max_messages_per_sec`.
-    pub(super) rate: RateBucket,
-    /// Tick by which the data message now arriving must be complete (`message_timeout_ms`
-    /// after its first bytes); 0 while no data message is pending.
-    pub(super) msg_deadline: u32,
-    /// Bytes of the front frame of the queue already written.
-    pub(super) out_off: u32,
-    pub(super) phase: Phase,
-}
-
 impl Drop for Conn {
     fn drop(&mut self) {
         self.leave_open();
@@ -138,12 +82,6 @@ impl Drop for Conn {
         }
         self.hub.shard.close_slot(self.key);
     }
-}
-
-/// What reading and parsing asked the loop to do next.
-pub(super) enum Step {
-    Continue,
-    Finished,
 }
 
 impl Future for Conn {
@@ -271,7 +209,7 @@ impl Conn {
     }
 
     /// The outbound queue is at its bound: no more reading (or answering) until it drains.
-    pub(super) fn backed_up(&self) -> bool {
+    pub(crate) fn backed_up(&self) -> bool {
         let slots = self.hub.shard.slots.borrow();
         slots.get(self.key).is_some_and(|s| {
             s.out_bytes as usize >= self.hub.shard.cfg.out_queue_max_bytes
@@ -340,7 +278,7 @@ impl Conn {
     }
 
     /// Leave the Open phase: the socket's channels are left and the gauges updated.
-    pub(super) fn leave_open(&mut self) {
+    pub(crate) fn leave_open(&mut self) {
         if let Phase::Open {
             session, decoder, ..
         } = &mut self.phase
@@ -357,7 +295,7 @@ impl Conn {
     }
 
     /// Drop every queued frame not yet started (the one being written is kept whole).
-    pub(super) fn discard_unsent(&mut self) {
+    pub(crate) fn discard_unsent(&mut self) {
         let mut slots = self.hub.shard.slots.borrow_mut();
         if let Some(slot) = slots.get_mut(self.key) {
             let keep = usize::from(self.out_off > 0);
@@ -369,7 +307,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn fail(&mut self, e: &FrameError) {
+    pub(crate) fn fail(&mut self, e: &FrameError) {
         trace!(key = self.key, error = %e, "closing on protocol error");
         let reason = match e {
             FrameError::Protocol(why) => why,
@@ -384,7 +322,7 @@ impl Conn {
     }
 
     /// Queue a close frame and move to Closing (no-op if already closing).
-    pub(super) fn start_close(&mut self, code: u16, reason: &str) {
+    pub(crate) fn start_close(&mut self, code: u16, reason: &str) {
         if matches!(self.phase, Phase::Closing { .. }) {
             return;
         }
@@ -397,7 +335,7 @@ impl Conn {
     }
 
     /// Queue a plain HTTP response and close after it.
-    pub(super) fn respond(
+    pub(crate) fn respond(
         &mut self,
         status: u16,
         ctype: &str,
@@ -411,14 +349,14 @@ impl Conn {
     }
 
     /// Move to Closing behind what is queued, with the close deadline running.
-    pub(super) fn close_after_queued(&mut self) {
+    pub(crate) fn close_after_queued(&mut self) {
         self.phase = Phase::Closing { shut: false };
         self.hub
             .shard
             .set_deadline(self.key, Some(self.hub.shard.cfg.close_timeout()));
     }
 
-    pub(super) fn enqueue(&mut self, bytes: Vec<u8>) {
+    pub(crate) fn enqueue(&mut self, bytes: Vec<u8>) {
         self.hub.shard.queue_own(self.key, Arc::from(bytes));
     }
 

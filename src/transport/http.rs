@@ -6,37 +6,20 @@ use tracing::trace;
 
 use crate::app::handler::ConnectInfo;
 use crate::app::{auth, policy};
-use crate::http::{self, Answer, Api, BodyReservation, Format, Plan, Refusal};
+use crate::http::{self, Answer, Api, BodyReservation, Plan, Refusal};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::pubsub::session::Session;
 use crate::runtime::shard::Stats;
 use crate::runtime::wheel::TICK;
-use crate::transport::conn::{Conn, Endpoint, Phase, Step};
-
-/// A request whose head was accepted and whose body is being read into the phase's `buf`
-/// (`req.head_len` bytes of head, then the body). Holds its bytes of the core's body budget
-/// until it is dropped: when answered, or with the connection, whichever way it ends.
-pub(super) struct PendingBody {
-    pub(super) req: Request,
-    pub(super) api: Api,
-    pub(super) format: Format,
-    pub(super) reservation: BodyReservation,
-}
-
-impl PendingBody {
-    /// Bytes of head and body: `buf` is complete at this length.
-    pub(super) fn end(&self) -> usize {
-        self.req.head_len + self.reservation.bytes()
-    }
-}
+use crate::transport::state::{Conn, Endpoint, PendingBody, Phase, Step};
 
 impl Conn {
     /// Serve the requests buffered in the HTTP phase, in their order (keep-alive, pipelining):
     /// until one is incomplete, the connection leaves the HTTP phase (upgrade, close), or the
     /// answers queued reach the out-queue bounds; then the rest waits in `buf` (`pipelined`)
     /// and is served before the socket is read again.
-    pub(super) fn on_http_bytes(&mut self) -> Step {
+    pub(crate) fn on_http_bytes(&mut self) -> Step {
         loop {
             if let Phase::Http { pipelined, .. } = &mut self.phase {
                 *pipelined = false;
@@ -202,7 +185,7 @@ impl Conn {
     /// that is the handshake timeout. On a kept-alive connection waiting for its next request,
     /// the keep-alive wait is over: closed without a word. One whose next request is under way
     /// gives that request `handshake_timeout_ms` from its first byte (`started`).
-    pub(super) fn on_http_deadline(&mut self) -> bool {
+    pub(crate) fn on_http_deadline(&mut self) -> bool {
         let Phase::Http {
             buf,
             body,
@@ -262,7 +245,7 @@ impl Conn {
     }
 
     /// Answer the opening handshake and switch to WebSocket.
-    pub(super) fn upgrade(
+    pub(crate) fn upgrade(
         &mut self,
         req: &Request,
         endpoint: Endpoint,

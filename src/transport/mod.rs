@@ -3,4 +3,5 @@
 
 pub mod conn;
 mod http;
+mod state;
 mod websocket;

@@ -6,12 +6,12 @@ use crate::proto::frame::{self, Message, OpCode, close};
 use crate::proto::phoenix::Frame;
 use crate::pubsub::session::Ctx;
 use crate::runtime::shard::Stats;
-use crate::transport::conn::{Conn, Endpoint, Phase};
+use crate::transport::state::{Conn, Endpoint, Phase};
 
 impl Conn {
     /// Decode frames and act on each message, under the socket's rate limit, the core's budget
     /// for partial messages and the message deadline.
-    pub(super) fn on_ws_bytes(&mut self, input: &mut [u8]) {
+    pub(crate) fn on_ws_bytes(&mut self, input: &mut [u8]) {
         let Phase::Open {
             endpoint,
             decoder,
@@ -113,84 +113,6 @@ impl Conn {
         } else if let Some(code) = peer_close {
             // Echo the peer's code (RFC 6455 5.5.1), then close.
             self.start_close(code.unwrap_or(close::code::NORMAL), "");
-        }
-    }
-}
-
-/// Token bucket of one socket for `max_messages_per_sec`: it holds one second's worth and
-/// refills on the core's 100 ms ticks. Counted in tenths of a frame, so a tick refills exactly
-/// `rate` tenths whatever the rate (no rounding away of 1.5 frames a tick at 15/s).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RateBucket {
-    /// Tenths of a frame left.
-    left: u32,
-    /// Tick of the last refill.
-    tick: u32,
-}
-
-impl RateBucket {
-    /// A full bucket for `rate` frames a second (`rate` is at most 1,000,000: see config).
-    pub(super) fn full(rate: u32) -> RateBucket {
-        RateBucket {
-            left: rate.saturating_mul(10),
-            tick: 0,
-        }
-    }
-
-    /// Add what the ticks since the last refill earned, up to one second's worth.
-    pub(super) fn refill(&mut self, rate: u32, now: u32) {
-        let ticks = now.wrapping_sub(self.tick);
-        if ticks > 0 {
-            let full = u64::from(rate) * 10;
-            let earned = u64::from(ticks) * u64::from(rate);
-            self.left = (u64::from(self.left) + earned).min(full) as u32;
-            self.tick = now;
-        }
-    }
-
-    /// Spend one frame; false when the bucket is empty.
-    pub(super) fn take(&mut self) -> bool {
-        let ok = self.left >= 10;
-        if ok {
-            self.left -= 10;
-        }
-        ok
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Frames a bucket lets through over `ticks` ticks, offered `per_tick` every tick.
-    fn passed(rate: u32, per_tick: u32, ticks: u32) -> u32 {
-        let mut b = RateBucket::full(rate);
-        let mut n = 0;
-        for t in 1..=ticks {
-            b.refill(rate, t);
-            n += (0..per_tick).filter(|_| b.take()).count() as u32;
-        }
-        n
-    }
-
-    #[test]
-    fn rate_bucket_is_exact_at_any_rate() {
-        // A burst of one second's worth, then `rate` a second.
-        let mut b = RateBucket::full(200);
-        b.refill(200, 0);
-        assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
-        // Offered far more than the rate for 10 s: the full bucket spent on the first tick,
-        // then what the other 99 ticks refilled.
-        for rate in [1, 5, 10, 15, 19, 200, 1_000_000] {
-            let got = passed(rate, rate + 10, 100);
-            assert_eq!(got, rate + rate * 99 / 10, "rate {rate}");
-        }
-        // Offered 1.5 frames a tick (15/s) at a rate of 15: never refused.
-        let mut b = RateBucket::full(15);
-        for t in 1..=200u32 {
-            b.refill(15, t);
-            let n = if t % 2 == 0 { 2 } else { 1 };
-            assert!((0..n).all(|_| b.take()), "tick {t}");
         }
     }
 }
