@@ -64,3 +64,57 @@ fn custom_handler_authorises_replies_and_survives_its_own_panic() {
     server.stop();
     server.join().expect("clean stop");
 }
+
+/// A handler whose `connect` panics for sockets that ask for it.
+struct PanicsOnConnect;
+
+impl corecast::app::handler::Handler for PanicsOnConnect {
+    fn connect(&self, info: &corecast::app::handler::ConnectInfo<'_>) -> bool {
+        if info.query.contains("boom=1") {
+            panic!("connect blew up");
+        }
+        true
+    }
+}
+
+#[test]
+fn a_panic_in_connect_is_refused_and_counted_like_the_others() {
+    use std::io::{Read, Write};
+
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cores: 1,
+        ..Config::default()
+    };
+    let server = corecast::server::Server::start_with_handler(
+        cfg,
+        std::sync::Arc::new(PanicsOnConnect),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .expect("start");
+    let addr = server.local_addr();
+    let panics = || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("corecast_handler_panics_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .expect("the series")
+    };
+    assert_eq!(panics(), 0);
+    let refused = tungstenite::connect(format!("ws://{addr}{PHX_PATH}&boom=1"));
+    match refused {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert_eq!(panics(), 1, "the connect panic is counted");
+    // The server goes on: an ordinary socket connects.
+    let (mut ws, _) = ws_connect(&format!("ws://{addr}{PHX_PATH}"), Duration::from_secs(5));
+    send(&mut ws, json!(["1", "1", "room:1", "phx_join", {}]));
+    assert_eq!(recv(&mut ws)[4]["status"], "ok");
+    server.stop();
+    server.join().expect("clean stop");
+}
