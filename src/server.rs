@@ -240,10 +240,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_mesh_hold_parks_connections_refuses_the_api_and_wakes_them_when_drained() {
+    /// Two cores with a 1 MiB outbox bound and `cfg`: `body` runs on core 0 while core 1 takes
+    /// nothing off its ring until `body` sets the flag it is given (release).
+    fn on_two_cores<F, Fut>(cfg: Config, body: F)
+    where
+        F: Fn(Rc<Hub>, Arc<AtomicBool>) -> Fut + Send + Clone + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let shared = Arc::new(Shared {
-            cfg: Arc::new(Config::default()),
+            cfg: Arc::new(cfg),
             stats: (0..2).map(|_| Arc::new(Stats::default())).collect(),
             started: Instant::now(),
         });
@@ -262,6 +267,7 @@ mod tests {
             .map(|core| {
                 let (shared, channels, m) = (shared.clone(), channels.clone(), m.clone());
                 let (release, done) = (release.clone(), done.clone());
+                let body = body.clone();
                 glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                     .spawn(move || async move {
                         let shard = Shard::new(core, shared);
@@ -274,8 +280,16 @@ mod tests {
                         };
                         shard.join_mesh(m, deliver).await;
                         if shard.mesh_peer_id() == Some(0) {
-                            holds_and_wakes(&hub, &release).await;
-                            done.store(true, Ordering::SeqCst);
+                            // Released and done however `body` ends (a failed assertion too).
+                            struct Finish(Arc<AtomicBool>, Arc<AtomicBool>);
+                            impl Drop for Finish {
+                                fn drop(&mut self) {
+                                    self.0.store(true, Ordering::SeqCst);
+                                    self.1.store(true, Ordering::SeqCst);
+                                }
+                            }
+                            let _finish = Finish(release.clone(), done.clone());
+                            body(hub.clone(), release.clone()).await;
                         }
                         while !release.load(Ordering::SeqCst) {
                             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -292,6 +306,22 @@ mod tests {
         }
     }
 
+    /// Publish past half of the 1 MiB outbox bound: core 0 holds until core 1 is released.
+    fn start_hold(hub: &Hub) {
+        let big = format!(r#"{{"x":"{}"}}"#, "x".repeat(300_000));
+        for _ in 0..2 {
+            hub.publish(Publication::new("t", "e", Payload::Json(&big)).unwrap());
+        }
+        assert!(hub.shard.reads_held(), "over the high mark: hold");
+    }
+
+    #[test]
+    fn a_mesh_hold_parks_connections_refuses_the_api_and_wakes_them_when_drained() {
+        on_two_cores(Config::default(), |hub, release| async move {
+            holds_and_wakes(&hub, &release).await
+        });
+    }
+
     async fn holds_and_wakes(hub: &Rc<Hub>, release: &AtomicBool) {
         let shard = &hub.shard;
         let api = |hub: &Hub| {
@@ -301,13 +331,8 @@ mod tests {
         let (key, generation) = shard.open_slot();
         let woken = Arc::new(CountingWaker(AtomicU64::new(0)));
         shard.slots.borrow_mut()[key].waker = Some(Waker::from(woken.clone()));
-        // Past half of the 1 MiB bound.
         assert!(!shard.reads_held());
-        let big = format!(r#"{{"x":"{}"}}"#, "x".repeat(300_000));
-        for _ in 0..2 {
-            hub.publish(Publication::new("t", "e", Payload::Json(&big)).unwrap());
-        }
-        assert!(shard.reads_held(), "over the high mark: hold");
+        start_hold(hub);
         let busy = api(hub);
         assert_eq!(busy.status, 503);
         assert_eq!(busy.headers, &[("Retry-After", "1")]);
@@ -398,5 +423,184 @@ mod tests {
         assert_eq!(shard.stats.mesh_pauses.load(Ordering::SeqCst), 1);
         assert_eq!(shard.stats.mesh_dropped.load(Ordering::SeqCst), 0);
         shard.close_slot(key);
+    }
+
+    /// A raw Phoenix client of a real connection task on a core without a reactor: the test says
+    /// when the server's socket is readable, as the reactor would.
+    struct Client {
+        stream: std::net::TcpStream,
+        /// The server's end (a duplicate), to see what has arrived and not been read.
+        server: std::net::TcpStream,
+        key: usize,
+        /// What the server sent, past its 101 response.
+        got: Vec<u8>,
+    }
+
+    impl Client {
+        /// Upgraded and joined to `room:1` (one frame of its bucket).
+        async fn open(hub: &Rc<Hub>) -> Client {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            server.set_nonblocking(true).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let (key, generation) = hub.shard.open_slot();
+            let mut c = Client {
+                stream,
+                server: server.try_clone().unwrap(),
+                key,
+                got: Vec::new(),
+            };
+            let upgrade = b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\n\
+                Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+            let mut out = upgrade.to_vec();
+            Client::frame(&mut out, r#"["1","1","room:1","phx_join",{}]"#);
+            c.send_raw(&out).await;
+            glommio::spawn_local(crate::transport::conn::serve(
+                hub.clone(),
+                server,
+                key,
+                generation,
+            ))
+            .detach();
+            let head = loop {
+                c.read();
+                if let Some(end) = c.got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                tick("no 101").await;
+            };
+            assert!(c.got.starts_with(b"HTTP/1.1 101"));
+            c.got.drain(..head);
+            while c.replies().0 < 1 {
+                tick("no join reply").await;
+            }
+            c
+        }
+
+        fn frame(out: &mut Vec<u8>, text: &str) {
+            frame::encode_masked(out, OpCode::Text, true, text.as_bytes(), [1, 2, 3, 4]);
+        }
+
+        /// Write `bytes` and wait until they are all in the server's socket.
+        async fn send_raw(&mut self, bytes: &[u8]) {
+            std::io::Write::write_all(&mut self.stream, bytes).unwrap();
+            let mut peeked = vec![0u8; 1 << 20];
+            while self
+                .server
+                .peek(&mut peeked)
+                .map_or(true, |n| n < bytes.len())
+            {
+                tick("the bytes never arrived").await;
+            }
+        }
+
+        /// Send pushes `from..to` on `room:1`.
+        async fn push(&mut self, refs: std::ops::Range<u32>) {
+            let mut out = Vec::new();
+            for r in refs {
+                Client::frame(&mut out, &format!(r#"["1","{r}","room:1","new_msg",{{}}]"#));
+            }
+            self.send_raw(&out).await;
+        }
+
+        /// What the reactor does when input arrives: mark the socket readable, wake the task.
+        fn readable(&self, shard: &Shard) {
+            let mut slots = shard.slots.borrow_mut();
+            let slot = &mut slots[self.key];
+            slot.io |= ready::READABLE;
+            slot.wake();
+        }
+
+        fn read(&mut self) {
+            let mut buf = [0u8; 65536];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut self.stream, &mut buf) {
+                self.got.extend_from_slice(&buf[..n]);
+            }
+        }
+
+        /// Replies with status ok received so far, and the close code if a close frame came.
+        fn replies(&mut self) -> (usize, Option<u16>) {
+            self.read();
+            let (mut ok, mut close, mut at) = (0, None, 0);
+            while self.got.len() >= at + 2 {
+                let (op, len) = (self.got[at] & 0x0f, (self.got[at + 1] & 0x7f) as usize);
+                let (head, len) = match len {
+                    126 if self.got.len() >= at + 4 => (
+                        4,
+                        u16::from_be_bytes([self.got[at + 2], self.got[at + 3]]) as usize,
+                    ),
+                    126 => break,
+                    n => (2, n),
+                };
+                let Some(payload) = self.got.get(at + head..at + head + len) else {
+                    break;
+                };
+                let text = String::from_utf8_lossy(payload);
+                if op == 1 && text.contains("phx_reply") && text.contains(r#""status":"ok""#) {
+                    ok += 1;
+                } else if op == 8 && len >= 2 {
+                    close = Some(u16::from_be_bytes([payload[0], payload[1]]));
+                }
+                at += head + len;
+            }
+            (ok, close)
+        }
+    }
+
+    /// Let the core run for a millisecond; fail after 10 s of this.
+    async fn tick(what: &str) {
+        thread_local!(static START: Instant = Instant::now());
+        assert!(
+            START.with(|s| s.elapsed()) < std::time::Duration::from_secs(10),
+            "{what}"
+        );
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+
+    #[test]
+    fn a_hold_longer_than_the_rate_bucket_does_not_close_a_client_that_kept_to_the_rate() {
+        let cfg = Config {
+            max_messages_per_sec: 10, // a bucket of 10, one more a tick
+            ..Config::default()
+        };
+        on_two_cores(cfg, |hub, release| async move {
+            let shard = &hub.shard;
+            let mut c = Client::open(&hub).await; // the join took one frame: 9 left
+            start_hold(&hub);
+            c.readable(shard);
+            while shard.slots.borrow()[c.key].io & ready::PARKED == 0 {
+                tick("the connection never parked").await;
+            }
+            // 6 s of the core's time pass while it holds; the client sends 30 pushes meanwhile,
+            // half its rate, three times its bucket. They wait in the kernel.
+            shard.wheel.borrow_mut().advance(60, &mut Vec::new());
+            c.push(2..32).await;
+            c.readable(shard); // parked again
+            assert_eq!(c.replies(), (1, None), "nothing read during the hold");
+            release.store(true, Ordering::SeqCst);
+            // The hold ends: all 30 are read at once, and all pass (60 ticks earned 60).
+            while c.replies().0 < 31 {
+                let (_, close) = c.replies();
+                assert_eq!(
+                    close, None,
+                    "closed for the pushes that waited during the hold"
+                );
+                tick("the pushes were not answered").await;
+            }
+            while shard.held(c.key) {
+                tick("the socket was never read dry").await;
+            }
+            assert_eq!(c.replies(), (31, None));
+            // Read dry, the bucket has its cap again: what the hold earned and the client did
+            // not use is gone. 15 pushes at once: the bucket's 10, then a close with 1008.
+            c.push(32..47).await;
+            c.readable(shard);
+            while c.replies().1.is_none() {
+                tick("no close after a burst over the bucket").await;
+            }
+            assert_eq!(c.replies(), (41, Some(frame::close::code::POLICY)));
+        });
     }
 }

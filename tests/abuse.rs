@@ -325,6 +325,8 @@ struct Flood {
 }
 
 struct FloodResult {
+    /// The close code the innocent publisher was sent, if it was closed.
+    innocent_closed: Option<u16>,
     base_rss: u64,
     peak_rss: u64,
     after_rss: u64,
@@ -354,7 +356,7 @@ impl FloodResult {
             "{label}: {} never-reading subscribers on core 1, attacker on core 0 sent {} x {} KiB \
              in {:.1} s; RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB; innocent sent {}, \
              received {} ({}), latency p50 {:?} p99 {:?} max {:?}; mesh dropped {}, pauses {}, \
-             parked {}",
+             parked {}{}",
             f.subscribers,
             self.attack_sent,
             f.frame / 1024,
@@ -375,6 +377,9 @@ impl FloodResult {
             self.dropped,
             self.pauses,
             self.parked,
+            self.innocent_closed.map_or(String::new(), |c| format!(
+                "; THE INNOCENT WAS CLOSED WITH {c}"
+            )),
         );
     }
 }
@@ -404,7 +409,8 @@ fn cross_core_flood(srv: &TestServer, f: &Flood) -> FloodResult {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(base_rss));
 
-    // Both publishers get their replies and their own broadcasts back: drain them.
+    // Both publishers get their replies and their own broadcasts back: drain them. The
+    // innocent's frame by frame: a close sent to it is why its messages would be lost.
     let drain = |s: &TcpStream| {
         let mut r = s.try_clone().unwrap();
         r.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -413,7 +419,23 @@ fn cross_core_flood(srv: &TestServer, f: &Flood) -> FloodResult {
             while matches!(std::io::Read::read(&mut r, &mut buf), Ok(n) if n > 0) {}
         })
     };
-    let drains = [drain(&publisher), drain(&attacker)];
+    let innocent_closed = {
+        let mut r = publisher.try_clone().unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        std::thread::spawn(move || {
+            while let Ok((op, payload)) = common::read_frame(&mut r) {
+                if op == 8 {
+                    return Some(
+                        payload
+                            .get(..2)
+                            .map_or(0, |c| u16::from_be_bytes([c[0], c[1]])),
+                    );
+                }
+            }
+            None
+        })
+    };
+    let drains = [drain(&attacker)];
 
     // The innocent subscriber: (seq, arrival) of each message, until "end".
     let got = std::thread::spawn(move || {
@@ -509,7 +531,9 @@ fn cross_core_flood(srv: &TestServer, f: &Flood) -> FloodResult {
     for d in drains {
         let _ = d.join();
     }
+    let innocent_closed = innocent_closed.join().unwrap();
     FloodResult {
+        innocent_closed,
         base_rss,
         peak_rss: peak.load(Ordering::Relaxed),
         after_rss,
@@ -527,10 +551,18 @@ fn cross_core_flood(srv: &TestServer, f: &Flood) -> FloodResult {
 
 #[test]
 fn cross_core_flood_is_pushed_back_and_an_innocent_publisher_loses_nothing() {
-    const OUTBOX: u64 = 4 << 20; // mesh_outbox_bytes, per peer core
+    // The attacker is rate-limited (the default 200/s) and closed once its first second's
+    // worth is spent, so the hold must come within that, whatever pace core 1 keeps: the
+    // outbox is the smallest 64 KiB messages allow, its high mark (576 KiB, 12 pushes) under
+    // what one full poll of the attacker's socket reads and publishes (16 x 64 KiB). With the
+    // 4 MiB outbox used before (mark 2 MiB), a fast core 1 sometimes took the attacker's first
+    // second without any hold.
+    const MESSAGE: u64 = 64 << 10; // max_message and max_request_body
+    const OUTBOX: u64 = 2 * (MESSAGE + (512 << 10)); // mesh_outbox_bytes, per peer core
     const QUEUE: u64 = 4 << 20; // out_queue_max_bytes (the default)
     let srv = start(&format!(
-        "mesh_outbox_bytes = {OUTBOX}\nout_queue_max_bytes = {QUEUE}\n"
+        "max_message = {MESSAGE}\nmax_request_body = {MESSAGE}\nmesh_outbox_bytes = {OUTBOX}\n\
+         out_queue_max_bytes = {QUEUE}\n"
     ));
     let flood = Flood {
         subscribers: 300,
@@ -546,6 +578,10 @@ fn cross_core_flood_is_pushed_back_and_an_innocent_publisher_loses_nothing() {
     // alive, at most one queue's worth per core since they all share the same frames, and
     // 16 MiB for the allocator.
     let bound = 2 * OUTBOX + 2 * QUEUE + (16 << 20);
+    assert_eq!(
+        r.innocent_closed, None,
+        "the innocent publisher was closed, its messages after the close discarded"
+    );
     assert_eq!(r.received, r.sent, "the innocent subscriber lost messages");
     assert!(
         r.in_order,

@@ -46,6 +46,11 @@ pub mod ready {
     /// Not readiness: the connection is on its core's parked list (it stopped reading while the
     /// core's mesh holds publishers back). Set and cleared by the shard, never by the reactor.
     pub const PARKED: u8 = 8;
+    /// Not readiness: the connection has been parked since its socket last read dry, so what
+    /// waits in the socket may have piled up while the core was not reading it, not been sent
+    /// in a burst (the rate limit credits that time). Set by the shard with `PARKED`, cleared by
+    /// the connection when a `recv` says `WouldBlock`.
+    pub const HELD: u8 = 16;
 }
 
 /// Takes an accepted socket (non-blocking, watched for input, in slot `key` of generation

@@ -153,17 +153,29 @@ impl Shard {
     }
 
     /// Put a connection on the parked list (once per hold) before it waits: the end of the hold
-    /// wakes it.
-    pub fn park(&self, key: usize) {
+    /// wakes it. It is marked [`ready::HELD`] until its socket reads dry; true if it was not
+    /// already (its time held starts now).
+    pub fn park(&self, key: usize) -> bool {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(key) else {
-            return;
+            return false;
         };
         if slot.io & ready::PARKED == 0 {
             slot.io |= ready::PARKED;
             self.parked.borrow_mut().push((key as u32, slot.generation));
             Stats::bump(&self.stats.mesh_parked);
         }
+        let newly = slot.io & ready::HELD == 0;
+        slot.io |= ready::HELD;
+        newly
+    }
+
+    /// Whether a connection has been parked since its socket last read dry ([`ready::HELD`]).
+    pub fn held(&self, key: usize) -> bool {
+        self.slots
+            .borrow()
+            .get(key)
+            .is_some_and(|s| s.io & ready::HELD != 0)
     }
 
     /// The hold has ended: wake every parked connection still there.

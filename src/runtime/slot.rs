@@ -33,7 +33,7 @@ pub struct Slot {
     /// Bit set of [`signal`] values.
     pub signals: u8,
     /// Bit set of [`crate::runtime::reactor::ready`] values: socket readiness, kept by the core's
-    /// reactor (and `PARKED`, kept by the shard).
+    /// reactor (and `PARKED` and `HELD`, set by the shard).
     pub io: u8,
 }
 

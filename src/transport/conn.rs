@@ -176,7 +176,12 @@ impl Conn {
                 Phase::Closing { .. } => false,
             };
             if publisher && self.hub.shard.reads_held() {
-                self.hub.shard.park(self.key);
+                if self.hub.shard.park(self.key) {
+                    // The client's messages wait in the kernel from here on, at whatever rate it
+                    // sends them: its bucket earns the time held without its one-second cap, and
+                    // is capped again once the socket has been read dry (`on_ws_bytes`).
+                    self.refill_rate(false);
+                }
                 return Poll::Pending;
             }
             if let Phase::Http { deferred, .. } = &mut self.phase
@@ -242,7 +247,8 @@ impl Conn {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if let Some(slot) = shard.slots.borrow_mut().get_mut(self.key) {
-                    slot.io &= !ready::READABLE;
+                    // Read dry: whatever piled up during a hold has been taken.
+                    slot.io &= !(ready::READABLE | ready::HELD);
                 }
                 return Poll::Pending;
             }

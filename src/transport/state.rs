@@ -94,6 +94,14 @@ impl PendingBody {
 /// Token bucket of one socket for `max_messages_per_sec`: it holds one second's worth and
 /// refills on the core's 100 ms ticks. Counted in tenths of a frame, so a tick refills exactly
 /// `rate` tenths whatever the rate (no rounding away of 1.5 frames a tick at 15/s).
+///
+/// While the core does not read the socket because its mesh holds publishers back, the client's
+/// messages wait in the kernel and are then read at once: measured at the read, a client that
+/// sends at the rate would look like a burst of everything it sent during the hold, and one held
+/// longer than a second would be closed for it. So the time held is earned past the cap (only
+/// that time: the socket's bucket is brought up to date, capped, when it is parked), and the cap
+/// applies again once the socket has been read dry: a client still gets no more than the rate
+/// over the hold plus the one-second burst.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RateBucket {
     /// Tenths of a frame left.
@@ -111,15 +119,18 @@ impl RateBucket {
         }
     }
 
-    /// Add what the ticks since the last refill earned, up to one second's worth.
-    pub(crate) fn refill(&mut self, rate: u32, now: u32) {
+    /// Add what the ticks since the last refill earned, up to one second's worth; past it while
+    /// `held` (the socket is being held or has not been read dry since: see above).
+    pub(crate) fn refill(&mut self, rate: u32, now: u32, held: bool) {
         let ticks = now.wrapping_sub(self.tick);
-        if ticks > 0 {
-            let full = u64::from(rate) * 10;
-            let earned = u64::from(ticks) * u64::from(rate);
-            self.left = (u64::from(self.left) + earned).min(full) as u32;
-            self.tick = now;
-        }
+        let earned = u64::from(ticks) * u64::from(rate);
+        let cap = if held {
+            u64::from(u32::MAX)
+        } else {
+            u64::from(rate) * 10
+        };
+        self.left = (u64::from(self.left) + earned).min(cap) as u32;
+        self.tick = now;
     }
 
     /// Spend one frame; false when the bucket is empty.
@@ -141,17 +152,33 @@ mod tests {
         let mut b = RateBucket::full(rate);
         let mut n = 0;
         for t in 1..=ticks {
-            b.refill(rate, t);
+            b.refill(rate, t, false);
             n += (0..per_tick).filter(|_| b.take()).count() as u32;
         }
         n
     }
 
     #[test]
+    fn time_held_is_earned_past_the_cap_until_read_dry() {
+        let mut b = RateBucket::full(10);
+        b.refill(10, 0, false);
+        assert!((0..4).all(|_| b.take()), "6 frames left");
+        // Parked at tick 5 (brought up to date, capped: 10), held until tick 35: 30 more.
+        b.refill(10, 5, false);
+        b.refill(10, 35, true);
+        assert_eq!((0..100).filter(|_| b.take()).count(), 40);
+        // Held again, 2 s, 5 frames used; read dry, the rest beyond the cap is gone.
+        b.refill(10, 55, true);
+        assert!((0..5).all(|_| b.take()));
+        b.refill(10, 55, false);
+        assert_eq!((0..100).filter(|_| b.take()).count(), 10);
+    }
+
+    #[test]
     fn rate_bucket_is_exact_at_any_rate() {
         // A burst of one second's worth, then `rate` a second.
         let mut b = RateBucket::full(200);
-        b.refill(200, 0);
+        b.refill(200, 0, false);
         assert_eq!((0..1000).filter(|_| b.take()).count(), 200);
         // Offered far more than the rate for 10 s: the full bucket spent on the first tick,
         // then what the other 99 ticks refilled.
@@ -162,7 +189,7 @@ mod tests {
         // Offered 1.5 frames a tick (15/s) at a rate of 15: never refused.
         let mut b = RateBucket::full(15);
         for t in 1..=200u32 {
-            b.refill(15, t);
+            b.refill(15, t, false);
             let n = if t % 2 == 0 { 2 } else { 1 };
             assert!((0..n).all(|_| b.take()), "tick {t}");
         }

@@ -9,6 +9,16 @@ use crate::runtime::shard::Stats;
 use crate::transport::state::{Conn, Endpoint, Phase};
 
 impl Conn {
+    /// Refill the socket's rate bucket up to now (see [`RateBucket::refill`]); `held`: its
+    /// socket has not been read dry since the core's mesh hold parked it.
+    pub(super) fn refill_rate(&mut self, held: bool) {
+        let rate = self.hub.shard.cfg.max_messages_per_sec;
+        if rate > 0 {
+            self.rate
+                .refill(rate, self.hub.shard.now_tick() as u32, held);
+        }
+    }
+
     /// Decode frames and act on each message, under the socket's rate limit, the core's budget
     /// for partial messages and the message deadline.
     pub(crate) fn on_ws_bytes(&mut self, input: &mut [u8]) {
@@ -30,7 +40,7 @@ impl Conn {
         let now = shard.now_tick() as u32;
         let rate = shard.cfg.max_messages_per_sec;
         if rate > 0 {
-            self.rate.refill(rate, now);
+            self.rate.refill(rate, now, shard.held(self.key));
         }
         // This socket may hold what the core's budget has left, besides what it holds now.
         let held_before = decoder.heap_bytes();
