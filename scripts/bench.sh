@@ -66,8 +66,9 @@ fi
 
 log "building (release)"
 cargo build --release -p corecast -p corecast-bench
-SERVER_BIN="${BENCH_SERVER_BIN:-$ROOT/target/release/corecast}"  # another build, for A/B runs
-BENCH_BIN="$ROOT/target/release/corecast-bench"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"  # where cargo just built (CARGO_TARGET_DIR if set)
+SERVER_BIN="${BENCH_SERVER_BIN:-$TARGET/release/corecast}"  # another build, for A/B runs
+BENCH_BIN="$TARGET/release/corecast-bench"
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$ROOT/$REPORT_ROOT/$stamp"
