@@ -10,37 +10,15 @@ Prints one JSON line: {"rss_before_mib": .., "rss_peak_mib": .., "rss_after_mib"
 import argparse
 import json
 import os
-import socket
 import struct
-import subprocess
 import sys
 import time
 
+from attacklib import rss_kib, server, upgrade
+
 
 def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def ws_open(addr):
-    s = socket.create_connection(addr, timeout=10)
-    s.sendall(
-        b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise RuntimeError("closed during the handshake")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(head.decode(errors="replace"))
-    return s
+    return rss_kib(pid) / 1024.0
 
 
 def ws_send_text(s, text):
@@ -75,23 +53,14 @@ def main():
     ap.add_argument("--hold-secs", type=float, default=2.0)
     a = ap.parse_args()
 
-    srv = subprocess.Popen(
-        [a.bin, "serve", "--listen", "127.0.0.1:0", "--cores", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = srv.stdout.readline()
-        host, port = line.split()[3].rsplit(":", 1)
-        addr = (host, int(port))
+    with server(a.bin, "--cores", "2") as (srv, addr):
         time.sleep(0.3)
         before = rss_mib(srv.pid)
         big = "1" * a.ref_bytes
         socks = []
         closed_by_server = 0
         for _ in range(a.sockets):
-            s = ws_open(addr)
+            s = upgrade(addr)
             socks.append(s)
             for t in range(a.topics):
                 msg = json.dumps([big, "1", f"room:{t}", "phx_join", {}])
@@ -127,12 +96,6 @@ def main():
             "rss_peak_mib": round(peak, 1),
             "rss_after_mib": round(after, 1),
         }))
-    finally:
-        srv.terminate()
-        try:
-            srv.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            srv.kill()
 
 
 if __name__ == "__main__":

