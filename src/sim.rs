@@ -1,12 +1,12 @@
 //! The 2 M simulation: the per-core tables, connection state and subscriptions of N virtual
 //! connections in one process, without sockets, driven through the real code paths.
 //!
-//! Each core runs on its own thread with its own [`Shard`]. Every virtual connection gets a slot,
-//! its protocol state (frame decoder + Phoenix session, as an open socket holds them) and joins a
-//! topic by feeding a real `phx_join` text through [`Session::on_frame`]; its `ok` reply is
-//! written to a null sink. Then one broadcast is encoded once ([`broadcast_frame`]) and fanned
-//! out to every subscriber ([`Shard::fanout_local`]), and every queue is drained into the null
-//! sink. What this leaves out, and the socket-level measurement covers: the glommio socket and
+//! Each core runs on its own thread with its own [`Shard`] and [`Hub`]. Every virtual connection
+//! gets a slot, its protocol state (frame decoder + Phoenix session, as an open socket holds them)
+//! and joins a topic by feeding a real `phx_join` text through [`Session::on_frame`]; its `ok`
+//! reply is written to a null sink. Then every core delivers one publication ([`Hub::deliver`],
+//! as each does when the mesh brings it: encoded once per core, queued on every subscriber), and
+//! every queue is drained into the null sink. What this leaves out, and the socket-level measurement covers: the glommio socket and
 //! task of each connection and the kernel's socket memory.
 
 use std::sync::Arc;

@@ -8,8 +8,8 @@
 //! connection holds no read buffer.
 //!
 //! This file is the task itself: its state, its poll loop (signals, flushing, reading), and
-//! closing. What it does with the bytes it reads is in [`super::http`] (the HTTP phase: requests,
-//! keep-alive, the upgrade) and [`super::websocket`] (frames, the rate limit, the partial-message
+//! closing. What it does with the bytes it reads is in `super::http` (the HTTP phase: requests,
+//! keep-alive, the upgrade) and `super::websocket` (frames, the rate limit, the partial-message
 //! budget, the Phoenix session).
 
 use std::future::Future;
