@@ -158,6 +158,7 @@ impl Hub {
             if let Some(frame) = frame
                 && slot.offer(frame, max_bytes, max_frames)
             {
+                shard.wake_deferred(slot);
                 delivered += 1;
             }
         });

@@ -250,6 +250,14 @@ impl Reactor {
         }
     }
 
+    /// Wake the driver if completions wait in the ring, without waiting for the bell: for a
+    /// core that is busy (its executor looks at wake-ups from other threads only when idle).
+    pub fn wake_if_ready(&self) {
+        if self.ring.borrow_mut().has_completions() {
+            self.poke();
+        }
+    }
+
     /// Wake the driver so it submits what was queued (or accepts more).
     fn poke(&self) {
         if let Some(w) = self.driver.borrow_mut().take() {

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use slab::Slab;
@@ -61,7 +62,20 @@ pub struct Shard {
     /// Most of `partial_bytes` since memory was last given back.
     partial_peak: Cell<usize>,
     started: Instant,
+    /// Tasks a fan-out queued frames for, not woken yet (see [`Shard::wake_deferred`]): per
+    /// core, 16 bytes per listed waker, only while listed.
+    deferred: RefCell<VecDeque<Waker>>,
+    /// The flusher task's waker while it waits for `deferred` to fill.
+    flusher: RefCell<Option<Waker>>,
+    /// Wakes are deferred only while a flusher runs (not in the simulation).
+    defer: Cell<bool>,
 }
+
+/// How many deferred subscriber tasks the flusher wakes before it lets the rest of the core's
+/// queue (the reactor's driver, a publisher) run again.
+pub const FLUSH_CHUNK: usize = 16;
+/// The flusher's pause between chunks (the chunk's own writes usually take longer).
+pub const FLUSH_GAP: std::time::Duration = std::time::Duration::from_micros(10);
 
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Shard> {
@@ -84,6 +98,9 @@ impl Shard {
             partial_bytes: Cell::new(0),
             partial_peak: Cell::new(0),
             started: Instant::now(),
+            deferred: RefCell::new(VecDeque::new()),
+            flusher: RefCell::new(None),
+            defer: Cell::new(false),
         })
     }
 
@@ -179,6 +196,61 @@ impl Shard {
     }
 
     /// The hold has ended: wake every parked connection still there.
+    /// Wake the task of a slot a fan-out just queued a frame on: deferred to the core's flusher
+    /// task when it runs, at once otherwise. Deferred, the task is listed once (its waker moves
+    /// to the list) and woken in list order, [`FLUSH_CHUNK`] at a time with the rest of the
+    /// core's ready tasks in between: the publisher and the reactor go on while a fan-out is
+    /// written, and whatever they publish meanwhile joins the frames still queued (one write
+    /// for several broadcasts). A listed task waits at most one pass over the list.
+    pub fn wake_deferred(&self, slot: &mut Slot) {
+        if !self.defer.get() {
+            slot.wake();
+            return;
+        }
+        if let Some(w) = slot.waker.take() {
+            self.deferred.borrow_mut().push_back(w);
+            if let Some(f) = self.flusher.borrow_mut().take() {
+                f.wake();
+            }
+        }
+    }
+
+    /// The flusher: wakes the listed tasks, a chunk per turn of its own task queue, so the
+    /// core's default queue (where the woken tasks, the driver and the publishers run) empties
+    /// between chunks and the executor looks at its wake-ups from other threads (the bell).
+    async fn flush_deferred(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.deferred.borrow().is_empty() {
+                    *self.flusher.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            // The readiness that came in meanwhile (a publisher's next request) first: the
+            // driver runs before the chunk.
+            if let Some(io) = self.io() {
+                io.wake_if_ready();
+            }
+            let chunk: Vec<Waker> = {
+                let mut d = self.deferred.borrow_mut();
+                let n = d.len().min(FLUSH_CHUNK);
+                d.drain(..n).collect()
+            };
+            for w in chunk {
+                w.wake();
+            }
+            if !self.deferred.borrow().is_empty() {
+                // A timer, not a yield: the executor looks at I/O and at wake-ups from other
+                // threads (the bell) only when no queue has a task ready, so the flusher must not
+                // stay ready itself.
+                glommio::timer::sleep(FLUSH_GAP).await;
+            }
+        }
+    }
+
     fn wake_parked(&self) {
         let mut parked = std::mem::take(&mut *self.parked.borrow_mut());
         debug!(core = self.id, parked = parked.len(), "mesh hold over");
@@ -476,6 +548,15 @@ impl Shard {
             }
         };
         let driver = glommio::spawn_local(reactor::drive(self.clone()));
+        let flusher = glommio::executor().create_task_queue(
+            glommio::Shares::default(),
+            glommio::Latency::NotImportant,
+            "corecast-flush",
+        );
+        let flusher = glommio::spawn_local_into(self.clone().flush_deferred(), flusher)
+            .map_err(|e| warn!(core = self.id, error = %e, "no flusher queue: wakes at once"))
+            .ok();
+        self.defer.set(flusher.is_some());
         io.listen(listener, accept);
         let _ = ready.send(Ok(self.id));
         drop(ready);
@@ -506,6 +587,13 @@ impl Shard {
             );
         }
         driver.cancel().await;
+        self.defer.set(false);
+        for w in self.deferred.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if let Some(f) = flusher {
+            f.cancel().await;
+        }
         io.shutdown();
     }
 }

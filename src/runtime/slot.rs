@@ -44,9 +44,9 @@ impl Slot {
         self.outq.push_back(frame);
     }
 
-    /// Offer a broadcast frame from a fan-out: queued and the task woken (true); or, if it
-    /// would pass the queue bounds, nothing is queued and the slot is told to close with 1013
-    /// (slow consumer), once.
+    /// Offer a broadcast frame from a fan-out: queued (true; the caller wakes the task, at once
+    /// or deferred: `Shard::wake_deferred`); or, if it would pass the queue bounds, nothing is
+    /// queued and the slot is told to close with 1013 (slow consumer), once, and woken at once.
     pub fn offer(&mut self, frame: &Arc<[u8]>, max_bytes: usize, max_frames: usize) -> bool {
         if self.signals & signal::OVERFLOW != 0 {
             return false;
@@ -57,7 +57,6 @@ impl Slot {
             return false;
         }
         self.push(frame.clone());
-        self.wake();
         true
     }
 
