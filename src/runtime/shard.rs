@@ -73,8 +73,10 @@ pub struct Shard {
 
 /// How many deferred subscriber tasks the flusher wakes before it lets the rest of the core's
 /// queue (the reactor's driver, a publisher) run again.
-pub const FLUSH_CHUNK: usize = 16;
-/// The flusher's pause between chunks (the chunk's own writes usually take longer).
+pub const FLUSH_CHUNK: usize = 4;
+/// How long the flusher lets the core's queue run without an idle point (I/O, other threads).
+pub const FLUSH_IO_EVERY: std::time::Duration = std::time::Duration::from_micros(50);
+/// The flusher's timer at such a point (the woken tasks' writes usually take longer).
 pub const FLUSH_GAP: std::time::Duration = std::time::Duration::from_micros(10);
 
 impl Shard {
@@ -215,9 +217,11 @@ impl Shard {
         }
     }
 
-    /// The flusher: wakes the listed tasks, a chunk per turn of its own task queue, so the
-    /// core's default queue (where the woken tasks, the driver and the publishers run) empties
-    /// between chunks and the executor looks at its wake-ups from other threads (the bell).
+    /// The flusher: wakes the listed tasks, a chunk per turn. It runs in the core's one task
+    /// queue, so after each chunk it goes to the back of the queue, behind the tasks it woke and
+    /// the driver (poked first when readiness waits in the ring). Every [`FLUSH_IO_EVERY`] it
+    /// waits for a timer instead, so the queue empties and the executor looks at its I/O and at
+    /// wake-ups from other threads (the mesh, the bell), which it does only when idle.
     async fn flush_deferred(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
@@ -229,24 +233,37 @@ impl Shard {
                 }
             })
             .await;
-            // The readiness that came in meanwhile (a publisher's next request) first: the
-            // driver runs before the chunk.
-            if let Some(io) = self.io() {
-                io.wake_if_ready();
-            }
-            let chunk: Vec<Waker> = {
-                let mut d = self.deferred.borrow_mut();
-                let n = d.len().min(FLUSH_CHUNK);
-                d.drain(..n).collect()
-            };
-            for w in chunk {
-                w.wake();
-            }
-            if !self.deferred.borrow().is_empty() {
-                // A timer, not a yield: the executor looks at I/O and at wake-ups from other
-                // threads (the bell) only when no queue has a task ready, so the flusher must not
-                // stay ready itself.
-                glommio::timer::sleep(FLUSH_GAP).await;
+            let mut since = Instant::now();
+            loop {
+                if let Some(io) = self.io() {
+                    io.wake_if_ready();
+                }
+                let chunk: Vec<Waker> = {
+                    let mut d = self.deferred.borrow_mut();
+                    let n = d.len().min(FLUSH_CHUNK);
+                    d.drain(..n).collect()
+                };
+                for w in chunk {
+                    w.wake();
+                }
+                if self.deferred.borrow().is_empty() {
+                    break;
+                }
+                if since.elapsed() >= FLUSH_IO_EVERY {
+                    glommio::timer::sleep(FLUSH_GAP).await;
+                    since = Instant::now();
+                } else {
+                    let mut again = false;
+                    std::future::poll_fn(|cx| {
+                        if std::mem::replace(&mut again, true) {
+                            Poll::Ready(())
+                        } else {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                }
             }
         }
     }
@@ -548,14 +565,7 @@ impl Shard {
             }
         };
         let driver = glommio::spawn_local(reactor::drive(self.clone()));
-        let flusher = glommio::executor().create_task_queue(
-            glommio::Shares::default(),
-            glommio::Latency::NotImportant,
-            "corecast-flush",
-        );
-        let flusher = glommio::spawn_local_into(self.clone().flush_deferred(), flusher)
-            .map_err(|e| warn!(core = self.id, error = %e, "no flusher queue: wakes at once"))
-            .ok();
+        let flusher = Some(glommio::spawn_local(self.clone().flush_deferred()));
         self.defer.set(flusher.is_some());
         io.listen(listener, accept);
         let _ = ready.send(Ok(self.id));
