@@ -18,11 +18,10 @@ import argparse
 import json
 import selectors
 import socket
-import subprocess
 import threading
 import time
 
-from attacklib import rss_kib
+from attacklib import rss_kib, server
 
 CHUNK = 64 * 1024
 
@@ -124,17 +123,10 @@ def main() -> int:
     args = ap.parse_args()
     conns, secs = min(args.conns, 5000), min(args.secs, 120.0)
 
-    server = subprocess.Popen(
-        [args.server, "serve", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        line = server.stdout.readline().decode()
-        host, port = line.split()[3].rsplit(":", 1)
+    with server(args.server) as (proc, (host, port)):
         time.sleep(0.3)
-        before = rss_bytes(server.pid)
-        sampler = Sampler(server.pid)
+        before = rss_bytes(proc.pid)
+        sampler = Sampler(proc.pid)
         sampler.start()
         result = attack((host, int(port)), conns, args.body, args.withhold, secs, args.api)
         time.sleep(args.settle)
@@ -149,12 +141,9 @@ def main() -> int:
             rss_before_mib=mib(before),
             rss_peak_mib=mib(sampler.peak),
             peak_at_s=round(sampler.peak_at, 2),
-            rss_after_mib=mib(rss_bytes(server.pid)),
+            rss_after_mib=mib(rss_bytes(proc.pid)),
         )
         print(json.dumps(result))
-    finally:
-        server.kill()
-        server.wait()
     return 0
 
 

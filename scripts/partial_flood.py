@@ -18,10 +18,9 @@ others with 1008 once message_timeout_ms has passed.
 import argparse
 import json
 import socket
-import subprocess
 import time
 
-from attacklib import rss_kib, upgrade
+from attacklib import rss_kib, server, upgrade
 
 MASK = b"\x00\x00\x00\x00"  # a zero mask: the payload goes out as it is (valid, and cheap)
 PING = bytes([0x89, 0x80]) + MASK
@@ -36,12 +35,6 @@ def first_fragment(n: int) -> bytes:
     else:
         head = bytes([0x02, 0x80 | 127]) + n.to_bytes(8, "big")
     return head + MASK + b"\x07" * n
-
-
-def upgrade_nonblocking(addr) -> socket.socket:
-    s = upgrade(addr)
-    s.setblocking(False)
-    return s
 
 
 def close_codes(s: socket.socket, into: dict) -> bool:
@@ -73,29 +66,20 @@ def main() -> int:
     ap.add_argument("--ping-every", type=float, default=5)
     args = ap.parse_args()
 
-    server = subprocess.Popen(
-        [args.server, "serve", "--listen", "127.0.0.1:0", "--cores", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        line = server.stdout.readline().decode()
-        host, port = line.split()[3].rsplit(":", 1)
-        addr = (host, int(port))
+    with server(args.server, "--cores", "2") as (proc, addr):
         time.sleep(1)
-        before = rss_kib(server.pid)
+        before = rss_kib(proc.pid)
         frag = first_fragment(args.bytes)
         socks = []
         for _ in range(args.sockets):
-            s = upgrade_nonblocking(addr)
-            s.setblocking(True)
+            s = upgrade(addr)
             try:
                 s.sendall(frag)
             except OSError:
                 pass  # closed by the server mid-send (its budget)
             s.setblocking(False)
             socks.append(s)
-        peak = rss_kib(server.pid)
+        peak = rss_kib(proc.pid)
         codes = {}
         open_socks = list(socks)
         start = time.monotonic()
@@ -110,14 +94,14 @@ def main() -> int:
                         pass
                 next_ping += args.ping_every
             open_socks = [s for s in open_socks if not close_codes(s, codes)]
-            peak = max(peak, rss_kib(server.pid))
+            peak = max(peak, rss_kib(proc.pid))
             time.sleep(0.5)
-        held = rss_kib(server.pid)
+        held = rss_kib(proc.pid)
         open_at_end = len(open_socks)
         for s in socks:
             s.close()
         time.sleep(3)
-        after = rss_kib(server.pid)
+        after = rss_kib(proc.pid)
         print(
             json.dumps(
                 {
@@ -134,12 +118,6 @@ def main() -> int:
                 }
             )
         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return 0
 
 

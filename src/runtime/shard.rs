@@ -197,7 +197,6 @@ impl Shard {
             .is_some_and(|s| s.io & ready::HELD != 0)
     }
 
-    /// The hold has ended: wake every parked connection still there.
     /// Wake the task of a slot a fan-out just queued a frame on: deferred to the core's flusher
     /// task when it runs, at once otherwise. Deferred, the task is listed once (its waker moves
     /// to the list) and woken in list order, [`FLUSH_CHUNK`] at a time with the rest of the
@@ -268,6 +267,7 @@ impl Shard {
         }
     }
 
+    /// The hold has ended: wake every parked connection still there.
     fn wake_parked(&self) {
         let mut parked = std::mem::take(&mut *self.parked.borrow_mut());
         debug!(core = self.id, parked = parked.len(), "mesh hold over");
