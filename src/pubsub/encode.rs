@@ -40,8 +40,8 @@ impl Wire {
 
 /// A broadcast as a `wire` socket receives it. None if it cannot be encoded in that format.
 pub fn broadcast(shard: &Shard, wire: Wire, p: &Publication) -> Option<Arc<[u8]>> {
-    let (topic, event) = (p.topic(), p.event());
-    match (wire, p.payload()) {
+    let (topic, event, payload) = p.parts();
+    match (wire, payload) {
         (Wire::V2, Payload::Json(body)) => shard
             .build_frame(OpCode::Text, |b| {
                 json::encode_broadcast(b, topic, event, body)

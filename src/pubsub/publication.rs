@@ -118,7 +118,8 @@ impl Publication {
         Some((t, e))
     }
 
-    fn split(&self) -> (&str, &str, &[u8]) {
+    /// Topic and event (the header's strings, not the payload), and where the payload starts.
+    fn names(&self) -> (&str, &str, usize) {
         let (t, e) = Self::lengths(&self.0).unwrap_or((0, 0));
         let text = |r: std::ops::Range<usize>| {
             self.0
@@ -126,32 +127,35 @@ impl Publication {
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .unwrap_or("")
         };
-        let body = self.0.get(HEADER + t + e..).unwrap_or(&[]);
-        (
-            text(HEADER..HEADER + t),
-            text(HEADER + t..HEADER + t + e),
-            body,
-        )
+        let body = HEADER + t + e;
+        (text(HEADER..HEADER + t), text(HEADER + t..body), body)
+    }
+
+    /// Topic, event and payload, the header read once (what an encoder needs).
+    pub fn parts(&self) -> (&str, &str, Payload<'_>) {
+        let (topic, event, at) = self.names();
+        let body = self.0.get(at..).unwrap_or(&[]);
+        let payload = if self.0.first() == Some(&BINARY) {
+            Payload::Binary(body)
+        } else {
+            Payload::Json(std::str::from_utf8(body).unwrap_or("{}"))
+        };
+        (topic, event, payload)
     }
 
     /// The topic.
     pub fn topic(&self) -> &str {
-        self.split().0
+        self.names().0
     }
 
     /// The event.
     pub fn event(&self) -> &str {
-        self.split().1
+        self.names().1
     }
 
     /// The payload, as it was given.
     pub fn payload(&self) -> Payload<'_> {
-        let body = self.split().2;
-        if self.0.first() == Some(&BINARY) {
-            Payload::Binary(body)
-        } else {
-            Payload::Json(std::str::from_utf8(body).unwrap_or("{}"))
-        }
+        self.parts().2
     }
 
     /// Bytes this publication holds (its one allocation's contents).
