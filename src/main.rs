@@ -173,11 +173,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.shutdown_timeout_ms {
         cfg.shutdown_timeout_ms = v;
     }
+    // SIGTERM/SIGINT: the handler sets the flag (all a handler may do), and a signal thread
+    // then asks the cores to stop, waking each at once. A second signal exits without a drain.
     let shutdown = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handler")?;
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handler")?;
     }
     let server = Server::start_with_flag(cfg, shutdown)?;
+    let stopper = server.stopper();
+    std::thread::Builder::new()
+        .name("corecast-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    stopper.request();
+                } else {
+                    eprintln!("corecast: second signal ({sig}): exiting without a drain");
+                    std::process::exit(128 + sig);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
     // Tests and scripts read this line to learn the port.
     println!(
         "corecast listening on {} ({} cores)",

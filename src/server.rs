@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::info;
@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::pubsub::hub::{self, Hub};
 use crate::runtime::reactor::Accept;
 use crate::runtime::shard::{Shard, Shared, Stats};
+use crate::runtime::stop::Stop;
 use crate::runtime::sys;
 use crate::transport::conn;
 
@@ -38,7 +39,7 @@ const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 pub struct Server {
     local_addr: SocketAddr,
     cores: usize,
-    shutdown: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -48,7 +49,9 @@ impl Server {
         Server::start_with_flag(cfg, Arc::new(AtomicBool::new(false)))
     }
 
-    /// Like [`Server::start`], stopping when `shutdown` becomes true (e.g. set by a signal handler).
+    /// Like [`Server::start`], stopping when `shutdown` becomes true (e.g. set by a signal
+    /// handler: seen by each core at its next tick; [`Server::stop`] and [`Server::stopper`]
+    /// also wake the cores at once).
     pub fn start_with_flag(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<Server, StartError> {
         Server::start_with_handler(cfg, Arc::new(DefaultHandler), shutdown)
     }
@@ -66,6 +69,7 @@ impl Server {
         } else {
             cfg.cores
         };
+        let stop = Arc::new(Stop::new(shutdown, cores));
         // Bind every listener up front, so a port in use fails the start and port 0 resolves to
         // one port shared by all cores.
         let mut sockets = Vec::with_capacity(cores);
@@ -106,7 +110,7 @@ impl Server {
             let cpu = cpus[core % cpus.len()];
             let (shared, channels) = (shared.clone(), channels.clone());
             let mesh = mesh.clone();
-            let flag = shutdown.clone();
+            let core_stop = stop.clone();
             let ready = ready_tx.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("corecast-{core}"))
@@ -130,14 +134,14 @@ impl Server {
                         }
                     });
                     shard
-                        .run(listener, mesh, deliver, accept, flag, ready)
+                        .run(listener, mesh, deliver, accept, core_stop, ready)
                         .await;
                     drop(hub);
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
-                    shutdown.store(true, Ordering::SeqCst);
+                    stop.request();
                     for t in threads {
                         let _ = t.join();
                     }
@@ -158,7 +162,7 @@ impl Server {
                 Err(_) => Some(None),
             };
             if let Some(reason) = failed {
-                shutdown.store(true, Ordering::SeqCst);
+                stop.request();
                 let mut reasons: Vec<String> = reason.into_iter().collect();
                 for (core, t) in threads.into_iter().enumerate() {
                     if let Err(e) = t.join() {
@@ -179,7 +183,7 @@ impl Server {
         Ok(Server {
             local_addr: addr,
             cores,
-            shutdown,
+            stop,
             threads,
         })
     }
@@ -194,9 +198,15 @@ impl Server {
         self.cores
     }
 
+    /// A handle that asks every core to drain and stop, waking each at once (for a signal
+    /// thread: see `main.rs`).
+    pub fn stopper(&self) -> Arc<Stop> {
+        self.stop.clone()
+    }
+
     /// Ask every core to drain and stop.
     pub fn stop(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
+        self.stop.request();
     }
 
     /// Wait until every core has stopped. An error names each core that died abnormally.
@@ -220,7 +230,7 @@ mod tests {
     //! The mesh hold across the layers: a core over its outbox mark parks its sockets, answers
     //! the API 503, and wakes them when the peer has drained it.
 
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::task::Waker;
     use std::time::Instant;
 

@@ -7,6 +7,7 @@ pub mod reactor;
 pub mod shard;
 pub mod slot;
 pub mod stats;
+pub mod stop;
 #[allow(unsafe_code)] // the one module that talks to the kernel; every block has a SAFETY note
 pub mod sys;
 pub mod wheel;

@@ -13,6 +13,12 @@
 //! the eventfd off while it runs and back on before it waits, so under load the bell stays quiet
 //! and completions are reaped in batches.
 //!
+//! The core's clock is on this ring too: a multishot timeout completes every tick (a one-shot
+//! one re-armed after each completion on kernels before 6.4), and the driver hands it to the
+//! core's tick loop ([`Reactor::poll_tick`]). So a quiet core wakes every tick through the same
+//! eventfd, bell and waker as its I/O, whatever glommio's own timers do (issue 17: an idle
+//! executor could sleep through them, and with them through SIGTERM and every deadline).
+//!
 //! Readiness is edge-like (a multishot poll posts on each wake-up of the socket), so a connection
 //! keeps its `READABLE` bit until a `recv` says `WouldBlock`. Writes go straight to the socket;
 //! only when it is full is a one-shot `POLLOUT` armed.
@@ -68,7 +74,8 @@ const ACCEPT_BATCH: usize = 64;
 enum Kind {
     Read = 0,
     Write = 1,
-    Listen = 2,
+    /// The core's own requests: the listener's poll (key 0) and the clock's timeout (key 1).
+    Core = 2,
     /// Completions of poll removals: nothing to do.
     Removal = 3,
 }
@@ -79,13 +86,15 @@ const fn tag(kind: Kind, key: usize, generation: u32) -> u64 {
 }
 
 /// The listener's poll (one per core).
-const LISTEN_TAG: u64 = tag(Kind::Listen, 0, 0);
+const LISTEN_TAG: u64 = tag(Kind::Core, 0, 0);
+/// The clock's timeout (one per core).
+const TICK_TAG: u64 = tag(Kind::Core, 1, 0);
 
 fn untag(t: u64) -> (Kind, usize, u32) {
     let kind = match t & 3 {
         0 => Kind::Read,
         1 => Kind::Write,
-        2 => Kind::Listen,
+        2 => Kind::Core,
         _ => Kind::Removal,
     };
     (kind, ((t >> 2) & 0x3fff_ffff) as usize, (t >> 32) as u32)
@@ -132,15 +141,31 @@ pub struct Reactor {
     /// The last accept round stopped at its batch limit: more connections are waiting.
     accept_more: Cell<bool>,
     reaped: RefCell<Vec<Completion>>,
+    /// The clock's period.
+    tick: std::time::Duration,
+    /// Whether the kernel takes multishot timeouts (until it says `-EINVAL`).
+    tick_multishot: Cell<bool>,
+    /// A tick completed since the tick loop last looked.
+    tick_due: Cell<bool>,
+    /// Ticks completed since the start.
+    ticks: Cell<u64>,
+    /// The tick loop's waker while it waits.
+    clock: RefCell<Option<Waker>>,
 }
 
 impl Reactor {
     /// A ring with `cq_entries` completion entries (the `ring_entries` setting: a readiness burst
     /// of that many sockets is reaped without the kernel holding any back; past it the kernel
     /// keeps the overflow and ends the affected multishot polls, which connections re-arm, so a
-    /// bigger burst costs time, never messages) and its bell thread, for core `core`.
-    pub fn new(core: usize, cq_entries: u32) -> std::io::Result<Reactor> {
-        let ring = Ring::new(SQ_ENTRIES.min(cq_entries), cq_entries)?;
+    /// bigger burst costs time, never messages) and its bell thread, for core `core`, with a
+    /// clock that ticks every `tick`.
+    pub fn new(
+        core: usize,
+        cq_entries: u32,
+        tick: std::time::Duration,
+    ) -> std::io::Result<Reactor> {
+        let mut ring = Ring::new(SQ_ENTRIES.min(cq_entries), cq_entries)?;
+        ring.timeout(tick, true, TICK_TAG); // submitted by the driver's first turn
         let eventfd = crate::runtime::sys::eventfd()?;
         ring.register_eventfd(&eventfd)?;
         let bell = Arc::new(Bell {
@@ -163,7 +188,60 @@ impl Reactor {
             accept_paused: Cell::new(false),
             accept_more: Cell::new(false),
             reaped: RefCell::new(Vec::with_capacity(REAP_BUDGET)),
+            tick,
+            tick_multishot: Cell::new(true),
+            tick_due: Cell::new(false),
+            ticks: Cell::new(0),
+            clock: RefCell::new(None),
         })
+    }
+
+    /// Ready once a tick has completed since the last `Ready` (ticks missed meanwhile are not
+    /// counted twice: the loop reads the real clock). The waker is kept for the driver, which
+    /// wakes it when the ring's timeout completes.
+    pub fn poll_tick(&self, cx: &Context<'_>) -> Poll<()> {
+        if self.tick_due.replace(false) {
+            return Poll::Ready(());
+        }
+        let mut clock = self.clock.borrow_mut();
+        if !clock.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *clock = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Wait for the next tick.
+    pub async fn tick(&self) {
+        std::future::poll_fn(|cx| self.poll_tick(cx)).await
+    }
+
+    /// Ticks completed since the start.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.get()
+    }
+
+    /// The clock's timeout completed (or ended): count the tick, wake the tick loop, re-arm a
+    /// timeout the kernel ended.
+    fn on_tick(&self, c: &Completion) {
+        if c.result == -libc::ECANCELED {
+            return; // the ring is going away
+        }
+        if c.result == -libc::EINVAL && self.tick_multishot.replace(false) {
+            debug!("no multishot timeouts on this kernel: one-shot ticks");
+        } else {
+            self.ticks.set(self.ticks.get() + 1);
+            self.tick_due.set(true);
+            if let Some(w) = self.clock.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        if !c.more {
+            let multishot = self.tick_multishot.get();
+            self.ring
+                .borrow_mut()
+                .timeout(self.tick, multishot, TICK_TAG);
+            self.poke();
+        }
     }
 
     /// Start watching a connection's socket for input. Submitted by the driver's next turn.
@@ -233,7 +311,7 @@ impl Reactor {
     }
 
     /// Called every tick: retry accepting after a failure.
-    pub fn on_tick(&self) {
+    pub fn retry_accept(&self) {
         if self.accept_paused.replace(false) {
             self.accept_more.set(true);
             self.poke();
@@ -361,7 +439,8 @@ fn dispatch<H: Host>(shard: &Rc<H>, io: &Reactor, c: Completion) {
     let (kind, key, generation) = untag(c.tag);
     match kind {
         Kind::Removal => {}
-        Kind::Listen => {
+        Kind::Core if key == 1 => io.on_tick(&c),
+        Kind::Core => {
             if c.result == -libc::ECANCELED {
                 return; // removed: we stopped listening
             }
@@ -453,7 +532,8 @@ mod tests {
         for (kind, key, generation) in [
             (Kind::Read, 0, 1),
             (Kind::Write, 0x3fff_ffff, u32::MAX),
-            (Kind::Listen, 0, 0),
+            (Kind::Core, 0, 0),
+            (Kind::Core, 1, 0),
             (Kind::Removal, 12345, 7),
         ] {
             assert_eq!(untag(tag(kind, key, generation)), (kind, key, generation));

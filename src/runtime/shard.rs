@@ -9,7 +9,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::runtime::mesh::{self, Bus, Envelope};
 use crate::runtime::reactor::{self, Accept, Host, Reactor, ready};
 pub use crate::runtime::slot::{Slot, signal};
 pub use crate::runtime::stats::{Shared, Stats};
+use crate::runtime::stop::Stop;
 use crate::runtime::wheel::{Entry, TICK, Wheel};
 
 /// Size of the per-core read scratch buffer every connection reads into.
@@ -69,7 +70,16 @@ pub struct Shard {
     flusher: RefCell<Option<Waker>>,
     /// Wakes are deferred only while a flusher runs (not in the simulation).
     defer: Cell<bool>,
+    /// Fault injection for tests ([`LOSE_GLOMMIO_TIMERS`]): behave as if glommio's timers never
+    /// woke an idle executor.
+    lose_glommio_timers: bool,
 }
+
+/// Environment variable that, set to `1`, makes a core behave as if glommio's timers never woke
+/// its idle executor (the failure of issue 17): each wait on a glommio timer lasts until the
+/// core's next tick, which is when a real lost timer is noticed (the tick wakes the executor,
+/// which then fires the timers whose time has passed). For tests; costs one lookup per core.
+pub const LOSE_GLOMMIO_TIMERS: &str = "CORECAST_FAULT_LOSE_GLOMMIO_TIMERS";
 
 /// How many deferred subscriber tasks the flusher wakes before it lets the rest of the core's
 /// queue (the reactor's driver, a publisher) run again.
@@ -103,6 +113,7 @@ impl Shard {
             deferred: RefCell::new(VecDeque::new()),
             flusher: RefCell::new(None),
             defer: Cell::new(false),
+            lose_glommio_timers: std::env::var_os(LOSE_GLOMMIO_TIMERS).is_some_and(|v| v == "1"),
         })
     }
 
@@ -220,7 +231,9 @@ impl Shard {
     /// queue, so after each chunk it goes to the back of the queue, behind the tasks it woke and
     /// the driver (poked first when readiness waits in the ring). Every [`FLUSH_IO_EVERY`] it
     /// waits for a timer instead, so the queue empties and the executor looks at its I/O and at
-    /// wake-ups from other threads (the mesh, the bell), which it does only when idle.
+    /// wake-ups from other threads (the mesh, the bell), which it does only when idle. (That
+    /// timer is glommio's: should glommio fail to wake an idle executor for it (issue 17), the
+    /// core's next tick, on its own ring, wakes the executor and with it the flusher.)
     async fn flush_deferred(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
@@ -249,7 +262,11 @@ impl Shard {
                     break;
                 }
                 if since.elapsed() >= FLUSH_IO_EVERY {
-                    glommio::timer::sleep(FLUSH_GAP).await;
+                    if self.lose_glommio_timers {
+                        self.tick_wait().await;
+                    } else {
+                        glommio::timer::sleep(FLUSH_GAP).await;
+                    }
                     since = Instant::now();
                 } else {
                     let mut again = false;
@@ -504,10 +521,17 @@ impl Shard {
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
         let mut calm = 0;
         while calm < 2 && Instant::now() < deadline {
-            glommio::timer::sleep(TICK).await;
+            self.tick_wait().await;
             self.tick();
             self.publish_mesh_stats();
             calm = if settled() { calm + 1 } else { 0 };
+        }
+    }
+
+    /// Wait for the next tick of the core's clock (at once without a reactor: the simulation).
+    async fn tick_wait(&self) {
+        if let Some(io) = self.io() {
+            io.tick().await;
         }
     }
 
@@ -547,13 +571,13 @@ impl Shard {
         mesh: Option<mesh::Mesh>,
         deliver: impl Fn(Envelope) + 'static,
         accept: Accept,
-        shutdown: Arc<AtomicBool>,
+        stop: Arc<Stop>,
         ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
         if let Some(mesh) = mesh {
             self.join_mesh(mesh, deliver).await;
         }
-        let io = match Reactor::new(self.id, self.cfg.ring_entries) {
+        let io = match Reactor::new(self.id, self.cfg.ring_entries, TICK) {
             Ok(io) => self.io.get_or_init(|| io),
             Err(e) => {
                 warn!(core = self.id, error = %e, "cannot create the core's io_uring");
@@ -570,10 +594,22 @@ impl Shard {
         io.listen(listener, accept);
         let _ = ready.send(Ok(self.id));
         drop(ready);
-        while !shutdown.load(Ordering::Relaxed) {
-            glommio::timer::sleep(TICK).await;
+        while !stop.requested() {
+            // The next tick of the core's own clock, or a stop request, whichever comes first.
+            std::future::poll_fn(|cx| {
+                if io.poll_tick(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                stop.watch(self.id, cx.waker());
+                if stop.requested() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
             self.tick();
-            io.on_tick();
+            io.retry_accept();
             self.publish_mesh_stats();
             self.maybe_release_memory();
         }
@@ -586,7 +622,7 @@ impl Shard {
         self.signal_drain();
         let deadline = Instant::now() + self.cfg.shutdown_timeout();
         while self.connections() > 0 && Instant::now() < deadline {
-            glommio::timer::sleep(TICK).await;
+            self.tick_wait().await;
             self.tick();
         }
         let left = self.connections();

@@ -34,6 +34,9 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
 pub struct Ring {
     ring: IoUring,
     backlog: VecDeque<io_uring::squeue::Entry>,
+    /// The period of the ring's timeout requests (see [`Ring::timeout`]): boxed, so its address
+    /// stays put while an entry that points at it waits to be submitted.
+    period: Box<types::Timespec>,
 }
 
 /// One completion: the request's tag, its result (a poll mask or `-errno`), and whether a
@@ -52,6 +55,7 @@ impl Ring {
         Ok(Ring {
             ring,
             backlog: VecDeque::new(),
+            period: Box::new(types::Timespec::new()),
         })
     }
 
@@ -78,6 +82,18 @@ impl Ring {
         self.push(e);
     }
 
+    /// Queue a timeout of `period` that completes (`-ETIME`) every period until removed when
+    /// `multishot` (kernel 6.4 and later; older kernels answer `-EINVAL`), or once. Every timeout
+    /// of a ring has the same period: the last one given.
+    pub fn timeout(&mut self, period: std::time::Duration, multishot: bool, tag: u64) {
+        *self.period = types::Timespec::from(period);
+        let mut op = opcode::Timeout::new(&*self.period as *const types::Timespec).count(0);
+        if multishot {
+            op = op.flags(types::TimeoutFlags::MULTISHOT);
+        }
+        self.push(op.build().user_data(tag));
+    }
+
     /// Queue the removal of the poll tagged `target`; its own completion carries `tag`.
     pub fn poll_remove(&mut self, target: u64, tag: u64) {
         let e = opcode::PollRemove::new(target).build().user_data(tag);
@@ -99,8 +115,10 @@ impl Ring {
     }
 
     fn try_push(&mut self, e: &io_uring::squeue::Entry) -> bool {
-        // SAFETY: the entries built here (poll add, poll remove) reference no memory of ours, only
-        // a descriptor number and a tag, so nothing the kernel reads can dangle. A descriptor
+        // SAFETY: the entries built here reference no memory of ours but one: poll add and poll
+        // remove carry only a descriptor number and a tag, and a timeout points at `period`,
+        // which the kernel copies when the entry is submitted and which lives (boxed, never
+        // moved) as long as the ring, so nothing the kernel reads can dangle. A descriptor
         // closed before its poll is submitted makes that poll fail or attach to a reused number,
         // and the removal queued behind it on close ends it (order is kept, see the type's doc).
         unsafe { self.ring.submission().push(e) }.is_ok()
@@ -238,6 +256,7 @@ mod tests {
         let mut ring = Ring {
             ring,
             backlog: VecDeque::new(),
+            period: Box::new(types::Timespec::new()),
         };
         for i in 0..300u64 {
             ring.poll_remove(1_000_000 + i, i);
@@ -269,6 +288,26 @@ mod tests {
         tags.sort_unstable();
         assert_eq!(tags, (0..300).collect::<Vec<_>>());
         assert!(got.iter().all(|c| c.result == -libc::ENOENT));
+    }
+
+    #[test]
+    fn a_multishot_timeout_completes_every_period() {
+        let mut ring = Ring::new(8, 16).expect("ring");
+        ring.timeout(std::time::Duration::from_millis(20), true, 7);
+        ring.submit().expect("submit");
+        let start = std::time::Instant::now();
+        let mut seen = Vec::new();
+        while seen.len() < 3 && start.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            ring.reap(16, &mut seen);
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        for c in &seen {
+            assert_eq!((c.tag, c.result), (7, -libc::ETIME), "{c:?}");
+            assert!(c.more, "a multishot timeout stays armed: {c:?}");
+        }
+        // Three periods of 20 ms passed (at least 60 ms, well before five seconds).
+        assert!(start.elapsed() >= std::time::Duration::from_millis(60));
     }
 
     #[test]

@@ -66,6 +66,15 @@ impl TestServer {
         TestServer::spawn_with_config("127.0.0.1:0", config, extra, level, Stdio::from(file))
     }
 
+    /// Like [`TestServer::start_with_config`] with environment variables `env` set for the
+    /// server (e.g. a fault injection).
+    pub fn start_with_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let path = write_config(config);
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        TestServer::spawn_env("127.0.0.1:0", &args, "warn", Stdio::inherit(), env)
+    }
+
     fn spawn_with_config(
         listen: &str,
         config: &str,
@@ -80,6 +89,16 @@ impl TestServer {
     }
 
     fn spawn(listen: &str, extra: &[&str], level: &str, stderr: Stdio) -> TestServer {
+        TestServer::spawn_env(listen, extra, level, stderr, &[])
+    }
+
+    fn spawn_env(
+        listen: &str,
+        extra: &[&str],
+        level: &str,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         // CORECAST_TEST_BIN runs a test against another build (e.g. an older release, to see
         // what the test catches); by default the one cargo just built.
         let bin = std::env::var_os("CORECAST_TEST_BIN")
@@ -88,6 +107,7 @@ impl TestServer {
             .args(["serve", "--listen", listen])
             .args(extra)
             .env("RUST_LOG", level)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
