@@ -121,7 +121,11 @@ impl Server {
                     // The wiring of one core: envelopes from other cores go to the hub's
                     // delivery, accepted sockets to connection tasks. Weak: the shard owns
                     // these callbacks and the hub owns the shard.
-                    let (h1, h2) = (Rc::downgrade(&hub), Rc::downgrade(&hub));
+                    let (h1, h2, h3) = (
+                        Rc::downgrade(&hub),
+                        Rc::downgrade(&hub),
+                        Rc::downgrade(&hub),
+                    );
                     let deliver = move |env| {
                         if let Some(hub) = h1.upgrade() {
                             hub.deliver_envelope(env);
@@ -133,8 +137,13 @@ impl Server {
                                 .detach();
                         }
                     });
+                    let on_tick = move || {
+                        if let Some(hub) = h3.upgrade() {
+                            hub.on_tick();
+                        }
+                    };
                     shard
-                        .run(listener, mesh, deliver, accept, core_stop, ready)
+                        .run(listener, mesh, deliver, accept, on_tick, core_stop, ready)
                         .await;
                     drop(hub);
                 });

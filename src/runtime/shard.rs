@@ -175,6 +175,19 @@ impl Shard {
         }
     }
 
+    /// Put an envelope on the way to core `peer` of the mesh only (nothing with one core or for
+    /// this core itself). Never waits, bounded like [`Shard::send_to_peers`].
+    pub fn send_to_core(&self, peer: usize, env: Envelope) {
+        if let Some(bus) = self.bus.borrow().as_ref() {
+            bus.send_to(peer, env);
+        }
+    }
+
+    /// Cores in the process (the mesh's size).
+    pub fn cores(&self) -> usize {
+        self.shared.stats.len()
+    }
+
     /// True while this core's cross-core outboxes are over their high mark: connections must not
     /// read (what they read could be a broadcast) and park with [`Shard::park`] until the outboxes
     /// are down to their low mark. `POST /api/broadcast` answers 503 meanwhile.
@@ -564,13 +577,15 @@ impl Shard {
 
     /// Run this core until `shutdown` is set and the drain has finished (or timed out).
     /// `deliver` takes every envelope another core sent; `accept` every accepted socket, in
-    /// its slot (both wired by `crate::server`: the runtime does not know what they carry).
+    /// its slot; `on_tick` runs every tick (all three wired by `crate::server`: the runtime
+    /// does not know what they carry or do).
     pub async fn run(
         self: Rc<Self>,
         listener: std::net::TcpListener,
         mesh: Option<mesh::Mesh>,
         deliver: impl Fn(Envelope) + 'static,
         accept: Accept,
+        on_tick: impl Fn() + 'static,
         stop: Arc<Stop>,
         ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
@@ -609,6 +624,7 @@ impl Shard {
             })
             .await;
             self.tick();
+            on_tick();
             io.retry_accept();
             self.publish_mesh_stats();
             self.maybe_release_memory();
