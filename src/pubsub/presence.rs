@@ -339,7 +339,7 @@ impl Refs {
     }
 
     /// The next ref.
-    pub fn next(&mut self) -> Box<str> {
+    pub fn fresh(&mut self) -> Box<str> {
         use base64::Engine;
         self.n += 1;
         let mut b = [0u8; 12];
@@ -749,7 +749,7 @@ mod tests {
         let mut b = Refs::new([7; 12], 1);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            for r in [a.next(), b.next()] {
+            for r in [a.fresh(), b.fresh()] {
                 assert_eq!(r.len(), 16);
                 assert!(
                     r.bytes()

@@ -231,7 +231,7 @@ impl Session {
             Payload::Json(t) => t,
             Payload::Binary(_) => "{}",
         };
-        let phx_ref = tracker.refs.next();
+        let phx_ref = tracker.refs.fresh();
         let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, None)
             .map_err(|e| e.response())?;
         Ok(Some((key, meta)))
@@ -251,7 +251,7 @@ impl Session {
             Payload::Binary(_) => "{}",
         };
         let cfg = &ctx.hub.shard.cfg;
-        let phx_ref = ctx.hub.presence.borrow_mut().refs.next();
+        let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
         let prev = Some(&*tracked.phx_ref);
         match meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, prev) {
             Ok(meta) => {
@@ -797,7 +797,7 @@ mod tests {
         let mut b = Client::open(&hub);
         let got = b.ask(&hub, json!(["2", "2", "room:1", "phx_join", {}]));
         assert_eq!(got[1][3], "presence_state");
-        assert_eq!(refs_of(&got[1][4], &key_a), [ref_a.clone()]);
+        assert_eq!(refs_of(&got[1][4], &key_a), std::slice::from_ref(&ref_a));
         presence_tick(&hub);
         let (da, db) = (diff_of(&a.got(&hub)), diff_of(&b.got(&hub)));
         assert_eq!(da, db, "the same diff for every member");
@@ -818,7 +818,7 @@ mod tests {
         assert_eq!(got, [ok("1", "3", "room:1", json!({}))]);
         presence_tick(&hub);
         let d = diff_of(&b.got(&hub));
-        assert_eq!(refs_of(&d["leaves"], &key_a), [ref_a.clone()]);
+        assert_eq!(refs_of(&d["leaves"], &key_a), std::slice::from_ref(&ref_a));
         let new = &d["joins"][&key_a]["metas"][0];
         assert_eq!(
             (&new["n"], &new["phx_ref_prev"]),

@@ -81,6 +81,17 @@ pub struct Shard {
 /// which then fires the timers whose time has passed). For tests; costs one lookup per core.
 pub const LOSE_GLOMMIO_TIMERS: &str = "CORECAST_FAULT_LOSE_GLOMMIO_TIMERS";
 
+/// What the layer above does for a core (wired by `crate::server`: the runtime does not know
+/// what envelopes carry or what a tick does up there).
+pub struct Wiring {
+    /// Takes every envelope another core sent.
+    pub deliver: Box<dyn Fn(Envelope)>,
+    /// Takes every accepted socket, in its slot.
+    pub accept: Accept,
+    /// Runs every tick, after the wheel has moved.
+    pub on_tick: Box<dyn Fn()>,
+}
+
 /// How many deferred subscriber tasks the flusher wakes before it lets the rest of the core's
 /// queue (the reactor's driver, a publisher) run again.
 pub const FLUSH_CHUNK: usize = 4;
@@ -575,20 +586,21 @@ impl Shard {
         }
     }
 
-    /// Run this core until `shutdown` is set and the drain has finished (or timed out).
-    /// `deliver` takes every envelope another core sent; `accept` every accepted socket, in
-    /// its slot; `on_tick` runs every tick (all three wired by `crate::server`: the runtime
-    /// does not know what they carry or do).
+    /// Run this core until `stop` is requested and the drain has finished (or timed out), with
+    /// the layer above's callbacks (`wiring`).
     pub async fn run(
         self: Rc<Self>,
         listener: std::net::TcpListener,
         mesh: Option<mesh::Mesh>,
-        deliver: impl Fn(Envelope) + 'static,
-        accept: Accept,
-        on_tick: impl Fn() + 'static,
+        wiring: Wiring,
         stop: Arc<Stop>,
         ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
+        let Wiring {
+            deliver,
+            accept,
+            on_tick,
+        } = wiring;
         if let Some(mesh) = mesh {
             self.join_mesh(mesh, deliver).await;
         }
