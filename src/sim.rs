@@ -65,7 +65,11 @@ pub fn run(connections: usize, cores: usize, topics: usize, presence: bool) -> S
     let topics = topics.max(1);
     let cfg = Config {
         max_channels: 1,
-        presence: if presence { vec!["room:*".into()] } else { Vec::new() },
+        presence: if presence {
+            vec!["room:*".into()]
+        } else {
+            Vec::new()
+        },
         presence_anonymous: true,
         presence_diff_window_ms: 1,
         max_presences_per_topic: usize::MAX,

@@ -254,7 +254,9 @@ impl Hub {
         // is one tick, not sometimes two.
         let window = std::time::Duration::from_millis(self.shard.cfg.presence_diff_window_ms)
             .saturating_sub(crate::runtime::wheel::TICK / 2);
-        let due = self.presence.borrow_mut().due(now, window);
+        // A diff's frame stays small next to a subscriber's queue bound, whatever the storm.
+        let chunk = (self.shard.cfg.out_queue_max_bytes / 8).clamp(4 << 10, 64 << 10);
+        let due = self.presence.borrow_mut().due(now, window, chunk);
         for (topic, diff) in due {
             Stats::bump(&self.counters.presence_diffs);
             self.publish(Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));

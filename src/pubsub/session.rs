@@ -29,7 +29,7 @@ use crate::proto::phoenix::{
 };
 use crate::pubsub::encode::{self, Wire};
 use crate::pubsub::hub::{EVENT_PRESENCE_STATE, Hub};
-use crate::pubsub::presence::{Meta, Op, meta_from_object, meta_from_payload};
+use crate::pubsub::presence::{Meta, Op, Ref, meta_from_object, meta_from_payload};
 use crate::pubsub::publication::Refused;
 use crate::pubsub::topics::{Sub, Subscription};
 use crate::runtime::shard::Stats;
@@ -46,7 +46,7 @@ struct Joined {
 /// The presence a channel holds: its key and the `phx_ref` of its current meta.
 struct Tracked {
     key: Box<str>,
-    phx_ref: Box<str>,
+    phx_ref: Ref,
 }
 
 /// The channels of one socket. Empty (no allocation) until the first join.
@@ -244,7 +244,7 @@ impl Session {
             Payload::Binary(_) => "{}",
         };
         let phx_ref = tracker.refs.fresh();
-        let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, None)
+        let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, phx_ref, None)
             .map_err(|e| e.response())?;
         Ok(Some((key, meta)))
     }
@@ -264,14 +264,14 @@ impl Session {
         };
         let max = ctx.hub.shard.cfg.max_presence_meta_bytes;
         // Checked once, before anything changes.
-        if let Err(e) = meta_from_payload(text, max, "", None) {
+        if let Err(e) = meta_from_payload(text, max, Ref::default(), None) {
             reply(ctx, refs.0, refs.1, topic, false, e.response());
             return;
         }
         let mut tracked = std::mem::take(&mut self.joins[i].tracked).into_vec();
         for t in &mut tracked {
             let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
-            if let Ok(meta) = meta_from_payload(text, max, &phx_ref, Some(&t.phx_ref)) {
+            if let Ok(meta) = meta_from_payload(text, max, phx_ref, Some(t.phx_ref)) {
                 replace(ctx, topic, t, meta);
             }
         }
@@ -379,7 +379,7 @@ impl Session {
 fn track(ctx: Ctx<'_>, topic: &str, tracked: &mut Vec<Tracked>, key: Box<str>, meta: Meta) {
     tracked.push(Tracked {
         key: key.clone(),
-        phx_ref: meta.phx_ref.clone(),
+        phx_ref: meta.phx_ref,
     });
     ctx.hub.presence_send(Op::Track {
         topic: topic.into(),
@@ -390,7 +390,7 @@ fn track(ctx: Ctx<'_>, topic: &str, tracked: &mut Vec<Tracked>, key: Box<str>, m
 
 /// Replace a tracked presence's meta with `meta` (whose `phx_ref_prev` is the old ref).
 fn replace(ctx: Ctx<'_>, topic: &str, t: &mut Tracked, meta: Meta) {
-    let old = std::mem::replace(&mut t.phx_ref, meta.phx_ref.clone());
+    let old = std::mem::replace(&mut t.phx_ref, meta.phx_ref);
     ctx.hub.presence_send(Op::Untrack {
         topic: topic.into(),
         key: t.key.clone(),
@@ -413,9 +413,9 @@ fn apply_changes(
     asked: Vec<PresenceChange>,
 ) {
     let cfg = &ctx.hub.shard.cfg;
-    let meta = |json: &str, prev: Option<&str>| {
+    let meta = |json: &str, prev: Option<Ref>| {
         let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
-        let m = meta_from_object(json, cfg.max_presence_meta_bytes, &phx_ref, prev);
+        let m = meta_from_object(json, cfg.max_presence_meta_bytes, phx_ref, prev);
         if m.is_err() {
             Stats::bump(&ctx.hub.counters.presence_refused);
         }
@@ -438,14 +438,14 @@ fn apply_changes(
                     ctx.hub.presence_send(Op::Untrack {
                         topic: topic.into(),
                         key: t.key.clone(),
-                        phx_ref: t.phx_ref.clone(),
+                        phx_ref: t.phx_ref,
                     });
                     false
                 });
             }
             PresenceChange::Update { key, meta: json } => {
                 for t in tracked.iter_mut().filter(|t| *t.key == *key) {
-                    if let Some(m) = meta(&json, Some(&t.phx_ref)) {
+                    if let Some(m) = meta(&json, Some(t.phx_ref)) {
                         replace(ctx, topic, t, m);
                     }
                 }
