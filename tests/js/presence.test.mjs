@@ -120,7 +120,12 @@ describe("presence with phoenix.js Presence over two cores", { timeout: 4 * SUIT
     const { socket } = got;
     const channel = socket.channel(topic, meta === undefined ? {} : { meta });
     const presence = new Presence(channel);
-    const m = { sub, topic, socket, channel, presence, core: got.core, syncs: 0, joins: [], leaves: [], frames: [] };
+    const m = { sub, topic, socket, channel, presence, core: got.core, syncs: 0, joins: [], leaves: [], frames: [], wire: [] };
+    // every message of the topic as it came off the wire: [ms since start, join_ref, ref, event, payload]
+    const t0 = Date.now();
+    socket.onMessage((msg) => {
+      if (msg.topic === topic) m.wire.push([Date.now() - t0, msg.join_ref, msg.ref, msg.event, clone(msg.payload)]);
+    });
     presence.onSync(() => m.syncs++);
     presence.onJoin((key, current, newPres) => m.joins.push({ key, current: clone(current), newPres: clone(newPres) }));
     presence.onLeave((key, current, left) => m.leaves.push({ key, current: clone(current), left: clone(left) }));
@@ -140,6 +145,7 @@ describe("presence with phoenix.js Presence over two cores", { timeout: 4 * SUIT
       m.joins = [];
       m.leaves = [];
       m.frames = [];
+      m.wire.push(["--- mark ---"]);
       m.syncs = 0;
     }
   }
@@ -150,7 +156,7 @@ describe("presence with phoenix.js Presence over two cores", { timeout: 4 * SUIT
         const s = JSON.stringify({
           core: m.core,
           list: state(m),
-          frames: m.frames,
+          wire: m.wire,
           onJoin: m.joins,
           onLeave: m.leaves,
         });
