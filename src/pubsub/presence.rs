@@ -16,9 +16,10 @@
 //! applies it to its [`Replica`] as it delivers it, so a joiner anywhere gets the state as of
 //! the last diff its core delivered, then every later diff: the same sequence everywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -338,7 +339,7 @@ impl Refs {
     }
 
     /// The next ref.
-    pub fn next(&mut self) -> Box<str> {
+    pub fn fresh(&mut self) -> Box<str> {
         use base64::Engine;
         self.n += 1;
         let mut b = [0u8; 12];
@@ -346,6 +347,22 @@ impl Refs {
         // An odd multiplier is a bijection on u64: distinct counters give distinct refs.
         let x = self.n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.mix;
         b[4..].copy_from_slice(&x.to_le_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(b)
+            .into()
+    }
+}
+
+impl Refs {
+    /// The presence key of a socket without a token (with `presence_anonymous`): its own id,
+    /// stable for the socket's life, unique per core (slot key and generation) and between
+    /// cores (the seed), never chosen by the client.
+    pub fn socket_id(&self, key: usize, generation: u32) -> Box<str> {
+        use base64::Engine;
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.seed);
+        let x = (key as u64) << 32 | u64::from(generation);
+        b[4..].copy_from_slice(&(x ^ self.mix).to_le_bytes());
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(b)
             .into()
@@ -370,8 +387,16 @@ pub fn home_of(topic: &str, cores: usize) -> usize {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Track { topic: Box<str>, key: Box<str>, meta: Meta },
-    Untrack { topic: Box<str>, key: Box<str>, phx_ref: Box<str> },
+    Track {
+        topic: Box<str>,
+        key: Box<str>,
+        meta: Meta,
+    },
+    Untrack {
+        topic: Box<str>,
+        key: Box<str>,
+        phx_ref: Box<str>,
+    },
 }
 
 /// The first byte of an op envelope (publications use 0 and 1).
@@ -441,6 +466,106 @@ impl Op {
     }
 }
 
+/// One core's presence: the homes of the topics this core owns, its replicas of every presence
+/// topic it has subscribers for, the topics with changes not yet published (oldest first), and
+/// its ref generator.
+pub struct Tracker {
+    homes: HashMap<Box<str>, Home>,
+    replicas: HashMap<Box<str>, Replica>,
+    dirty: VecDeque<(Box<str>, Instant)>,
+    pub refs: Refs,
+}
+
+impl Tracker {
+    pub fn new(refs: Refs) -> Tracker {
+        Tracker {
+            homes: HashMap::new(),
+            replicas: HashMap::new(),
+            dirty: VecDeque::new(),
+            refs,
+        }
+    }
+
+    /// Take an op at the topic's home. False if it changed nothing (over `max`, unknown ref).
+    pub fn on_op(&mut self, op: Op, max: usize, now: Instant) -> bool {
+        let topic = op.topic();
+        let home = match self.homes.get_mut(topic) {
+            Some(h) => h,
+            None => self.homes.entry(Box::from(topic)).or_default(),
+        };
+        let was_clean = home.pending.is_empty();
+        let changed = match &op {
+            Op::Track { key, meta, .. } => home.track(key, meta.clone(), max),
+            Op::Untrack { key, phx_ref, .. } => home.untrack(key, phx_ref),
+        };
+        if changed && was_clean && !home.pending.is_empty() {
+            self.dirty.push_back((Box::from(topic), now));
+        }
+        if home.is_idle() {
+            self.homes.remove(topic);
+        }
+        changed
+    }
+
+    /// The diffs whose window (from their first change) has passed by `now`, as (topic, diff
+    /// JSON), in the order their changes began.
+    pub fn due(&mut self, now: Instant, window: std::time::Duration) -> Vec<(Box<str>, String)> {
+        let mut out = Vec::new();
+        while let Some((_, since)) = self.dirty.front() {
+            if now.duration_since(*since) < window {
+                break;
+            }
+            let Some((topic, _)) = self.dirty.pop_front() else {
+                break;
+            };
+            let Some(home) = self.homes.get_mut(&topic) else {
+                continue;
+            };
+            if let Some(diff) = home.take_diff() {
+                out.push((topic.clone(), diff.to_json()));
+            }
+            if home.is_idle() {
+                self.homes.remove(&topic);
+            }
+        }
+        out
+    }
+
+    /// A published diff reached this core: its replica of the topic takes it.
+    pub fn apply_published(&mut self, topic: &str, diff_json: &str) {
+        let Some(diff) = Diff::from_json(diff_json) else {
+            return;
+        };
+        let replica = match self.replicas.get_mut(topic) {
+            Some(r) => r,
+            None => self.replicas.entry(Box::from(topic)).or_default(),
+        };
+        replica.apply(&diff);
+        if replica.state.is_empty() {
+            self.replicas.remove(topic);
+        }
+    }
+
+    /// This core's view of `topic`'s state (`presence_state`'s payload).
+    pub fn state_json(&mut self, topic: &str) -> Arc<str> {
+        match self.replicas.get_mut(topic) {
+            Some(r) => r.state_json(),
+            None => Arc::from("{}"),
+        }
+    }
+
+    /// Entries in this core's view of `topic`.
+    pub fn entries(&self, topic: &str) -> usize {
+        self.replicas.get(topic).map_or(0, |r| r.state.entries())
+    }
+
+    /// Topics this core is home of, and their entries.
+    pub fn home_totals(&self) -> (usize, usize) {
+        let entries = self.homes.values().map(|h| h.state.entries()).sum();
+        (self.homes.len(), entries)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,7 +616,8 @@ mod tests {
         // An update inside the window of its own join: only the new meta is ever seen.
         home.track("c", meta("r3", ""), 10);
         home.untrack("c", "r3");
-        let updated = meta_from_payload(r#"{"meta":{"s":"away"}}"#, 1024, "r4", Some("r3")).unwrap();
+        let updated =
+            meta_from_payload(r#"{"meta":{"s":"away"}}"#, 1024, "r4", Some("r3")).unwrap();
         home.track("c", updated, 10);
         assert_eq!(
             v(&home.take_diff().unwrap().to_json()),
@@ -500,7 +626,11 @@ mod tests {
         );
         // An update of a meta already published: a leave of the old and a join of the new.
         home.untrack("a", "r1");
-        home.track("a", meta_from_payload("{}", 1024, "r5", Some("r1")).unwrap(), 10);
+        home.track(
+            "a",
+            meta_from_payload("{}", 1024, "r5", Some("r1")).unwrap(),
+            10,
+        );
         assert_eq!(
             v(&home.take_diff().unwrap().to_json()),
             json!({"joins": {"a": {"metas": [{"phx_ref": "r5", "phx_ref_prev": "r1"}]}},
@@ -530,7 +660,10 @@ mod tests {
         let mut home = Home::default();
         assert!(home.track("a", meta("r1", ""), 2));
         assert!(home.track("b", meta("r2", ""), 2));
-        assert!(!home.track("c", meta("r3", ""), 2), "over max_presences_per_topic");
+        assert!(
+            !home.track("c", meta("r3", ""), 2),
+            "over max_presences_per_topic"
+        );
         assert!(!home.track("a", meta("r1", ""), 9), "the same ref twice");
         assert!(!home.untrack("a", "nope"));
         assert_eq!(home.state.entries(), 2);
@@ -561,7 +694,11 @@ mod tests {
         let mut diffs = Vec::new();
         for round in 0..20 {
             for i in 0..5 {
-                home.track(&format!("k{}", (round + i) % 7), meta(&format!("{round}-{i}"), ""), 1000);
+                home.track(
+                    &format!("k{}", (round + i) % 7),
+                    meta(&format!("{round}-{i}"), ""),
+                    1000,
+                );
             }
             if round > 2 {
                 let old = format!("{}-0", round - 2);
@@ -612,17 +749,55 @@ mod tests {
         let mut b = Refs::new([7; 12], 1);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            for r in [a.next(), b.next()] {
+            for r in [a.fresh(), b.fresh()] {
                 assert_eq!(r.len(), 16);
-                assert!(r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+                assert!(
+                    r.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                );
                 assert!(seen.insert(r));
             }
         }
     }
 
     #[test]
+    fn the_tracker_publishes_once_per_window_and_forgets_empty_topics() {
+        let t0 = Instant::now();
+        let w = std::time::Duration::from_millis(100);
+        let mut t = Tracker::new(Refs::new([1; 12], 0));
+        let track = |k: &str, r: &str| Op::Track {
+            topic: "room:1".into(),
+            key: k.into(),
+            meta: meta(r, ""),
+        };
+        assert!(t.on_op(track("a", "r1"), 10, t0));
+        assert!(t.on_op(track("b", "r2"), 10, t0 + w / 2));
+        assert!(t.due(t0 + w / 2, w).is_empty(), "the window is still open");
+        let due = t.due(t0 + w, w);
+        assert_eq!(due.len(), 1, "one diff for both joins");
+        t.apply_published("room:1", &due[0].1);
+        assert_eq!(t.entries("room:1"), 2);
+        assert_eq!(t.home_totals(), (1, 2));
+        for (k, r) in [("a", "r1"), ("b", "r2")] {
+            let op = Op::Untrack {
+                topic: "room:1".into(),
+                key: k.into(),
+                phx_ref: r.into(),
+            };
+            assert!(t.on_op(op, 10, t0 + 2 * w));
+        }
+        let due = t.due(t0 + 3 * w, w);
+        t.apply_published("room:1", &due[0].1);
+        assert_eq!(t.entries("room:1"), 0);
+        assert_eq!(t.home_totals(), (0, 0), "nothing kept for an empty topic");
+        assert_eq!(&*t.state_json("room:1"), "{}");
+    }
+
+    #[test]
     fn every_topic_has_one_home() {
-        let homes: Vec<usize> = (0..1000).map(|i| home_of(&format!("room:{i}"), 2)).collect();
+        let homes: Vec<usize> = (0..1000)
+            .map(|i| home_of(&format!("room:{i}"), 2))
+            .collect();
         assert!(homes.iter().all(|&h| h < 2));
         assert!(homes.iter().filter(|&&h| h == 0).count() > 400, "spread");
         assert_eq!(home_of("room:1", 2), home_of("room:1", 2));
