@@ -279,8 +279,7 @@ impl MetaError {
 }
 
 /// The `meta` object of a join or `presence_update` payload (`{"meta": {...}}`), as the meta to
-/// track: the client's fields, bounded by `max_bytes`, without any `phx_ref` / `phx_ref_prev` it
-/// gave, then the server's `phx_ref` (and `phx_ref_prev` for an update). No `meta`: `{}`.
+/// track (see [`meta_from_object`]). No `meta`, or `null`: `{}`.
 pub fn meta_from_payload(
     payload: &str,
     max_bytes: usize,
@@ -295,14 +294,25 @@ pub fn meta_from_payload(
     let raw = serde_json::from_str::<Outer<'_>>(payload)
         .ok()
         .and_then(|o| o.meta);
-    let mut fields = match raw {
-        None => serde_json::Map::new(),
-        Some(r) if r.get().len() > max_bytes => return Err(MetaError::TooLarge),
-        Some(r) => match serde_json::from_str::<serde_json::Value>(r.get()) {
-            Ok(serde_json::Value::Object(m)) => m,
-            Ok(serde_json::Value::Null) => serde_json::Map::new(),
-            _ => return Err(MetaError::NotAnObject),
-        },
+    meta_from_object(raw.map_or("{}", |r| r.get()), max_bytes, phx_ref, prev)
+}
+
+/// A meta object (JSON text) as the meta to track: its fields, bounded by `max_bytes`, without
+/// any `phx_ref` / `phx_ref_prev` it had, then the server's `phx_ref` (and `phx_ref_prev` for
+/// an update). `null` counts as `{}`.
+pub fn meta_from_object(
+    json: &str,
+    max_bytes: usize,
+    phx_ref: &str,
+    prev: Option<&str>,
+) -> Result<Meta, MetaError> {
+    if json.len() > max_bytes {
+        return Err(MetaError::TooLarge);
+    }
+    let mut fields = match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(serde_json::Value::Null) => serde_json::Map::new(),
+        _ => return Err(MetaError::NotAnObject),
     };
     fields.remove("phx_ref");
     fields.remove("phx_ref_prev");
