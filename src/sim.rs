@@ -163,10 +163,15 @@ fn core_sim(
     }
     if shard.cfg.presence_topic("room:0") {
         // The window passes; the diffs go out (queued on the members, drained to the sink).
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        hub.on_tick();
-        for &key in &keys {
-            shard.drain_queue(key, |_| {});
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            hub.on_tick();
+            for &key in &keys {
+                shard.drain_queue(key, |_| {});
+            }
+            if !hub.presence.borrow().has_pending() {
+                break;
+            }
         }
         crate::runtime::sys::release_free_memory();
     }

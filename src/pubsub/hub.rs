@@ -254,9 +254,12 @@ impl Hub {
         // is one tick, not sometimes two.
         let window = std::time::Duration::from_millis(self.shard.cfg.presence_diff_window_ms)
             .saturating_sub(crate::runtime::wheel::TICK / 2);
-        // A diff's frame stays small next to a subscriber's queue bound, whatever the storm.
-        let chunk = (self.shard.cfg.out_queue_max_bytes / 8).clamp(4 << 10, 64 << 10);
-        let due = self.presence.borrow_mut().due(now, window, chunk);
+        // What one tick may send a topic's members stays small next to their queue bound
+        // (1/16 of it, 256 KiB by default, in frames of at most 64 KiB), whatever the storm: a
+        // bigger one is paced over the next ticks and its members' queues drain in between.
+        let budget = self.shard.cfg.out_queue_max_bytes / 16;
+        let frame = budget.clamp(4 << 10, 64 << 10);
+        let due = self.presence.borrow_mut().due(now, window, budget, frame);
         for (topic, diff) in due {
             Stats::bump(&self.counters.presence_diffs);
             self.publish(Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));

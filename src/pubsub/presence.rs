@@ -357,6 +357,64 @@ impl Home {
         (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
     }
 
+    /// The first keys of the pending diff (joins before leaves), about `budget` bytes of JSON
+    /// of them (at least one key), leaving the rest pending: what one tick publishes.
+    pub fn take_diff_upto(&mut self, budget: usize) -> Option<Diff<Meta>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        let mut cut = None;
+        'scan: for (leave, metas) in [(false, &self.pending.joins), (true, &self.pending.leaves)] {
+            for (key, list) in metas.iter() {
+                total += json_cost(key, list);
+                if total > budget {
+                    cut = Some((leave, Box::<str>::from(key)));
+                    break 'scan;
+                }
+            }
+        }
+        let Some((leave, key)) = cut else {
+            return self.take_diff(); // all of it fits
+        };
+        let mut taken = Diff::default();
+        let split = |m: &mut Metas<Meta>, at: &str| {
+            let rest = m.keys.split_off(at);
+            let mut head = std::mem::replace(&mut m.keys, rest);
+            let n: usize = head.values().map(Vec::len).sum();
+            m.entries -= n;
+            let mut out = Metas::default();
+            out.entries = n;
+            std::mem::swap(&mut out.keys, &mut head);
+            out
+        };
+        if leave {
+            taken.joins = std::mem::take(&mut self.pending.joins);
+            taken.leaves = split(&mut self.pending.leaves, &key);
+        } else {
+            taken.joins = split(&mut self.pending.joins, &key);
+        }
+        if taken.is_empty() {
+            // The first key alone is over the budget: it goes on its own.
+            let from = if leave {
+                &mut self.pending.leaves
+            } else {
+                &mut self.pending.joins
+            };
+            if let Some((k, list)) = from.keys.pop_first() {
+                from.entries -= list.len();
+                let to = if leave {
+                    &mut taken.leaves
+                } else {
+                    &mut taken.joins
+                };
+                to.entries += list.len();
+                to.keys.insert(k, list);
+            }
+        }
+        Some(taken)
+    }
+
     /// Nothing to keep: no presences, nothing to publish.
     pub fn is_idle(&self) -> bool {
         self.state.is_empty() && self.pending.is_empty()
@@ -662,34 +720,48 @@ impl Tracker {
     }
 
     /// The diffs whose window (from their first change) has passed by `now`, as (topic, diff
-    /// JSON), in the order their changes began; a diff over `max_bytes` of JSON goes as several.
+    /// JSON), in the order their changes began: at most about `budget` bytes of JSON per topic
+    /// (the rest goes at the next call: a storm bigger than that is paced, so its members'
+    /// queues drain between ticks), cut into frames of about `frame_bytes`.
     pub fn due(
         &mut self,
         now: Instant,
         window: std::time::Duration,
-        max_bytes: usize,
+        budget: usize,
+        frame_bytes: usize,
     ) -> Vec<(Box<str>, String)> {
         let mut out = Vec::new();
+        let mut again = Vec::new();
         while let Some((_, since)) = self.dirty.front() {
             if now.duration_since(*since) < window {
                 break;
             }
-            let Some((topic, _)) = self.dirty.pop_front() else {
+            let Some((topic, since)) = self.dirty.pop_front() else {
                 break;
             };
             let Some(home) = self.homes.get_mut(&topic) else {
                 continue;
             };
-            if let Some(diff) = home.take_diff() {
-                for chunk in diff.to_json_chunks(max_bytes) {
+            if let Some(diff) = home.take_diff_upto(budget) {
+                for chunk in diff.to_json_chunks(frame_bytes) {
                     out.push((topic.clone(), chunk));
                 }
             }
             if home.is_idle() {
                 self.homes.remove(&topic);
+            } else if !home.pending.is_empty() {
+                again.push((topic, since)); // more of this window: next call
             }
         }
+        for entry in again.into_iter().rev() {
+            self.dirty.push_front(entry);
+        }
         out
+    }
+
+    /// Changes not yet published, on any topic this core is home of.
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// A published diff reached this core: its replica of the topic takes it.
@@ -833,6 +905,24 @@ mod tests {
             cut.apply(Diff::from_json(c).unwrap());
         }
         assert_eq!(cut.state.to_json(), home.state.to_json());
+        // Paced: a tick publishes about its budget and leaves the rest for the next ones.
+        let mut paced = Home::default();
+        for i in 0..1000 {
+            paced.track(&format!("u{i:04}"), meta(&format!("r{i}"), ""), 100_000);
+        }
+        for i in 0..10 {
+            paced.untrack(&format!("u{i:04}"), r(&format!("r{i}"))); // cancelled before out
+        }
+        let mut view = Replica::default();
+        let mut ticks = 0;
+        while let Some(d) = paced.take_diff_upto(8 << 10) {
+            assert!(d.to_json().len() <= (8 << 10) + 200);
+            view.apply(Diff::from_json(&d.to_json()).unwrap());
+            ticks += 1;
+        }
+        assert!(ticks > 3, "{ticks} ticks");
+        assert_eq!(view.state.to_json(), paced.state.to_json());
+        assert_eq!(view.state.entries(), 990);
     }
 
     #[test]
@@ -949,10 +1039,10 @@ mod tests {
         assert!(t.on_op(track("a", "r1"), 10, t0));
         assert!(t.on_op(track("b", "r2"), 10, t0 + w / 2));
         assert!(
-            t.due(t0 + w / 2, w, 1 << 20).is_empty(),
+            t.due(t0 + w / 2, w, 1 << 20, 1 << 20).is_empty(),
             "the window is still open"
         );
-        let due = t.due(t0 + w, w, 1 << 20);
+        let due = t.due(t0 + w, w, 1 << 20, 1 << 20);
         assert_eq!(due.len(), 1, "one diff for both joins");
         t.apply_published("room:1", &due[0].1);
         assert_eq!(t.entries("room:1"), 2);
@@ -965,7 +1055,7 @@ mod tests {
             };
             assert!(t.on_op(op, 10, t0 + 2 * w));
         }
-        let due = t.due(t0 + 3 * w, w, 1 << 20);
+        let due = t.due(t0 + 3 * w, w, 1 << 20, 1 << 20);
         t.apply_published("room:1", &due[0].1);
         assert_eq!(t.entries("room:1"), 0);
         assert_eq!(t.home_totals(), (0, 0), "nothing kept for an empty topic");
