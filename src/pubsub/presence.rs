@@ -107,10 +107,57 @@ impl Entry for Seen {
     }
 }
 
+/// A key's metas in the order they joined: one inline (the usual case: one tab), more in a
+/// vector.
+#[derive(Debug, Clone, PartialEq)]
+enum List<M> {
+    One(M),
+    Many(Vec<M>),
+}
+
+impl<M> List<M> {
+    fn as_slice(&self) -> &[M] {
+        match self {
+            List::One(m) => std::slice::from_ref(m),
+            List::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn push(&mut self, meta: M) {
+        match self {
+            List::Many(v) => v.push(meta),
+            List::One(_) => {
+                if let List::One(first) = std::mem::replace(self, List::Many(Vec::new())) {
+                    *self = List::Many(vec![first, meta]);
+                }
+            }
+        }
+    }
+
+    /// Take out the first meta `f` picks; true in the second place if none is left.
+    fn take(&mut self, f: impl Fn(&M) -> bool) -> Option<(M, bool)> {
+        let i = self.as_slice().iter().position(f)?;
+        match self {
+            List::Many(v) => {
+                let m = v.remove(i);
+                Some((m, v.is_empty()))
+            }
+            List::One(_) => match std::mem::replace(self, List::Many(Vec::new())) {
+                List::One(m) => Some((m, true)),
+                List::Many(_) => None,
+            },
+        }
+    }
+}
+
 /// Presences by key, each key's metas in the order they joined.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metas<M: Entry> {
-    keys: BTreeMap<Box<str>, Vec<M>>,
+    keys: BTreeMap<Box<str>, List<M>>,
     entries: usize,
 }
 
@@ -128,7 +175,7 @@ impl<M: Entry> Metas<M> {
         match self.keys.get_mut(key) {
             Some(v) => v.push(meta),
             None => {
-                self.keys.insert(Box::from(key), vec![meta]);
+                self.keys.insert(Box::from(key), List::One(meta));
             }
         }
         self.entries += 1;
@@ -137,9 +184,8 @@ impl<M: Entry> Metas<M> {
     /// Remove the meta `phx_ref` of `key`, if there.
     pub fn remove(&mut self, key: &str, phx_ref: Ref) -> Option<M> {
         let metas = self.keys.get_mut(key)?;
-        let i = metas.iter().position(|m| m.phx_ref() == phx_ref)?;
-        let meta = metas.remove(i);
-        if metas.is_empty() {
+        let (meta, empty) = metas.take(|m| m.phx_ref() == phx_ref)?;
+        if empty {
             self.keys.remove(key);
         }
         self.entries -= 1;
@@ -149,7 +195,7 @@ impl<M: Entry> Metas<M> {
     pub fn has(&self, key: &str, phx_ref: Ref) -> bool {
         self.keys
             .get(key)
-            .is_some_and(|v| v.iter().any(|m| m.phx_ref() == phx_ref))
+            .is_some_and(|v| v.as_slice().iter().any(|m| m.phx_ref() == phx_ref))
     }
 
     /// Metas (entries), over all keys.
@@ -381,7 +427,7 @@ impl Home {
         let split = |m: &mut Metas<Meta>, at: &str| {
             let rest = m.keys.split_off(at);
             let mut head = std::mem::replace(&mut m.keys, rest);
-            let n: usize = head.values().map(Vec::len).sum();
+            let n: usize = head.values().map(List::len).sum();
             m.entries -= n;
             let mut out = Metas::default();
             out.entries = n;
@@ -434,6 +480,10 @@ impl Replica {
     pub fn apply(&mut self, diff: Diff<Seen>) {
         let Diff { joins, leaves } = diff;
         for (key, metas) in joins.keys {
+            let metas = match metas {
+                List::One(m) => vec![m],
+                List::Many(v) => v,
+            };
             for m in metas {
                 self.state.remove(&key, m.phx_ref); // a repeated join replaces its meta
                 self.state.add(&key, m);
