@@ -134,6 +134,20 @@ pub struct Config {
     /// re-arm their polls, which costs time, not messages). Power of two, 16 to 65,536 (the
     /// kernel's limit).
     pub ring_entries: u32,
+    /// Presence topics: patterns like `topics`. A socket that joins one is tracked (phoenix.js
+    /// `Presence` works with no server code) under its token's subject, or its own random id
+    /// when `presence_anonymous` allows it; otherwise it is not tracked. Empty: no presence.
+    pub presence: Vec<String>,
+    /// Track sockets without a token under their own random socket id (never a key the client
+    /// chooses).
+    pub presence_anonymous: bool,
+    /// Presence changes of one topic are sent as one `presence_diff` per this window (rounded up
+    /// to the 100 ms tick): a join storm costs a few diffs, not one per join.
+    pub presence_diff_window_ms: u64,
+    /// Presences one topic may hold; a join past it is refused `{"reason":"too many presences"}`.
+    pub max_presences_per_topic: usize,
+    /// Bytes of the `meta` object a client may give in its join payload.
+    pub max_presence_meta_bytes: usize,
 }
 
 impl Default for Config {
@@ -172,6 +186,11 @@ impl Default for Config {
             check_origin: Vec::new(),
             max_messages_per_sec: 200,
             ring_entries: 16_384,
+            presence: Vec::new(),
+            presence_anonymous: false,
+            presence_diff_window_ms: 100,
+            max_presences_per_topic: 100_000,
+            max_presence_meta_bytes: 1024,
         }
     }
 }
@@ -284,9 +303,16 @@ impl Config {
         if self.require_token && self.auth_secret.is_none() {
             return bad("require_token needs auth_secret");
         }
+        if self.presence_diff_window_ms == 0 || self.presence_diff_window_ms > 60_000 {
+            return bad("presence_diff_window_ms must be from 1 to 60000");
+        }
+        if self.max_presences_per_topic == 0 || self.max_presence_meta_bytes < 2 {
+            return bad("max_presences_per_topic must be > 0 and max_presence_meta_bytes >= 2");
+        }
         if let Some(p) = self
             .topics
             .iter()
+            .chain(&self.presence)
             .find(|p| p.find('*').is_some_and(|i| i != p.len() - 1))
         {
             return bad(&format!(
@@ -339,6 +365,14 @@ impl Config {
                 Some(prefix) => topic.starts_with(prefix),
                 None => topic == p,
             })
+    }
+
+    /// Whether `topic` is a presence topic (see `presence`).
+    pub fn presence_topic(&self, topic: &str) -> bool {
+        self.presence.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => topic == p,
+        })
     }
 
     /// Whether a socket with this `Origin` header may connect under `check_origin`.

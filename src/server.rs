@@ -13,7 +13,7 @@ use crate::app::handler::{DefaultHandler, Handler};
 use crate::config::Config;
 use crate::pubsub::hub::{self, Hub};
 use crate::runtime::reactor::Accept;
-use crate::runtime::shard::{Shard, Shared, Stats};
+use crate::runtime::shard::{Shard, Shared, Stats, Wiring};
 use crate::runtime::stop::Stop;
 use crate::runtime::sys;
 use crate::transport::conn;
@@ -119,9 +119,14 @@ impl Server {
                     let shard = Shard::new(core, shared);
                     let hub = Hub::new(shard.clone(), channels);
                     // The wiring of one core: envelopes from other cores go to the hub's
-                    // delivery, accepted sockets to connection tasks. Weak: the shard owns
+                    // delivery, accepted sockets to connection tasks, ticks to the hub
+                    // (presence windows). Weak: the shard owns
                     // these callbacks and the hub owns the shard.
-                    let (h1, h2) = (Rc::downgrade(&hub), Rc::downgrade(&hub));
+                    let (h1, h2, h3) = (
+                        Rc::downgrade(&hub),
+                        Rc::downgrade(&hub),
+                        Rc::downgrade(&hub),
+                    );
                     let deliver = move |env| {
                         if let Some(hub) = h1.upgrade() {
                             hub.deliver_envelope(env);
@@ -133,9 +138,17 @@ impl Server {
                                 .detach();
                         }
                     });
-                    shard
-                        .run(listener, mesh, deliver, accept, core_stop, ready)
-                        .await;
+                    let on_tick = move || {
+                        if let Some(hub) = h3.upgrade() {
+                            hub.on_tick();
+                        }
+                    };
+                    let wiring = Wiring {
+                        deliver: Box::new(deliver),
+                        accept,
+                        on_tick: Box::new(on_tick),
+                    };
+                    shard.run(listener, mesh, wiring, core_stop, ready).await;
                     drop(hub);
                 });
             match spawned {

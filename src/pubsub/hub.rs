@@ -13,7 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::handler::Handler;
 use crate::proto::phoenix::Payload;
+
+/// The event of a presence diff (Phoenix's name).
+pub const EVENT_PRESENCE_DIFF: &str = "presence_diff";
+/// The event of the state a joiner gets.
+pub const EVENT_PRESENCE_STATE: &str = "presence_state";
 use crate::pubsub::encode::{self, Wire};
+use crate::pubsub::presence::{OP_KIND, Op, Refs, Tracker, home_of};
 use crate::pubsub::publication::{Publication, Refused};
 use crate::pubsub::topics::Topics;
 use crate::runtime::shard::{Shard, Stats};
@@ -38,6 +44,16 @@ pub struct Counters {
     pub refused_events: AtomicU64,
     /// Broadcasts refused for a JSON payload that is not an object.
     pub refused_payloads: AtomicU64,
+    /// `presence_diff`s this core published (as the home of their topics).
+    pub presence_diffs: AtomicU64,
+    /// Presences added and removed at this core (as the home of their topics).
+    pub presence_tracks: AtomicU64,
+    pub presence_untracks: AtomicU64,
+    /// Tracks refused at the home (over `max_presences_per_topic`) and joins refused for it.
+    pub presence_refused: AtomicU64,
+    /// Presence topics this core is home of, and their entries (gauges, every tick).
+    pub presence_topics: AtomicU64,
+    pub presence_entries: AtomicU64,
 }
 
 /// What every core's hub shares: the handler and every core's counters (index = core id).
@@ -70,13 +86,19 @@ pub struct Hub {
     /// This core's counters.
     pub counters: Arc<Counters>,
     pub topics: RefCell<Topics>,
+    /// This core's presence (see `pubsub::presence`).
+    pub presence: RefCell<Tracker>,
 }
 
 impl Hub {
     pub fn new(shard: Rc<Shard>, shared: Arc<Shared>) -> Rc<Hub> {
         Rc::new(Hub {
             counters: shared.counters[shard.id].clone(),
-            shard,
+            shard: shard.clone(),
+            presence: RefCell::new(Tracker::new(Refs::new(
+                crate::runtime::sys::random_bytes(),
+                shard.id,
+            ))),
             shared,
             topics: RefCell::new(Topics::new()),
         })
@@ -132,6 +154,13 @@ impl Hub {
     /// bound gets nothing more and is told to close with 1013 (slow consumer).
     pub fn deliver(&self, p: &Publication) {
         let shard = &*self.shard;
+        if let (_, EVENT_PRESENCE_DIFF, Payload::Json(diff)) = p.parts()
+            && shard.cfg.presence_topic(p.topic())
+        {
+            // Only a topic's home publishes this event (clients and the API may not): this
+            // core's copy of the state takes it before its subscribers do.
+            self.presence.borrow_mut().apply_published(p.topic(), diff);
+        }
         let (max_bytes, max_frames) = (
             shard.cfg.out_queue_max_bytes,
             shard.cfg.out_queue_max_frames,
@@ -167,11 +196,67 @@ impl Hub {
         Stats::add(&shard.stats.frames_out, delivered);
     }
 
-    /// Deliver an envelope another core sent (ignored if it is not a publication).
+    /// Deliver an envelope another core sent: a publication, or a presence op for a topic this
+    /// core is home of (anything else is ignored).
     pub fn deliver_envelope(&self, env: crate::runtime::mesh::Envelope) {
-        if let Some(p) = Publication::from_envelope(env) {
+        if env.0.first() == Some(&OP_KIND) {
+            if let Some(op) = Op::decode(&env.0) {
+                self.presence_at_home(op);
+            }
+        } else if let Some(p) = Publication::from_envelope(env) {
             self.deliver(&p);
         }
+    }
+
+    /// The index of the core that owns `topic`'s presence, and this core's, in the mesh.
+    fn presence_home(&self, topic: &str) -> (usize, usize) {
+        let me = self.shard.mesh_peer_id().unwrap_or(0);
+        (home_of(topic, self.shard.cores()), me)
+    }
+
+    /// Send a presence change to its topic's home (taken at once when that is this core).
+    pub fn presence_send(&self, op: Op) {
+        let (home, me) = self.presence_home(op.topic());
+        if home == me || self.shard.mesh_peer_id().is_none() {
+            self.presence_at_home(op);
+        } else {
+            let env = crate::runtime::mesh::Envelope(Arc::from(op.encode()));
+            self.shard.send_to_core(home, env);
+        }
+    }
+
+    /// Take a presence change as the topic's home.
+    fn presence_at_home(&self, op: Op) {
+        let track = matches!(op, Op::Track { .. });
+        let max = self.shard.cfg.max_presences_per_topic;
+        let changed = self
+            .presence
+            .borrow_mut()
+            .on_op(op, max, std::time::Instant::now());
+        match (changed, track) {
+            (true, true) => Stats::bump(&self.counters.presence_tracks),
+            (true, false) => Stats::bump(&self.counters.presence_untracks),
+            (false, true) => Stats::bump(&self.counters.presence_refused),
+            (false, false) => {}
+        }
+    }
+
+    /// Every tick: publish the presence diffs whose window has passed (as their topics' home),
+    /// and refresh the presence gauges.
+    pub fn on_tick(&self) {
+        let window = std::time::Duration::from_millis(self.shard.cfg.presence_diff_window_ms);
+        let due = self
+            .presence
+            .borrow_mut()
+            .due(std::time::Instant::now(), window);
+        for (topic, diff) in due {
+            Stats::bump(&self.counters.presence_diffs);
+            self.publish(Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));
+        }
+        let (topics, entries) = self.presence.borrow().home_totals();
+        let c = &self.counters;
+        c.presence_topics.store(topics as u64, Ordering::Relaxed);
+        c.presence_entries.store(entries as u64, Ordering::Relaxed);
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod encode;
 pub mod hub;
+pub mod presence;
 pub mod publication;
 pub mod session;
 pub mod topics;

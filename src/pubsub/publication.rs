@@ -90,6 +90,20 @@ impl Publication {
         Ok(Publication(Arc::from(buf)))
     }
 
+    /// Pack a publication of an event the server itself sends (`presence_diff`, built by the
+    /// topic's home core from its own state): the reserved-event check is skipped, so this is
+    /// never called with an event or payload a client or API caller chose.
+    pub(crate) fn system(topic: &str, event: &str, payload_json: &str) -> Publication {
+        let mut buf = Vec::with_capacity(HEADER + topic.len() + event.len() + payload_json.len());
+        buf.push(JSON);
+        buf.extend_from_slice(&(topic.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(event.len() as u32).to_le_bytes());
+        buf.extend_from_slice(topic.as_bytes());
+        buf.extend_from_slice(event.as_bytes());
+        buf.extend_from_slice(payload_json.as_bytes());
+        Publication(Arc::from(buf))
+    }
+
     /// Read an envelope another core sent. `None` if it is not a publication's layout (it always
     /// is: only [`Publication::into_envelope`] makes them; checked rather than trusted anyway).
     pub fn from_envelope(env: Envelope) -> Option<Publication> {

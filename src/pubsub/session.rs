@@ -20,20 +20,30 @@
 
 use crate::app::handler::{InReply, Socket, Terminate};
 use crate::proto::frame::close::code;
+use crate::proto::phoenix::Payload;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, TOPIC_PHOENIX,
     is_reserved_event,
 };
 use crate::pubsub::encode::{self, Wire};
-use crate::pubsub::hub::Hub;
+use crate::pubsub::hub::{EVENT_PRESENCE_STATE, Hub};
+use crate::pubsub::presence::{Meta, Op, meta_from_payload};
 use crate::pubsub::publication::Refused;
 use crate::pubsub::topics::{Sub, Subscription};
 use crate::runtime::shard::Stats;
 
-/// One joined channel: its place in the core's topic table and its join ref.
+/// One joined channel: its place in the core's topic table, its join ref, and its presence on
+/// a presence topic.
 struct Joined {
     sub: Subscription,
     join_ref: Option<Box<str>>,
+    tracked: Option<Box<Tracked>>,
+}
+
+/// The presence a channel holds: its key and the `phx_ref` of its current meta.
+struct Tracked {
+    key: Box<str>,
+    phx_ref: Box<str>,
 }
 
 /// The channels of one socket. Empty (no allocation) until the first join.
@@ -57,6 +67,10 @@ pub type CloseWith = (u16, &'static str);
 
 const UNMATCHED: &str = r#"{"reason":"unmatched topic"}"#;
 const TOO_MANY: &str = r#"{"reason":"too many channels joined"}"#;
+const TOO_MANY_PRESENCES: &str = r#"{"reason":"too many presences"}"#;
+const NOT_TRACKED: &str = r#"{"reason":"not tracked"}"#;
+/// The client event that replaces its presence's meta: `{"meta": {...}}`.
+pub const EVENT_PRESENCE_UPDATE: &str = "presence_update";
 
 impl Session {
     pub fn new(user: Option<&str>) -> Session {
@@ -135,19 +149,42 @@ impl Session {
             Stats::bump(&ctx.hub.counters.join_errors);
             return;
         }
+        // Presence: who this socket is on the topic, and its meta, checked before the handler.
+        let presence = match self.presence_for(ctx, topic, msg.payload) {
+            Ok(p) => p,
+            Err(reason) => {
+                Stats::bump(&ctx.hub.counters.join_errors);
+                reply(ctx, join_ref, msg_ref, topic, false, reason);
+                return;
+            }
+        };
         let socket = self.socket(ctx);
         let decision = ctx.hub.guard(|h| h.join(socket, topic, msg.payload));
         match decision {
             Some(Ok(response)) => {
                 let sub = Sub::new(ctx.key, ctx.generation, Wire::V2.number());
                 let sub = ctx.hub.topics.borrow_mut().subscribe(topic, sub);
-                self.joins.push(Joined {
-                    sub,
-                    join_ref: join_ref.map(Box::from),
-                });
                 Stats::bump(&ctx.hub.counters.joins);
                 Stats::bump(&ctx.hub.counters.channels);
                 reply(ctx, join_ref, msg_ref, topic, true, &response);
+                let tracked = presence.map(|(key, meta)| {
+                    // The state as this core knows it, then (through the topic's home, in a
+                    // diff like everyone's) the joiner's own join.
+                    let state = ctx.hub.presence.borrow_mut().state_json(topic);
+                    push(ctx, join_ref, None, topic, EVENT_PRESENCE_STATE, &state);
+                    let phx_ref = meta.phx_ref.clone();
+                    ctx.hub.presence_send(Op::Track {
+                        topic: topic.into(),
+                        key: key.clone(),
+                        meta,
+                    });
+                    Box::new(Tracked { key, phx_ref })
+                });
+                self.joins.push(Joined {
+                    sub,
+                    join_ref: join_ref.map(Box::from),
+                    tracked,
+                });
             }
             Some(Err(response)) => {
                 Stats::bump(&ctx.hub.counters.join_errors);
@@ -164,6 +201,74 @@ impl Session {
                     r#"{"reason":"join crashed"}"#,
                 );
             }
+        }
+    }
+
+    /// On a presence topic, the key and meta this socket joins with: `Ok(None)` when it is not
+    /// tracked (not a presence topic, or no token and no `presence_anonymous`), `Err(reason)`
+    /// for a meta that is refused or a topic that is full.
+    fn presence_for(
+        &self,
+        ctx: Ctx<'_>,
+        topic: &str,
+        payload: Payload<'_>,
+    ) -> Result<Option<(Box<str>, Meta)>, &'static str> {
+        let cfg = &ctx.hub.shard.cfg;
+        if !cfg.presence_topic(topic) {
+            return Ok(None);
+        }
+        let mut tracker = ctx.hub.presence.borrow_mut();
+        let key = match (&self.user, cfg.presence_anonymous) {
+            (Some(user), _) => user.clone(),
+            (None, true) => tracker.refs.socket_id(ctx.key, ctx.generation),
+            (None, false) => return Ok(None),
+        };
+        if tracker.entries(topic) >= cfg.max_presences_per_topic {
+            Stats::bump(&ctx.hub.counters.presence_refused);
+            return Err(TOO_MANY_PRESENCES);
+        }
+        let text = match payload {
+            Payload::Json(t) => t,
+            Payload::Binary(_) => "{}",
+        };
+        let phx_ref = tracker.refs.fresh();
+        let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, None)
+            .map_err(|e| e.response())?;
+        Ok(Some((key, meta)))
+    }
+
+    /// `presence_update` on a tracked channel: the new meta replaces the old (a leave of the
+    /// old and a join of the new, with `phx_ref_prev`, in one diff).
+    fn presence_update(&mut self, ctx: Ctx<'_>, i: usize, msg: &Message<'_>) {
+        let topic = &*msg.topic;
+        let refs = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+        let Some(tracked) = self.joins[i].tracked.as_mut() else {
+            reply(ctx, refs.0, refs.1, topic, false, NOT_TRACKED);
+            return;
+        };
+        let text = match msg.payload {
+            Payload::Json(t) => t,
+            Payload::Binary(_) => "{}",
+        };
+        let cfg = &ctx.hub.shard.cfg;
+        let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
+        let prev = Some(&*tracked.phx_ref);
+        match meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, prev) {
+            Ok(meta) => {
+                let old = std::mem::replace(&mut tracked.phx_ref, phx_ref);
+                ctx.hub.presence_send(Op::Untrack {
+                    topic: topic.into(),
+                    key: tracked.key.clone(),
+                    phx_ref: old,
+                });
+                ctx.hub.presence_send(Op::Track {
+                    topic: topic.into(),
+                    key: tracked.key.clone(),
+                    meta,
+                });
+                reply(ctx, refs.0, refs.1, topic, true, "{}");
+            }
+            Err(e) => reply(ctx, refs.0, refs.1, topic, false, e.response()),
         }
     }
 
@@ -191,6 +296,10 @@ impl Session {
         };
         if join_ref.is_some() && self.joins[i].join_ref.as_deref() != join_ref {
             return; // stale: meant for an earlier join of this topic
+        }
+        if &*msg.event == EVENT_PRESENCE_UPDATE && ctx.hub.shard.cfg.presence_topic(topic) {
+            self.presence_update(ctx, i, msg);
+            return;
         }
         let socket = self.socket(ctx);
         let decision = ctx
@@ -227,6 +336,13 @@ impl Session {
     fn remove(&mut self, ctx: Ctx<'_>, i: usize, why: Terminate) -> Option<Box<str>> {
         let j = self.joins.swap_remove(i);
         ctx.hub.topics.borrow_mut().unsubscribe(&j.sub);
+        if let Some(t) = j.tracked {
+            ctx.hub.presence_send(Op::Untrack {
+                topic: Box::from(&*j.sub.topic),
+                key: t.key,
+                phx_ref: t.phx_ref,
+            });
+        }
         Stats::sub(&ctx.hub.counters.channels, 1);
         let socket = self.socket(ctx);
         ctx.hub.guard(|h| h.terminate(socket, &j.sub.topic, why));
@@ -339,6 +455,13 @@ mod tests {
         fn ask(&mut self, hub: &Hub, msg: Value) -> Vec<Value> {
             self.send(hub, msg);
             self.got(hub)
+        }
+
+        /// Join presence topic `topic`: answered ok, then the state.
+        fn join_presence(&mut self, hub: &Hub, topic: &str, join_ref: &str) {
+            let got = self.ask(hub, json!([join_ref, join_ref, topic, "phx_join", {}]));
+            assert_eq!(got[0], ok(join_ref, join_ref, topic, json!({})));
+            assert_eq!(got[1][3], "presence_state");
         }
 
         /// Join `topic` with `join_ref` as both refs; it must be answered ok.
@@ -617,6 +740,159 @@ mod tests {
         let c = &hub.counters;
         assert_eq!(get(&c.refused_payloads), payloads.len() as u64);
         assert_eq!((get(&c.broadcasts), get(&c.deliveries)), (0, 0));
+    }
+
+    /// Take what a tick publishes once the (1 ms) presence window has passed.
+    fn presence_tick(hub: &Hub) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        hub.on_tick();
+    }
+
+    fn diff_of(msgs: &[Value]) -> Value {
+        let diffs: Vec<&Value> = msgs.iter().filter(|m| m[3] == "presence_diff").collect();
+        assert_eq!(diffs.len(), 1, "one diff: {msgs:?}");
+        assert_eq!((&diffs[0][0], &diffs[0][1]), (&Value::Null, &Value::Null));
+        diffs[0][4].clone()
+    }
+
+    fn refs_of(v: &Value, key: &str) -> Vec<String> {
+        v[key]["metas"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["phx_ref"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn presence_state_then_diffs_for_join_update_and_leave() {
+        let cfg = Config {
+            presence: vec!["room:*".into()],
+            presence_anonymous: true,
+            presence_diff_window_ms: 1,
+            ..Config::default()
+        };
+        let hub = default_core(cfg);
+        let mut a = Client::open(&hub);
+        let got = a.ask(
+            &hub,
+            json!(["1", "1", "room:1", "phx_join", {"meta": {"n": "a"}}]),
+        );
+        assert_eq!(got[0], ok("1", "1", "room:1", json!({})));
+        assert_eq!(got[1], json!(["1", null, "room:1", "presence_state", {}]));
+        assert_eq!(got.len(), 2);
+        presence_tick(&hub);
+        let d = diff_of(&a.got(&hub));
+        assert_eq!(d["leaves"], json!({}));
+        let (key_a, metas) = d["joins"].as_object().unwrap().iter().next().unwrap();
+        let key_a = key_a.clone();
+        assert_eq!(key_a.len(), 16, "the socket's own id");
+        assert_eq!(metas["metas"][0]["n"], "a");
+        let ref_a = metas["metas"][0]["phx_ref"].as_str().unwrap().to_string();
+        assert_eq!(ref_a.len(), 16);
+
+        // A second member gets the state with the first, then both see its join.
+        let mut b = Client::open(&hub);
+        let got = b.ask(&hub, json!(["2", "2", "room:1", "phx_join", {}]));
+        assert_eq!(got[1][3], "presence_state");
+        assert_eq!(refs_of(&got[1][4], &key_a), std::slice::from_ref(&ref_a));
+        presence_tick(&hub);
+        let (da, db) = (diff_of(&a.got(&hub)), diff_of(&b.got(&hub)));
+        assert_eq!(da, db, "the same diff for every member");
+        let key_b = da["joins"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        assert_ne!(key_a, key_b);
+
+        // An update: a join of the new meta with phx_ref_prev, a leave of the old.
+        let got = a.ask(
+            &hub,
+            json!(["1", "3", "room:1", "presence_update", {"meta": {"n": "away"}}]),
+        );
+        assert_eq!(got, [ok("1", "3", "room:1", json!({}))]);
+        presence_tick(&hub);
+        let d = diff_of(&b.got(&hub));
+        assert_eq!(refs_of(&d["leaves"], &key_a), std::slice::from_ref(&ref_a));
+        let new = &d["joins"][&key_a]["metas"][0];
+        assert_eq!(
+            (&new["n"], &new["phx_ref_prev"]),
+            (&json!("away"), &json!(ref_a))
+        );
+        assert_ne!(new["phx_ref"], json!(ref_a));
+        assert_eq!(diff_of(&a.got(&hub)), d, "the updater sees its own update");
+
+        // A leave and a closed socket: the leave diffs; nothing is left.
+        b.ask(&hub, json!(["2", "4", "room:1", "phx_leave", {}]));
+        presence_tick(&hub);
+        assert!(d_has_leave(&diff_of(&a.got(&hub)), &key_b));
+        let mut c = Client::open(&hub);
+        c.join_presence(&hub, "room:1", "5");
+        presence_tick(&hub);
+        c.got(&hub);
+        a.session.leave_all(a.ctx(&hub));
+        presence_tick(&hub);
+        assert!(d_has_leave(&diff_of(&c.got(&hub)), &key_a));
+        assert_eq!(get(&hub.counters.presence_diffs), 6);
+        let mut d2 = Client::open(&hub);
+        let got = d2.ask(&hub, json!(["9", "9", "room:1", "phx_join", {}]));
+        let state = got[1][4].as_object().unwrap();
+        assert_eq!(state.len(), 1, "only c is there: {state:?}");
+    }
+
+    fn d_has_leave(d: &Value, key: &str) -> bool {
+        !refs_of(&d["leaves"], key).is_empty() && d["joins"] == json!({})
+    }
+
+    #[test]
+    fn presence_is_refused_clearly_and_untracked_sockets_still_join() {
+        let cfg = Config {
+            presence: vec!["room:*".into()],
+            presence_diff_window_ms: 1,
+            max_presence_meta_bytes: 16,
+            ..Config::default()
+        };
+        let hub = default_core(cfg.clone());
+        // No token and no presence_anonymous: joined, but not tracked and no state pushed.
+        let mut a = Client::open(&hub);
+        a.join(&hub, "room:1", "1");
+        let got = a.ask(
+            &hub,
+            json!(["1", "2", "room:1", "presence_update", {"meta": {}}]),
+        );
+        assert_eq!(got, [error("1", "2", "room:1", "not tracked")]);
+        presence_tick(&hub);
+        assert!(a.got(&hub).is_empty());
+        // Anonymous allowed: a meta too big or not an object is refused.
+        let hub = default_core(Config {
+            presence_anonymous: true,
+            max_presences_per_topic: 1,
+            ..cfg
+        });
+        let mut b = Client::open(&hub);
+        let got = b.ask(
+            &hub,
+            json!(["1", "1", "room:1", "phx_join", {"meta": {"x": "0123456789abcdef"}}]),
+        );
+        assert_eq!(got, [error("1", "1", "room:1", "presence meta too large")]);
+        let got = b.ask(
+            &hub,
+            json!(["1", "1", "room:1", "phx_join", {"meta": "me"}]),
+        );
+        assert_eq!(
+            got,
+            [error("1", "1", "room:1", "presence meta must be an object")]
+        );
+        b.join_presence(&hub, "room:1", "2");
+        presence_tick(&hub);
+        let mut c = Client::open(&hub);
+        let got = c.ask(&hub, json!(["3", "3", "room:1", "phx_join", {}]));
+        assert_eq!(got, [error("3", "3", "room:1", "too many presences")]);
     }
 
     #[test]

@@ -346,6 +346,26 @@ impl Bus {
         }
     }
 
+    /// Queue `env` for core `peer` only (nothing if `peer` is this core or not in the mesh),
+    /// under the same bounds and hold as [`Bus::publish`].
+    pub fn send_to(&self, peer: usize, env: Envelope) {
+        if peer == self.peer_id {
+            return;
+        }
+        let i = if peer < self.peer_id { peer } else { peer - 1 };
+        let Some(outbox) = self.outboxes.get(i) else {
+            return;
+        };
+        if !outbox.try_push(env) {
+            self.dropped.set(self.dropped.get() + 1);
+        }
+        if !self.hold.on.get() && outbox.over_high() {
+            self.hold.on.set(true);
+            self.hold.pauses.set(self.hold.pauses.get() + 1);
+            self.hold.wake_watcher();
+        }
+    }
+
     /// True while this core holds its publishers back: from the moment an outbox reached half of
     /// one of its bounds until every outbox is under a quarter of both. A publisher that waits
     /// while this is true never loses a message to a bound.

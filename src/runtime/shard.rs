@@ -81,6 +81,17 @@ pub struct Shard {
 /// which then fires the timers whose time has passed). For tests; costs one lookup per core.
 pub const LOSE_GLOMMIO_TIMERS: &str = "CORECAST_FAULT_LOSE_GLOMMIO_TIMERS";
 
+/// What the layer above does for a core (wired by `crate::server`: the runtime does not know
+/// what envelopes carry or what a tick does up there).
+pub struct Wiring {
+    /// Takes every envelope another core sent.
+    pub deliver: Box<dyn Fn(Envelope)>,
+    /// Takes every accepted socket, in its slot.
+    pub accept: Accept,
+    /// Runs every tick, after the wheel has moved.
+    pub on_tick: Box<dyn Fn()>,
+}
+
 /// How many deferred subscriber tasks the flusher wakes before it lets the rest of the core's
 /// queue (the reactor's driver, a publisher) run again.
 pub const FLUSH_CHUNK: usize = 4;
@@ -173,6 +184,19 @@ impl Shard {
         if let Some(bus) = self.bus.borrow().as_ref() {
             bus.publish(env);
         }
+    }
+
+    /// Put an envelope on the way to core `peer` of the mesh only (nothing with one core or for
+    /// this core itself). Never waits, bounded like [`Shard::send_to_peers`].
+    pub fn send_to_core(&self, peer: usize, env: Envelope) {
+        if let Some(bus) = self.bus.borrow().as_ref() {
+            bus.send_to(peer, env);
+        }
+    }
+
+    /// Cores in the process (the mesh's size).
+    pub fn cores(&self) -> usize {
+        self.shared.stats.len()
     }
 
     /// True while this core's cross-core outboxes are over their high mark: connections must not
@@ -562,18 +586,21 @@ impl Shard {
         }
     }
 
-    /// Run this core until `shutdown` is set and the drain has finished (or timed out).
-    /// `deliver` takes every envelope another core sent; `accept` every accepted socket, in
-    /// its slot (both wired by `crate::server`: the runtime does not know what they carry).
+    /// Run this core until `stop` is requested and the drain has finished (or timed out), with
+    /// the layer above's callbacks (`wiring`).
     pub async fn run(
         self: Rc<Self>,
         listener: std::net::TcpListener,
         mesh: Option<mesh::Mesh>,
-        deliver: impl Fn(Envelope) + 'static,
-        accept: Accept,
+        wiring: Wiring,
         stop: Arc<Stop>,
         ready: std::sync::mpsc::Sender<Result<usize, String>>,
     ) {
+        let Wiring {
+            deliver,
+            accept,
+            on_tick,
+        } = wiring;
         if let Some(mesh) = mesh {
             self.join_mesh(mesh, deliver).await;
         }
@@ -609,6 +636,7 @@ impl Shard {
             })
             .await;
             self.tick();
+            on_tick();
             io.retry_accept();
             self.publish_mesh_stats();
             self.maybe_release_memory();

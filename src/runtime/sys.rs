@@ -194,6 +194,14 @@ impl Ring {
     }
 }
 
+/// `N` random bytes from the kernel (`getrandom(2)`); zeros if it fails (never on Linux 3.17+).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SAFETY: the kernel writes at most `N` bytes into `b`, which is `N` bytes long.
+    let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), N, 0) };
+    b
+}
+
 /// A blocking eventfd (close-on-exec), as a `File`: 8-byte reads take the counter, writes add.
 pub fn eventfd() -> io::Result<File> {
     // SAFETY: eventfd takes no pointers; a negative return is an error, checked below.

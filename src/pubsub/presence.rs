@@ -1,0 +1,806 @@
+//! Presence as phoenix.js's `Presence` reads it (issue 12), in memory, without I/O: one topic's
+//! state, the diff gathered over a window, the home core's and the other cores' views, and the
+//! ops cores send a topic's home.
+//!
+//! Wire shapes (Phoenix's `presence_state` / `presence_diff`):
+//!
+//! ```text
+//! state: {"alice": {"metas": [{"status":"away","phx_ref":"..."}, ...]}, ...}
+//! diff:  {"joins": {key: {"metas": [...]}}, "leaves": {key: {"metas": [...]}}}
+//! ```
+//!
+//! One topic's presence has one owner, its home core (`home_of`): every track and untrack goes
+//! there, in order, and only the home changes the topic's [`Home`] state and gathers its
+//! [`Diff`]. Once per window the home publishes the diff as an ordinary publication (event
+//! `presence_diff`, which no client or API caller may publish); every core, the home too,
+//! applies it to its [`Replica`] as it delivers it, so a joiner anywhere gets the state as of
+//! the last diff its core delivered, then every later diff: the same sequence everywhere.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One meta: its `phx_ref` and the whole meta object as JSON text (the ref included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub phx_ref: Box<str>,
+    pub json: Box<str>,
+}
+
+impl Meta {
+    /// Heap bytes this meta holds.
+    pub fn bytes(&self) -> usize {
+        self.phx_ref.len() + self.json.len()
+    }
+}
+
+/// Presences by key, each key's metas in the order they joined.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Metas {
+    keys: BTreeMap<Box<str>, Vec<Meta>>,
+    entries: usize,
+}
+
+impl Metas {
+    pub fn add(&mut self, key: &str, meta: Meta) {
+        match self.keys.get_mut(key) {
+            Some(v) => v.push(meta),
+            None => {
+                self.keys.insert(Box::from(key), vec![meta]);
+            }
+        }
+        self.entries += 1;
+    }
+
+    /// Remove the meta `phx_ref` of `key`, if there.
+    pub fn remove(&mut self, key: &str, phx_ref: &str) -> Option<Meta> {
+        let metas = self.keys.get_mut(key)?;
+        let i = metas.iter().position(|m| &*m.phx_ref == phx_ref)?;
+        let meta = metas.remove(i);
+        if metas.is_empty() {
+            self.keys.remove(key);
+        }
+        self.entries -= 1;
+        Some(meta)
+    }
+
+    /// Metas (entries), over all keys.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Keys and their metas, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Meta])> {
+        self.keys.iter().map(|(k, v)| (&**k, v.as_slice()))
+    }
+
+    /// `{key: {"metas": [...]}, ...}`.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(2 + self.entries * 64);
+        self.write_json(&mut out);
+        out
+    }
+
+    fn write_json(&self, out: &mut String) {
+        out.push('{');
+        for (i, (key, metas)) in self.keys.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{}:{{\"metas\":[",
+                serde_json::to_string(&**key).unwrap_or_default()
+            );
+            for (j, m) in metas.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&m.json);
+            }
+            out.push_str("]}");
+        }
+        out.push('}');
+    }
+}
+
+/// The changes of one window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diff {
+    pub joins: Metas,
+    pub leaves: Metas,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    /// `{"joins": {...}, "leaves": {...}}` (both always there).
+    pub fn to_json(&self) -> String {
+        let mut out = String::from("{\"joins\":");
+        self.joins.write_json(&mut out);
+        out.push_str(",\"leaves\":");
+        self.leaves.write_json(&mut out);
+        out.push('}');
+        out
+    }
+
+    /// Read a diff this module wrote (`None` if it is not one).
+    pub fn from_json(text: &str) -> Option<Diff> {
+        #[derive(Deserialize)]
+        struct Entry<'a> {
+            #[serde(borrow)]
+            metas: Vec<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Shape<'a> {
+            #[serde(borrow)]
+            joins: BTreeMap<String, Entry<'a>>,
+            #[serde(borrow)]
+            leaves: BTreeMap<String, Entry<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct Ref {
+            phx_ref: String,
+        }
+        let shape: Shape<'_> = serde_json::from_str(text).ok()?;
+        let read = |map: BTreeMap<String, Entry<'_>>| -> Option<Metas> {
+            let mut out = Metas::default();
+            for (key, entry) in map {
+                for raw in entry.metas {
+                    let r: Ref = serde_json::from_str(raw.get()).ok()?;
+                    out.add(
+                        &key,
+                        Meta {
+                            phx_ref: r.phx_ref.into(),
+                            json: raw.get().into(),
+                        },
+                    );
+                }
+            }
+            Some(out)
+        };
+        Some(Diff {
+            joins: read(shape.joins)?,
+            leaves: read(shape.leaves)?,
+        })
+    }
+}
+
+/// The home core's view of one topic: the state with every change it has taken, and the
+/// changes not yet published.
+#[derive(Debug, Default)]
+pub struct Home {
+    pub state: Metas,
+    pub pending: Diff,
+}
+
+impl Home {
+    /// Add a presence; false (nothing changes) if the topic holds `max` already or the ref is
+    /// there already.
+    pub fn track(&mut self, key: &str, meta: Meta, max: usize) -> bool {
+        if self.state.entries() >= max || self.has(key, &meta.phx_ref) {
+            return false;
+        }
+        self.state.add(key, meta.clone());
+        self.pending.joins.add(key, meta);
+        true
+    }
+
+    /// Remove a presence. A meta whose join is still pending is taken out of the diff: the two
+    /// cancel, nobody ever sees either. False if there was no such meta.
+    pub fn untrack(&mut self, key: &str, phx_ref: &str) -> bool {
+        let Some(meta) = self.state.remove(key, phx_ref) else {
+            return false;
+        };
+        if self.pending.joins.remove(key, phx_ref).is_none() {
+            self.pending.leaves.add(key, meta);
+        }
+        true
+    }
+
+    fn has(&self, key: &str, phx_ref: &str) -> bool {
+        self.state
+            .keys
+            .get(key)
+            .is_some_and(|v| v.iter().any(|m| &*m.phx_ref == phx_ref))
+    }
+
+    /// The window's diff, if anything changed, leaving the pending diff empty.
+    pub fn take_diff(&mut self) -> Option<Diff> {
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+    }
+
+    /// Nothing to keep: no presences, nothing to publish.
+    pub fn is_idle(&self) -> bool {
+        self.state.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// A core's copy of one topic's state, as of the last diff it delivered, and that state's JSON,
+/// built once and shared by every joiner until the next diff.
+#[derive(Debug, Default)]
+pub struct Replica {
+    pub state: Metas,
+    json: Option<Arc<str>>,
+}
+
+impl Replica {
+    /// Apply a published diff: joins, then leaves (phoenix.js's `syncDiff` order).
+    pub fn apply(&mut self, diff: &Diff) {
+        for (key, metas) in diff.joins.iter() {
+            for m in metas {
+                if self.state.remove(key, &m.phx_ref).is_some() {
+                    // a ref joins once; a repeated join replaces the meta
+                }
+                self.state.add(key, m.clone());
+            }
+        }
+        for (key, metas) in diff.leaves.iter() {
+            for m in metas {
+                self.state.remove(key, &m.phx_ref);
+            }
+        }
+        self.json = None;
+    }
+
+    /// The state as `presence_state`'s payload (built on first need after a change).
+    pub fn state_json(&mut self) -> Arc<str> {
+        self.json
+            .get_or_insert_with(|| Arc::from(self.state.to_json()))
+            .clone()
+    }
+}
+
+/// Why a client's meta was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaError {
+    NotAnObject,
+    TooLarge,
+}
+
+impl MetaError {
+    /// The `phx_reply` error response.
+    pub fn response(self) -> &'static str {
+        match self {
+            MetaError::NotAnObject => r#"{"reason":"presence meta must be an object"}"#,
+            MetaError::TooLarge => r#"{"reason":"presence meta too large"}"#,
+        }
+    }
+}
+
+/// The `meta` object of a join or `presence_update` payload (`{"meta": {...}}`), as the meta to
+/// track: the client's fields, bounded by `max_bytes`, without any `phx_ref` / `phx_ref_prev` it
+/// gave, then the server's `phx_ref` (and `phx_ref_prev` for an update). No `meta`: `{}`.
+pub fn meta_from_payload(
+    payload: &str,
+    max_bytes: usize,
+    phx_ref: &str,
+    prev: Option<&str>,
+) -> Result<Meta, MetaError> {
+    #[derive(Deserialize)]
+    struct Outer<'a> {
+        #[serde(borrow, default)]
+        meta: Option<&'a RawValue>,
+    }
+    let raw = serde_json::from_str::<Outer<'_>>(payload)
+        .ok()
+        .and_then(|o| o.meta);
+    let mut fields = match raw {
+        None => serde_json::Map::new(),
+        Some(r) if r.get().len() > max_bytes => return Err(MetaError::TooLarge),
+        Some(r) => match serde_json::from_str::<serde_json::Value>(r.get()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(serde_json::Value::Null) => serde_json::Map::new(),
+            _ => return Err(MetaError::NotAnObject),
+        },
+    };
+    fields.remove("phx_ref");
+    fields.remove("phx_ref_prev");
+    fields.insert("phx_ref".into(), phx_ref.into());
+    if let Some(prev) = prev {
+        fields.insert("phx_ref_prev".into(), prev.into());
+    }
+    let json = serde_json::Value::Object(fields).to_string();
+    Ok(Meta {
+        phx_ref: phx_ref.into(),
+        json: json.into(),
+    })
+}
+
+/// Unique `phx_ref`s (16 url-safe characters, like Phoenix's): a random per-core prefix and a
+/// counter.
+pub struct Refs {
+    seed: [u8; 4],
+    mix: u64,
+    n: u64,
+}
+
+impl Refs {
+    /// `random` seeds it (12 bytes from the kernel); `core` makes two cores' refs differ even
+    /// with equal seeds.
+    pub fn new(random: [u8; 12], core: usize) -> Refs {
+        let mut seed = [random[0], random[1], random[2], random[3]];
+        seed[0] ^= core as u8;
+        Refs {
+            seed,
+            mix: u64::from_le_bytes(random[4..12].try_into().unwrap_or_default()),
+            n: 0,
+        }
+    }
+
+    /// The next ref.
+    pub fn fresh(&mut self) -> Box<str> {
+        use base64::Engine;
+        self.n += 1;
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.seed);
+        // An odd multiplier is a bijection on u64: distinct counters give distinct refs.
+        let x = self.n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.mix;
+        b[4..].copy_from_slice(&x.to_le_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(b)
+            .into()
+    }
+}
+
+impl Refs {
+    /// The presence key of a socket without a token (with `presence_anonymous`): its own id,
+    /// stable for the socket's life, unique per core (slot key and generation) and between
+    /// cores (the seed), never chosen by the client.
+    pub fn socket_id(&self, key: usize, generation: u32) -> Box<str> {
+        use base64::Engine;
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.seed);
+        let x = (key as u64) << 32 | u64::from(generation);
+        b[4..].copy_from_slice(&(x ^ self.mix).to_le_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(b)
+            .into()
+    }
+}
+
+/// The home core of `topic` among `cores` (FNV-1a: the same on every core, every run).
+pub fn home_of(topic: &str, cores: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % cores.max(1) as u64) as usize
+}
+
+/// What a core asks a topic's home, as mesh envelope bytes (first byte [`OP_KIND`]):
+///
+/// ```text
+/// OP_KIND u8 | op u8 (0 track, 1 untrack) | topic len u32 LE | key len u32 LE | ref len u32 LE
+/// | topic | key | ref | meta JSON (track only)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Track {
+        topic: Box<str>,
+        key: Box<str>,
+        meta: Meta,
+    },
+    Untrack {
+        topic: Box<str>,
+        key: Box<str>,
+        phx_ref: Box<str>,
+    },
+}
+
+/// The first byte of an op envelope (publications use 0 and 1).
+pub const OP_KIND: u8 = 2;
+const OP_HEADER: usize = 14;
+
+impl Op {
+    pub fn topic(&self) -> &str {
+        match self {
+            Op::Track { topic, .. } | Op::Untrack { topic, .. } => topic,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let (op, topic, key, phx_ref, meta) = match self {
+            Op::Track { topic, key, meta } => (0u8, topic, key, &meta.phx_ref, &*meta.json),
+            Op::Untrack {
+                topic,
+                key,
+                phx_ref,
+            } => (1u8, topic, key, phx_ref, ""),
+        };
+        let mut b = Vec::with_capacity(OP_HEADER + topic.len() + key.len() + 16 + meta.len());
+        b.push(OP_KIND);
+        b.push(op);
+        for s in [topic.len(), key.len(), phx_ref.len()] {
+            b.extend_from_slice(&(s as u32).to_le_bytes());
+        }
+        b.extend_from_slice(topic.as_bytes());
+        b.extend_from_slice(key.as_bytes());
+        b.extend_from_slice(phx_ref.as_bytes());
+        b.extend_from_slice(meta.as_bytes());
+        b
+    }
+
+    /// Read an op envelope (`None` if it is not one).
+    pub fn decode(b: &[u8]) -> Option<Op> {
+        if b.len() < OP_HEADER || b[0] != OP_KIND {
+            return None;
+        }
+        let len = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        let (t, k, r) = (len(2), len(6), len(10));
+        let text = |from: usize, n: usize| -> Option<Box<str>> {
+            let s = b.get(from..from.checked_add(n)?)?;
+            std::str::from_utf8(s).ok().map(Box::from)
+        };
+        let topic = text(OP_HEADER, t)?;
+        let key = text(OP_HEADER + t, k)?;
+        let phx_ref = text(OP_HEADER + t + k, r)?;
+        let rest = OP_HEADER + t + k + r;
+        match b[1] {
+            0 => Some(Op::Track {
+                topic,
+                key,
+                meta: Meta {
+                    phx_ref,
+                    json: text(rest, b.len().checked_sub(rest)?)?,
+                },
+            }),
+            1 => Some(Op::Untrack {
+                topic,
+                key,
+                phx_ref,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One core's presence: the homes of the topics this core owns, its replicas of every presence
+/// topic it has subscribers for, the topics with changes not yet published (oldest first), and
+/// its ref generator.
+pub struct Tracker {
+    homes: HashMap<Box<str>, Home>,
+    replicas: HashMap<Box<str>, Replica>,
+    dirty: VecDeque<(Box<str>, Instant)>,
+    pub refs: Refs,
+}
+
+impl Tracker {
+    pub fn new(refs: Refs) -> Tracker {
+        Tracker {
+            homes: HashMap::new(),
+            replicas: HashMap::new(),
+            dirty: VecDeque::new(),
+            refs,
+        }
+    }
+
+    /// Take an op at the topic's home. False if it changed nothing (over `max`, unknown ref).
+    pub fn on_op(&mut self, op: Op, max: usize, now: Instant) -> bool {
+        let topic = op.topic();
+        let home = match self.homes.get_mut(topic) {
+            Some(h) => h,
+            None => self.homes.entry(Box::from(topic)).or_default(),
+        };
+        let was_clean = home.pending.is_empty();
+        let changed = match &op {
+            Op::Track { key, meta, .. } => home.track(key, meta.clone(), max),
+            Op::Untrack { key, phx_ref, .. } => home.untrack(key, phx_ref),
+        };
+        if changed && was_clean && !home.pending.is_empty() {
+            self.dirty.push_back((Box::from(topic), now));
+        }
+        if home.is_idle() {
+            self.homes.remove(topic);
+        }
+        changed
+    }
+
+    /// The diffs whose window (from their first change) has passed by `now`, as (topic, diff
+    /// JSON), in the order their changes began.
+    pub fn due(&mut self, now: Instant, window: std::time::Duration) -> Vec<(Box<str>, String)> {
+        let mut out = Vec::new();
+        while let Some((_, since)) = self.dirty.front() {
+            if now.duration_since(*since) < window {
+                break;
+            }
+            let Some((topic, _)) = self.dirty.pop_front() else {
+                break;
+            };
+            let Some(home) = self.homes.get_mut(&topic) else {
+                continue;
+            };
+            if let Some(diff) = home.take_diff() {
+                out.push((topic.clone(), diff.to_json()));
+            }
+            if home.is_idle() {
+                self.homes.remove(&topic);
+            }
+        }
+        out
+    }
+
+    /// A published diff reached this core: its replica of the topic takes it.
+    pub fn apply_published(&mut self, topic: &str, diff_json: &str) {
+        let Some(diff) = Diff::from_json(diff_json) else {
+            return;
+        };
+        let replica = match self.replicas.get_mut(topic) {
+            Some(r) => r,
+            None => self.replicas.entry(Box::from(topic)).or_default(),
+        };
+        replica.apply(&diff);
+        if replica.state.is_empty() {
+            self.replicas.remove(topic);
+        }
+    }
+
+    /// This core's view of `topic`'s state (`presence_state`'s payload).
+    pub fn state_json(&mut self, topic: &str) -> Arc<str> {
+        match self.replicas.get_mut(topic) {
+            Some(r) => r.state_json(),
+            None => Arc::from("{}"),
+        }
+    }
+
+    /// Entries in this core's view of `topic`.
+    pub fn entries(&self, topic: &str) -> usize {
+        self.replicas.get(topic).map_or(0, |r| r.state.entries())
+    }
+
+    /// Topics this core is home of, and their entries.
+    pub fn home_totals(&self) -> (usize, usize) {
+        let entries = self.homes.values().map(|h| h.state.entries()).sum();
+        (self.homes.len(), entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn meta(r: &str, extra: &str) -> Meta {
+        meta_from_payload(&format!(r#"{{"meta":{{{extra}}}}}"#), 1024, r, None).unwrap()
+    }
+
+    fn v(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn state_and_diff_have_phoenixs_shape() {
+        let mut home = Home::default();
+        assert!(home.track("alice", meta("r1", r#""s":"a""#), 10));
+        assert!(home.track("alice", meta("r2", ""), 10)); // a second tab
+        assert!(home.track("bob", meta("r3", ""), 10));
+        assert_eq!(
+            v(&home.state.to_json()),
+            json!({"alice": {"metas": [{"s": "a", "phx_ref": "r1"}, {"phx_ref": "r2"}]},
+                   "bob": {"metas": [{"phx_ref": "r3"}]}})
+        );
+        let diff = home.take_diff().unwrap();
+        assert_eq!(
+            v(&diff.to_json()),
+            json!({"joins": {"alice": {"metas": [{"s": "a", "phx_ref": "r1"}, {"phx_ref": "r2"}]},
+                             "bob": {"metas": [{"phx_ref": "r3"}]}},
+                   "leaves": {}})
+        );
+        assert!(home.take_diff().is_none(), "nothing new");
+        assert!(home.untrack("bob", "r3"));
+        assert_eq!(
+            v(&home.take_diff().unwrap().to_json()),
+            json!({"joins": {}, "leaves": {"bob": {"metas": [{"phx_ref": "r3"}]}}})
+        );
+    }
+
+    #[test]
+    fn a_join_and_leave_inside_one_window_cancel_out() {
+        let mut home = Home::default();
+        home.track("a", meta("r1", ""), 10);
+        home.take_diff();
+        home.track("b", meta("r2", ""), 10);
+        assert!(home.untrack("b", "r2"));
+        assert!(home.take_diff().is_none(), "b came and went unseen");
+        // An update inside the window of its own join: only the new meta is ever seen.
+        home.track("c", meta("r3", ""), 10);
+        home.untrack("c", "r3");
+        let updated =
+            meta_from_payload(r#"{"meta":{"s":"away"}}"#, 1024, "r4", Some("r3")).unwrap();
+        home.track("c", updated, 10);
+        assert_eq!(
+            v(&home.take_diff().unwrap().to_json()),
+            json!({"joins": {"c": {"metas": [{"s": "away", "phx_ref": "r4", "phx_ref_prev": "r3"}]}},
+                   "leaves": {}})
+        );
+        // An update of a meta already published: a leave of the old and a join of the new.
+        home.untrack("a", "r1");
+        home.track(
+            "a",
+            meta_from_payload("{}", 1024, "r5", Some("r1")).unwrap(),
+            10,
+        );
+        assert_eq!(
+            v(&home.take_diff().unwrap().to_json()),
+            json!({"joins": {"a": {"metas": [{"phx_ref": "r5", "phx_ref_prev": "r1"}]}},
+                   "leaves": {"a": {"metas": [{"phx_ref": "r1"}]}}})
+        );
+    }
+
+    #[test]
+    fn a_storm_of_joins_is_one_diff_per_window() {
+        let mut home = Home::default();
+        for i in 0..10_000 {
+            assert!(home.track(&format!("u{i}"), meta(&format!("r{i}"), ""), 100_000));
+        }
+        let diff = home.take_diff().unwrap();
+        assert_eq!(diff.joins.entries(), 10_000);
+        assert!(home.take_diff().is_none());
+        // Every replica fed the diff holds the home's state.
+        let mut replica = Replica::default();
+        replica.apply(&Diff::from_json(&diff.to_json()).unwrap());
+        assert_eq!(replica.state, home.state);
+        let a = replica.state_json();
+        assert!(Arc::ptr_eq(&a, &replica.state_json()), "built once, shared");
+    }
+
+    #[test]
+    fn bounds_refuse_and_change_nothing() {
+        let mut home = Home::default();
+        assert!(home.track("a", meta("r1", ""), 2));
+        assert!(home.track("b", meta("r2", ""), 2));
+        assert!(
+            !home.track("c", meta("r3", ""), 2),
+            "over max_presences_per_topic"
+        );
+        assert!(!home.track("a", meta("r1", ""), 9), "the same ref twice");
+        assert!(!home.untrack("a", "nope"));
+        assert_eq!(home.state.entries(), 2);
+        let big = format!(r#"{{"meta":{{"x":"{}"}}}}"#, "y".repeat(2000));
+        assert_eq!(
+            meta_from_payload(&big, 1024, "r", None),
+            Err(MetaError::TooLarge)
+        );
+        assert_eq!(
+            meta_from_payload(r#"{"meta":[1]}"#, 1024, "r", None),
+            Err(MetaError::NotAnObject)
+        );
+        // A client never chooses its refs.
+        let m = meta_from_payload(
+            r#"{"meta":{"phx_ref":"mine","phx_ref_prev":"x","k":1}}"#,
+            1024,
+            "srv",
+            None,
+        )
+        .unwrap();
+        assert_eq!(v(&m.json), json!({"k": 1, "phx_ref": "srv"}));
+    }
+
+    #[test]
+    fn replicas_apply_diffs_in_order_to_the_same_state() {
+        let mut home = Home::default();
+        let (mut r1, mut r2) = (Replica::default(), Replica::default());
+        let mut diffs = Vec::new();
+        for round in 0..20 {
+            for i in 0..5 {
+                home.track(
+                    &format!("k{}", (round + i) % 7),
+                    meta(&format!("{round}-{i}"), ""),
+                    1000,
+                );
+            }
+            if round > 2 {
+                let old = format!("{}-0", round - 2);
+                home.untrack(&format!("k{}", (round - 2) % 7), &old);
+            }
+            diffs.push(home.take_diff().unwrap().to_json());
+        }
+        for d in &diffs {
+            r1.apply(&Diff::from_json(d).unwrap());
+        }
+        for d in &diffs {
+            r2.apply(&Diff::from_json(d).unwrap());
+        }
+        assert_eq!(r1.state, home.state);
+        assert_eq!(r2.state, home.state);
+    }
+
+    #[test]
+    fn ops_round_trip_and_garbage_is_refused() {
+        for op in [
+            Op::Track {
+                topic: "room:é".into(),
+                key: "alice".into(),
+                meta: meta("abc", r#""s":1"#),
+            },
+            Op::Untrack {
+                topic: "t".into(),
+                key: "".into(),
+                phx_ref: "r".into(),
+            },
+        ] {
+            assert_eq!(Op::decode(&op.encode()), Some(op));
+        }
+        assert_eq!(Op::decode(&[OP_KIND, 0, 255, 255, 255, 255]), None);
+        let mut b = Op::Untrack {
+            topic: "t".into(),
+            key: "k".into(),
+            phx_ref: "r".into(),
+        }
+        .encode();
+        b[2] = 200; // topic length past the end
+        assert_eq!(Op::decode(&b), None);
+    }
+
+    #[test]
+    fn refs_are_16_url_safe_characters_and_unique() {
+        let mut a = Refs::new([7; 12], 0);
+        let mut b = Refs::new([7; 12], 1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            for r in [a.fresh(), b.fresh()] {
+                assert_eq!(r.len(), 16);
+                assert!(
+                    r.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                );
+                assert!(seen.insert(r));
+            }
+        }
+    }
+
+    #[test]
+    fn the_tracker_publishes_once_per_window_and_forgets_empty_topics() {
+        let t0 = Instant::now();
+        let w = std::time::Duration::from_millis(100);
+        let mut t = Tracker::new(Refs::new([1; 12], 0));
+        let track = |k: &str, r: &str| Op::Track {
+            topic: "room:1".into(),
+            key: k.into(),
+            meta: meta(r, ""),
+        };
+        assert!(t.on_op(track("a", "r1"), 10, t0));
+        assert!(t.on_op(track("b", "r2"), 10, t0 + w / 2));
+        assert!(t.due(t0 + w / 2, w).is_empty(), "the window is still open");
+        let due = t.due(t0 + w, w);
+        assert_eq!(due.len(), 1, "one diff for both joins");
+        t.apply_published("room:1", &due[0].1);
+        assert_eq!(t.entries("room:1"), 2);
+        assert_eq!(t.home_totals(), (1, 2));
+        for (k, r) in [("a", "r1"), ("b", "r2")] {
+            let op = Op::Untrack {
+                topic: "room:1".into(),
+                key: k.into(),
+                phx_ref: r.into(),
+            };
+            assert!(t.on_op(op, 10, t0 + 2 * w));
+        }
+        let due = t.due(t0 + 3 * w, w);
+        t.apply_published("room:1", &due[0].1);
+        assert_eq!(t.entries("room:1"), 0);
+        assert_eq!(t.home_totals(), (0, 0), "nothing kept for an empty topic");
+        assert_eq!(&*t.state_json("room:1"), "{}");
+    }
+
+    #[test]
+    fn every_topic_has_one_home() {
+        let homes: Vec<usize> = (0..1000)
+            .map(|i| home_of(&format!("room:{i}"), 2))
+            .collect();
+        assert!(homes.iter().all(|&h| h < 2));
+        assert!(homes.iter().filter(|&&h| h == 0).count() > 400, "spread");
+        assert_eq!(home_of("room:1", 2), home_of("room:1", 2));
+        assert_eq!(home_of("x", 1), 0);
+    }
+}
