@@ -66,6 +66,19 @@ impl BadBody {
     }
 }
 
+/// `GET /api/presence?topic=...`: the topic's presences as this core knows them (every core
+/// holds the same state, as of the last diff it delivered), in `presence_state`'s shape.
+pub fn presence(hub: &Hub, query: &str) -> Answer {
+    let Some(topic) = crate::proto::handshake::query_param(query, "topic") else {
+        return Answer::json(400, r#"{"error":"topic parameter required"}"#);
+    };
+    if !hub.shard.cfg.presence_topic(&topic) {
+        return Answer::json(404, r#"{"error":"not a presence topic (see presence)"}"#);
+    }
+    let state = hub.presence.borrow_mut().state_json(&topic);
+    Answer::json(200, &state)
+}
+
 /// `POST /api/broadcast`: the body of a request [`crate::http::plan`] accepted (caller allowed,
 /// JSON or NDJSON, within the size bounds). One publication `{"topic", "event", "payload"}`, or
 /// a batch: a JSON array of them, or NDJSON, one per line. Every publication is checked before

@@ -230,6 +230,42 @@ const CHANNEL_SERIES: &[Series<Counters>] = &[
         "Broadcast frames encoded: one per publication per wire format with subscribers on the core.",
         |c| &c.encodes,
     ),
+    (
+        "corecast_presence_topics",
+        "gauge",
+        "Presence topics this core is the home of.",
+        |c| &c.presence_topics,
+    ),
+    (
+        "corecast_presence_entries",
+        "gauge",
+        "Presences (metas) of the topics this core is the home of.",
+        |c| &c.presence_entries,
+    ),
+    (
+        "corecast_presence_diffs_total",
+        "counter",
+        "presence_diff publications (one per topic per window with changes).",
+        |c| &c.presence_diffs,
+    ),
+    (
+        "corecast_presence_tracks_total",
+        "counter",
+        "Presences added, at their topic's home core.",
+        |c| &c.presence_tracks,
+    ),
+    (
+        "corecast_presence_untracks_total",
+        "counter",
+        "Presences removed, at their topic's home core.",
+        |c| &c.presence_untracks,
+    ),
+    (
+        "corecast_presence_refused_total",
+        "counter",
+        "Presences refused: joins past max_presences_per_topic (and tracks the home refused).",
+        |c| &c.presence_refused,
+    ),
 ];
 
 /// Write one block per series, one line per core.

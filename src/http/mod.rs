@@ -59,6 +59,8 @@ pub enum Plan {
     Phoenix,
     /// `/echo` (only with `echo`): the upgrade.
     Echo,
+    /// `GET /api/presence?topic=...` (the caller is allowed).
+    Presence,
     /// An API call: reserve `len` bytes of the core's body budget, read the body, then answer.
     Body {
         api: Api,
@@ -184,6 +186,10 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
     }
     let api = match req.path.as_str() {
         "/api/broadcast" => Api::Broadcast,
+        "/api/presence" if req.method == "GET" || req.method == "HEAD" => return Plan::Presence,
+        "/api/presence" => {
+            return Plan::Refuse(Refusal::new(405, "use GET", true).with(&[("Allow", "GET")]));
+        }
         _ => return refuse(404, "no such API endpoint"),
     };
     if req.method != "POST" {
