@@ -202,6 +202,7 @@ def storm(args, bench_bin, server_bin, out_dir, label, topic, plain):
             f"presence_diff_window_ms = {args.window_ms}\n"
             f"max_messages_per_sec = {args.max_messages_per_sec}\n"
             f"idle_timeout_ms = {(args.agree_timeout + 120) * 1000}\n"
+            f"handshake_timeout_ms = {args.handshake_timeout_ms}\n"
             + "".join(f"{line}\n" for line in args.server_config)
         )
     server = Server(server_bin, cfg, out_dir, label)
@@ -211,6 +212,8 @@ def storm(args, bench_bin, server_bin, out_dir, label, topic, plain):
         log(f"{label}: server pid {pid} on {server.addr}, {args.sockets} sockets on {topic} "
             f"from {args.procs} processes")
         time.sleep(0.5)
+        with open("/proc/loadavg") as f:
+            loadavg = f.read().split()[:3]
         before = {"rss": rss_bytes(pid), "cpu": cpu_secs(pid), "metrics": metrics(server.addr)}
         n, k = args.sockets, args.procs
         counts = [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -222,12 +225,13 @@ def storm(args, bench_bin, server_bin, out_dir, label, topic, plain):
             cmd = [bench_bin, "presence", "--url", url, "-n", str(counts[i]),
                    "--first", str(first), "--index", str(i), "--source-ips", slices[i],
                    "--topic", topic, "--expect-keys", str(n), "--start-at-ns", str(start_ns),
-                   "--max-inflight", str(args.inflight), "--agree-timeout-secs",
+                   "--max-inflight", str(args.inflight),
+                   "--connect-timeout-ms", str(args.connect_timeout_ms), "--agree-timeout-secs",
                    str(args.agree_timeout), "--hold-secs", str(args.agree_timeout + 120)]
             if plain:
                 cmd.append("--plain")
-            if args.no_diff_cache:
-                cmd.append("--no-diff-cache")
+            if args.no_parse_cache:
+                cmd.append("--no-parse-cache")
             clients.append(Client(cmd, os.path.join(out_dir, f"client-{label}-{i}.log")))
             first += counts[i]
         deadline = time.monotonic() + args.lead_secs + args.agree_timeout + 30
@@ -244,8 +248,10 @@ def storm(args, bench_bin, server_bin, out_dir, label, topic, plain):
         for c in clients:
             c.end(10)
         clients = []
-        return summarize(args, label, topic, plain, start_ns, before, after, ready, done,
-                         keys_on_server)
+        out = summarize(args, label, topic, plain, start_ns, before, after, ready, done,
+                        keys_on_server)
+        out["loadavg_before"] = loadavg
+        return out
     finally:
         for c in clients:
             c.release()
@@ -299,7 +305,7 @@ def summarize(args, label, topic, plain, start_ns, before, after, ready, done, k
         "views_over_expected": tot("views_over_expected"),
         "max_keys_seen": max(r["max_keys_seen"] for r in ready),
         "distinct_diffs_seen_by_one_process": max(r["diff_cache"]["misses"] for r in ready)
-        if not args.no_diff_cache else None,
+        if not args.no_parse_cache else None,
         "diffs_between_ready_and_stop": sum((d or {}).get("diffs_between_ready_and_stop", 0)
                                             for d in done),
         "presence_keys_on_server": keys_on_server,
@@ -324,13 +330,18 @@ def main():
     ap.add_argument("--window-ms", type=int, default=100)
     ap.add_argument("--max-messages-per-sec", type=int, default=100000)
     ap.add_argument("--inflight", type=int, default=500, help="connects in flight per process")
+    ap.add_argument("--connect-timeout-ms", type=int, default=60000,
+                    help="client bound on connect + upgrade + join reply")
+    ap.add_argument("--handshake-timeout-ms", type=int, default=60000,
+                    help="server's handshake_timeout_ms (default config: 10,000)")
     ap.add_argument("--agree-timeout", type=int, default=120, help="seconds, per storm")
     ap.add_argument("--lead-secs", type=float, default=2.0, help="start processes, then storm")
     ap.add_argument("--settle-secs", type=float, default=2.0, help="before sampling the server")
     ap.add_argument("--pause-secs", type=float, default=5.0, help="between the two storms")
     ap.add_argument("--server-config", action="append", default=[],
                     help="an extra TOML line for the server's config (repeatable)")
-    ap.add_argument("--no-diff-cache", action="store_true", help="clients parse every diff")
+    ap.add_argument("--no-parse-cache", action="store_true",
+                    help="clients parse every diff and state on its socket")
     ap.add_argument("--skip-plain", action="store_true", help="no plain-topic baseline storm")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--report-root", default=os.path.join(ROOT, "reports", "presence"))

@@ -169,11 +169,13 @@ pub struct PresenceArgs {
     /// cost baseline); the first line comes once every socket has joined or failed.
     #[arg(long)]
     pub plain: bool,
-    /// Parse every presence_diff on every socket. By default a process parses each distinct
-    /// diff text once (every member of a topic is sent the same bytes) and applies the parsed
-    /// diff to each socket's own view, so the generator's CPU stays off the measured path.
+    /// Parse every presence_diff and presence_state on its socket. By default a process
+    /// parses each distinct payload text once (every member of a topic is sent the same diff
+    /// bytes, and the joiners a core answers between two diffs the same state bytes) and
+    /// applies the parsed payload to each socket's own view, so the generator's CPU stays off
+    /// the measured path as far as it can.
     #[arg(long)]
-    pub no_diff_cache: bool,
+    pub no_parse_cache: bool,
 }
 
 /// How publishers reach the server.

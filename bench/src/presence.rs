@@ -16,10 +16,10 @@
 //!
 //! A view is cheap: keys and `phx_ref`s are interned once per process to u32 ids, and a view is
 //! one u32 per key (the key's only `phx_ref`), with a side map for the rare key with several
-//! metas. By default each distinct diff text is parsed once per process and the parsed diff is
-//! applied to every socket's own view (every member is sent the same bytes); `--no-diff-cache`
-//! parses it on every socket. `presence_state`, which differs from joiner to joiner, is always
-//! parsed on its socket.
+//! metas. By default each distinct payload text is parsed once per process (keyed by its
+//! length and a 128-bit hash) and the parsed payload is applied to every socket's own view:
+//! every member is sent the same diff bytes, and the joiners a core answers between two diffs
+//! the same state bytes. `--no-parse-cache` parses every payload on its socket.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -160,11 +160,11 @@ impl View {
 /// Key and `phx_ref` strings to small ids (from 1), one table each, shared by a process.
 #[derive(Default)]
 pub struct Interner {
-    keys: HashMap<Box<str>, u32>,
-    refs: HashMap<Box<str>, u32>,
+    keys: HashMap<Box<str>, u32, FxBuild>,
+    refs: HashMap<Box<str>, u32, FxBuild>,
 }
 
-fn intern(map: &mut HashMap<Box<str>, u32>, s: &str) -> u32 {
+fn intern(map: &mut HashMap<Box<str>, u32, FxBuild>, s: &str) -> u32 {
     if let Some(&id) = map.get(s) {
         return id;
     }
@@ -262,67 +262,83 @@ pub fn parse_diff(payload: &str, it: &Mutex<Interner>) -> Result<Parsed, serde_j
     })
 }
 
-/// A fast non-cryptographic hash of a diff's text (the cache compares the text on a hit).
-fn text_hash(s: &str) -> u64 {
+/// Two 64-bit hashes of a text in one pass, with its length: the parse cache's key (a collision
+/// among the few hundred texts of a storm is out of reach; the text itself is not kept).
+fn text_key(s: &str) -> (usize, u64, u64) {
+    const K1: u64 = 0x517c_c1b7_2722_0a95;
+    const K2: u64 = 0x9e37_79b9_7f4a_7c15;
     let b = s.as_bytes();
-    let mut h: u64 = b.len() as u64;
+    let (mut h1, mut h2) = (b.len() as u64, !(b.len() as u64));
     let mut chunks = b.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-        h = (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+        h1 = (h1.rotate_left(5) ^ w).wrapping_mul(K1);
+        h2 = (h2 ^ w).wrapping_mul(K2).rotate_left(29);
     }
     for &x in chunks.remainder() {
-        h = (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        h1 = (h1.rotate_left(5) ^ u64::from(x)).wrapping_mul(K1);
+        h2 = (h2 ^ u64::from(x)).wrapping_mul(K2).rotate_left(29);
     }
-    h
+    (b.len(), h1, h2 ^ (h2 >> 31))
 }
 
-/// Diffs of one text hash: their text and what it parses to.
-type SameHash = Vec<(Box<str>, Arc<Parsed>)>;
+/// A fast hasher for the interner's short keys and the cache's already-hashed keys.
+#[derive(Default, Clone, Copy)]
+pub struct Fx(u64);
 
-/// Parsed diffs by their exact text.
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &x in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+pub type FxBuild = std::hash::BuildHasherDefault<Fx>;
+
+/// Parsed payloads by their text's key. Every member of a topic is sent the same diff bytes,
+/// and the joiners a core answers between two diffs are sent the same state bytes, so a storm
+/// has a few hundred distinct texts for millions of receipts.
 #[derive(Default)]
-pub struct DiffCache {
-    by_hash: HashMap<u64, SameHash>,
-    entries: usize,
+pub struct ParseCache {
+    map: HashMap<(usize, u64, u64), Arc<Parsed>, FxBuild>,
     pub hits: u64,
     pub misses: u64,
 }
 
-/// Entries kept before the cache starts over (a storm publishes a few hundred diffs).
+/// Entries kept before a cache starts over.
 const CACHE_MAX: usize = 4096;
 
-impl DiffCache {
+impl ParseCache {
     pub fn get_or_parse(
-        cache: &Mutex<DiffCache>,
+        cache: &Mutex<ParseCache>,
         payload: &str,
-        it: &Mutex<Interner>,
+        parse: impl FnOnce(&str) -> Result<Parsed, serde_json::Error>,
     ) -> Result<Arc<Parsed>, serde_json::Error> {
-        let h = text_hash(payload);
+        let key = text_key(payload);
         {
             let mut c = lock(cache);
-            if let Some(p) = c
-                .by_hash
-                .get(&h)
-                .and_then(|v| v.iter().find(|(t, _)| &**t == payload))
-                .map(|(_, p)| p.clone())
-            {
+            if let Some(p) = c.map.get(&key).cloned() {
                 c.hits += 1;
                 return Ok(p);
             }
         }
-        let p = Arc::new(parse_diff(payload, it)?);
+        let p = Arc::new(parse(payload)?);
         let mut c = lock(cache);
         c.misses += 1;
-        if c.entries >= CACHE_MAX {
-            c.by_hash.clear();
-            c.entries = 0;
+        if c.map.len() >= CACHE_MAX {
+            c.map.clear();
         }
-        c.entries += 1;
-        c.by_hash
-            .entry(h)
-            .or_default()
-            .push((payload.into(), p.clone()));
+        c.map.insert(key, p.clone());
         Ok(p)
     }
 }
@@ -366,7 +382,8 @@ struct Shared {
     start_ns: u64,
     expect: usize,
     intern: Mutex<Interner>,
-    cache: Mutex<DiffCache>,
+    diff_cache: Mutex<ParseCache>,
+    state_cache: Mutex<ParseCache>,
     c: Counters,
     failures: Mutex<BTreeMap<String, u64>>,
     drops: Mutex<BTreeMap<String, u64>>,
@@ -472,7 +489,14 @@ impl Sock {
             "presence_state" => {
                 c.states.fetch_add(1, Relaxed);
                 c.state_bytes.fetch_add(text.len() as u64, Relaxed);
-                let Ok(p) = parse_state(payload.get(), &sh.intern) else {
+                let parsed = if sh.args.no_parse_cache {
+                    parse_state(payload.get(), &sh.intern).map(Arc::new)
+                } else {
+                    ParseCache::get_or_parse(&sh.state_cache, payload.get(), |t| {
+                        parse_state(t, &sh.intern)
+                    })
+                };
+                let Ok(p) = parsed else {
                     c.malformed.fetch_add(1, Relaxed);
                     return Next::Continue;
                 };
@@ -486,10 +510,12 @@ impl Sock {
             "presence_diff" => {
                 c.diffs.fetch_add(1, Relaxed);
                 c.diff_bytes.fetch_add(text.len() as u64, Relaxed);
-                let parsed = if sh.args.no_diff_cache {
+                let parsed = if sh.args.no_parse_cache {
                     parse_diff(payload.get(), &sh.intern).map(Arc::new)
                 } else {
-                    DiffCache::get_or_parse(&sh.cache, payload.get(), &sh.intern)
+                    ParseCache::get_or_parse(&sh.diff_cache, payload.get(), |t| {
+                        parse_diff(t, &sh.intern)
+                    })
                 };
                 let Ok(d) = parsed else {
                     c.malformed.fetch_add(1, Relaxed);
@@ -650,7 +676,7 @@ fn emit(v: &Value) {
 fn counts(sh: &Shared) -> Value {
     let c = &sh.c;
     let l = |a: &AtomicU64| a.load(Relaxed);
-    let cache = lock(&sh.cache);
+    let (dc, sc) = (lock(&sh.diff_cache), lock(&sh.state_cache));
     serde_json::json!({
         "attempted": l(&c.attempted),
         "joined": l(&c.joined),
@@ -671,7 +697,9 @@ fn counts(sh: &Shared) -> Value {
         "max_keys_seen": l(&c.max_keys),
         "views_over_expected": l(&c.over_full),
         "distinct_keys_seen": lock(&sh.intern).keys(),
-        "diff_cache": {"enabled": !sh.args.no_diff_cache, "hits": cache.hits, "misses": cache.misses},
+        "parse_cache": {"enabled": !sh.args.no_parse_cache},
+        "diff_cache": {"hits": dc.hits, "misses": dc.misses},
+        "state_cache": {"hits": sc.hits, "misses": sc.misses},
         "failures": lock(&sh.failures).clone(),
         "drops": lock(&sh.drops).clone(),
     })
@@ -699,7 +727,8 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
         start_ns,
         expect,
         intern: Mutex::default(),
-        cache: Mutex::default(),
+        diff_cache: Mutex::default(),
+        state_cache: Mutex::default(),
         c: Counters::default(),
         failures: Mutex::default(),
         drops: Mutex::default(),
@@ -935,17 +964,20 @@ mod tests {
     #[test]
     fn the_cache_parses_a_text_once() {
         let it = it();
-        let cache = Mutex::<DiffCache>::default();
+        let cache = Mutex::<ParseCache>::default();
         let d1 = format!(r#"{{"joins":{{"a":{}}},"leaves":{{}}}}"#, meta("r1"));
         let d2 = format!(r#"{{"joins":{{"b":{}}},"leaves":{{}}}}"#, meta("r2"));
-        let p1 = DiffCache::get_or_parse(&cache, &d1, &it).unwrap();
-        let p1b = DiffCache::get_or_parse(&cache, &d1, &it).unwrap();
-        let p2 = DiffCache::get_or_parse(&cache, &d2, &it).unwrap();
+        let get = |d: &str| ParseCache::get_or_parse(&cache, d, |t| parse_diff(t, &it)).unwrap();
+        let p1 = get(&d1);
+        let p1b = get(&d1);
+        let p2 = get(&d2);
         assert!(Arc::ptr_eq(&p1, &p1b));
         assert_ne!(*p1, *p2);
         let c = lock(&cache);
         assert_eq!((c.hits, c.misses), (1, 2));
-        assert_ne!(text_hash("abcdefgh1"), text_hash("abcdefgh2"));
+        assert_ne!(text_key("abcdefgh1"), text_key("abcdefgh2"));
+        assert_ne!(text_key("abcdefgh"), text_key("abcdefgh\0"));
+        assert_ne!(text_key("ab"), text_key("ba"));
     }
 
     #[test]
