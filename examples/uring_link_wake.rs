@@ -84,14 +84,15 @@ fn run(mode: &str, sleep: Duration, p: &Probe, start: Instant, stop: &AtomicBool
         // Wait until the timer's completion is seen (directly, or through the link's poll).
         let mut done = false;
         while !done {
-            main.submit_and_wait(1).or_else(|e| {
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    Ok(0)
-                } else {
-                    Err(e)
-                }
-            })
-            .unwrap();
+            main.submit_and_wait(1)
+                .or_else(|e| {
+                    if e.raw_os_error() == Some(libc::EINTR) {
+                        Ok(0)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .unwrap();
             for c in main.completion() {
                 match c.user_data() {
                     TIMEOUT | LINK => done = true,

@@ -41,6 +41,9 @@ struct SimArgs {
     /// Topics the connections are spread over; the broadcast goes to topic 0.
     #[arg(long, default_value_t = 1)]
     topics: usize,
+    /// Every connection is tracked in its topic's presence (anonymous keys, a small meta).
+    #[arg(long)]
+    presence: bool,
 }
 
 #[derive(Args)]
@@ -106,7 +109,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Sim(args) => {
-            let r = corecast::sim::run(args.conns, args.cores, args.topics);
+            let r = corecast::sim::run(args.conns, args.cores, args.topics, args.presence);
             println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             Ok(())
         }

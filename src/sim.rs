@@ -35,6 +35,10 @@ pub struct SimReport {
     pub connections: usize,
     pub cores: usize,
     pub topics: usize,
+    /// Every connection tracked in its topic's presence (`--presence`).
+    pub presence: bool,
+    /// Presence entries held after every diff went out (home state on each core).
+    pub presence_entries: u64,
     /// Process RSS growth per connection after every connection joined (allocator included).
     pub rss_bytes_per_conn: f64,
     /// Static sizes: slot + connection state + topic entry, before heap.
@@ -51,12 +55,24 @@ pub struct SimReport {
 }
 
 /// Run the simulation: `connections` spread evenly over `cores`, joined round-robin to `topics`
-/// topics; the broadcast goes to topic 0 (with `topics == 1`, to everybody).
-pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
+/// topics; the broadcast goes to topic 0 (with `topics == 1`, to everybody). With `presence`,
+/// every join is tracked (anonymous key, meta `{"n": i}`) and each core publishes its diffs
+/// before RSS is read, so the figure holds the presence state as it stays: the home's state and
+/// the core's replica. (Without a mesh each core is the home of its own members' presences; a
+/// real server with C cores keeps one home copy and C replica copies of each entry.)
+pub fn run(connections: usize, cores: usize, topics: usize, presence: bool) -> SimReport {
     let cores = cores.max(1);
     let topics = topics.max(1);
     let cfg = Config {
         max_channels: 1,
+        presence: if presence {
+            vec!["room:*".into()]
+        } else {
+            Vec::new()
+        },
+        presence_anonymous: true,
+        presence_diff_window_ms: 1,
+        max_presences_per_topic: usize::MAX,
         ..Config::default()
     };
     let shared = Arc::new(Shared {
@@ -94,10 +110,13 @@ pub fn run(connections: usize, cores: usize, topics: usize) -> SimReport {
         deliveries += d;
         frame_bytes = frame_bytes.max(f);
     }
+    let presence_entries = channels.total(|c| &c.presence_entries);
     SimReport {
         connections,
         cores,
         topics,
+        presence,
+        presence_entries,
         rss_bytes_per_conn: (rss1.saturating_sub(rss0)) as f64 / connections.max(1) as f64,
         slot_bytes: std::mem::size_of::<crate::runtime::shard::Slot>(),
         conn_state_bytes: std::mem::size_of::<VirtualConn>(),
@@ -128,7 +147,10 @@ fn core_sim(
             decoder: Decoder::new(),
             session: Session::new(None),
         };
-        let join = format!(r#"["{i}","{i}","room:{}","phx_join",{{}}]"#, i % topics);
+        let join = format!(
+            r#"["{i}","{i}","room:{}","phx_join",{{"meta":{{"n":{i}}}}}]"#,
+            i % topics
+        );
         let ctx = Ctx {
             hub: &hub,
             key,
@@ -138,6 +160,15 @@ fn core_sim(
         shard.drain_queue(key, |_| {}); // the join reply goes to the null sink
         conns.push(vc);
         keys.push(key);
+    }
+    if shard.cfg.presence_topic("room:0") {
+        // The window passes; the diffs go out (queued on the members, drained to the sink).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        hub.on_tick();
+        for &key in &keys {
+            shard.drain_queue(key, |_| {});
+        }
+        crate::runtime::sys::release_free_memory();
     }
     barrier.wait(); // joined
     barrier.wait(); // go
@@ -167,10 +198,17 @@ mod tests {
 
     #[test]
     fn every_subscriber_gets_the_broadcast_once() {
-        let r = run(10_000, 2, 1);
+        let r = run(10_000, 2, 1, false);
         assert_eq!(r.deliveries, 10_000);
-        let r = run(10_000, 2, 4);
+        let r = run(10_000, 2, 4, false);
         assert_eq!(r.deliveries, 2_500, "only topic 0's subscribers");
         assert!(r.frame_bytes > 40);
+    }
+
+    #[test]
+    fn with_presence_every_connection_is_one_entry_and_still_gets_the_broadcast() {
+        let r = run(10_000, 2, 10, true);
+        assert_eq!(r.presence_entries, 10_000);
+        assert_eq!(r.deliveries, 1_000, "topic 0's members");
     }
 }

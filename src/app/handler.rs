@@ -28,6 +28,58 @@ pub struct Socket<'a> {
     pub user: Option<&'a str>,
     /// The core serving the socket.
     pub core: usize,
+    /// Where presence changes asked for during this call go (on a presence topic, in `join` and
+    /// `handle_in`; elsewhere `None` and the calls below do nothing).
+    pub presence: Option<&'a std::cell::RefCell<Vec<PresenceChange>>>,
+}
+
+/// A presence change a handler asks for on the channel it is called for (Phoenix's
+/// `Presence.track/untrack/update` with the channel's socket). The channel's presences end with
+/// it (leave, close, crash) like everything else of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// Track the channel under `key` with `meta` (a JSON object; `phx_ref` is the server's).
+    Track { key: String, meta: String },
+    /// Stop tracking the channel under `key`.
+    Untrack { key: String },
+    /// Replace the channel's meta under `key` (a join of the new meta with `phx_ref_prev`, a
+    /// leave of the old).
+    Update { key: String, meta: String },
+}
+
+impl Socket<'_> {
+    fn ask(&self, change: PresenceChange) -> bool {
+        match self.presence {
+            Some(p) => {
+                p.borrow_mut().push(change);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Track this channel in the topic's presence under `key` with `meta` (a JSON object, at
+    /// most `max_presence_meta_bytes`). Called in `join`, it replaces the default tracking
+    /// (the token's subject). False if the topic is not a presence topic.
+    pub fn track(&self, key: &str, meta: &str) -> bool {
+        self.ask(PresenceChange::Track {
+            key: key.into(),
+            meta: meta.into(),
+        })
+    }
+
+    /// Stop tracking this channel under `key`.
+    pub fn untrack(&self, key: &str) -> bool {
+        self.ask(PresenceChange::Untrack { key: key.into() })
+    }
+
+    /// Replace this channel's meta under `key`.
+    pub fn update(&self, key: &str, meta: &str) -> bool {
+        self.ask(PresenceChange::Update {
+            key: key.into(),
+            meta: meta.into(),
+        })
+    }
 }
 
 /// What to answer to a push.

@@ -88,6 +88,9 @@ pub struct Hub {
     pub topics: RefCell<Topics>,
     /// This core's presence (see `pubsub::presence`).
     pub presence: RefCell<Tracker>,
+    /// The time of the core's last tick: a presence change is stamped with it, so the tick after
+    /// the window publishes it (a change is out within a window of the tick it came in).
+    presence_clock: std::cell::Cell<std::time::Instant>,
 }
 
 impl Hub {
@@ -101,6 +104,7 @@ impl Hub {
             ))),
             shared,
             topics: RefCell::new(Topics::new()),
+            presence_clock: std::cell::Cell::new(std::time::Instant::now()),
         })
     }
 
@@ -232,7 +236,7 @@ impl Hub {
         let changed = self
             .presence
             .borrow_mut()
-            .on_op(op, max, std::time::Instant::now());
+            .on_op(op, max, self.presence_clock.get());
         match (changed, track) {
             (true, true) => Stats::bump(&self.counters.presence_tracks),
             (true, false) => Stats::bump(&self.counters.presence_untracks),
@@ -244,11 +248,15 @@ impl Hub {
     /// Every tick: publish the presence diffs whose window has passed (as their topics' home),
     /// and refresh the presence gauges.
     pub fn on_tick(&self) {
-        let window = std::time::Duration::from_millis(self.shard.cfg.presence_diff_window_ms);
-        let due = self
-            .presence
-            .borrow_mut()
-            .due(std::time::Instant::now(), window);
+        let now = std::time::Instant::now();
+        self.presence_clock.set(now);
+        // Ticks come every 100 ms, give or take: half a tick of slack, so that a 100 ms window
+        // is one tick, not sometimes two.
+        let window = std::time::Duration::from_millis(self.shard.cfg.presence_diff_window_ms)
+            .saturating_sub(crate::runtime::wheel::TICK / 2);
+        // A diff's frame stays small next to a subscriber's queue bound, whatever the storm.
+        let chunk = (self.shard.cfg.out_queue_max_bytes / 8).clamp(4 << 10, 64 << 10);
+        let due = self.presence.borrow_mut().due(now, window, chunk);
         for (topic, diff) in due {
             Stats::bump(&self.counters.presence_diffs);
             self.publish(Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));

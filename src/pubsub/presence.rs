@@ -17,36 +17,114 @@
 //! the last diff its core delivered, then every later diff: the same sequence everywhere.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// One meta: its `phx_ref` and the whole meta object as JSON text (the ref included).
+/// A `phx_ref`: 16 url-safe characters, kept inline (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Ref([u8; 16]);
+
+impl Ref {
+    /// A ref from its text; `None` unless it is 16 url-safe characters.
+    pub fn parse(s: &str) -> Option<Ref> {
+        let b: [u8; 16] = s.as_bytes().try_into().ok()?;
+        b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+            .then_some(Ref(b))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only url-safe ASCII is ever stored (see `parse` and `Refs`).
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+/// What one entry of a key's metas is written as.
+pub trait Entry: Clone + std::fmt::Debug + PartialEq {
+    fn phx_ref(&self) -> Ref;
+    fn write_json(&self, out: &mut String);
+}
+
+/// One meta as the home keeps it: its refs inline, and the client's (or handler's) fields as
+/// the inside of a JSON object (`"status":"away"`), empty (no allocation) when there are none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
-    pub phx_ref: Box<str>,
-    pub json: Box<str>,
+    pub phx_ref: Ref,
+    pub prev: Option<Ref>,
+    pub fields: Box<str>,
+}
+
+impl Entry for Meta {
+    fn phx_ref(&self) -> Ref {
+        self.phx_ref
+    }
+
+    /// `{fields,"phx_ref":"...","phx_ref_prev":"..."}`.
+    fn write_json(&self, out: &mut String) {
+        out.push('{');
+        out.push_str(&self.fields);
+        if !self.fields.is_empty() {
+            out.push(',');
+        }
+        out.push_str("\"phx_ref\":\"");
+        out.push_str(self.phx_ref.as_str());
+        out.push('"');
+        if let Some(prev) = self.prev {
+            out.push_str(",\"phx_ref_prev\":\"");
+            out.push_str(prev.as_str());
+            out.push('"');
+        }
+        out.push('}');
+    }
 }
 
 impl Meta {
-    /// Heap bytes this meta holds.
-    pub fn bytes(&self) -> usize {
-        self.phx_ref.len() + self.json.len()
+    /// The whole meta object as JSON.
+    pub fn json(&self) -> String {
+        let mut s = String::new();
+        self.write_json(&mut s);
+        s
+    }
+}
+
+/// One meta as a replica keeps it: read from a published diff, its JSON text as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub phx_ref: Ref,
+    pub json: Box<str>,
+}
+
+impl Entry for Seen {
+    fn phx_ref(&self) -> Ref {
+        self.phx_ref
+    }
+
+    fn write_json(&self, out: &mut String) {
+        out.push_str(&self.json);
     }
 }
 
 /// Presences by key, each key's metas in the order they joined.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Metas {
-    keys: BTreeMap<Box<str>, Vec<Meta>>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metas<M: Entry> {
+    keys: BTreeMap<Box<str>, Vec<M>>,
     entries: usize,
 }
 
-impl Metas {
-    pub fn add(&mut self, key: &str, meta: Meta) {
+impl<M: Entry> Default for Metas<M> {
+    fn default() -> Self {
+        Metas {
+            keys: BTreeMap::new(),
+            entries: 0,
+        }
+    }
+}
+
+impl<M: Entry> Metas<M> {
+    pub fn add(&mut self, key: &str, meta: M) {
         match self.keys.get_mut(key) {
             Some(v) => v.push(meta),
             None => {
@@ -57,15 +135,21 @@ impl Metas {
     }
 
     /// Remove the meta `phx_ref` of `key`, if there.
-    pub fn remove(&mut self, key: &str, phx_ref: &str) -> Option<Meta> {
+    pub fn remove(&mut self, key: &str, phx_ref: Ref) -> Option<M> {
         let metas = self.keys.get_mut(key)?;
-        let i = metas.iter().position(|m| &*m.phx_ref == phx_ref)?;
+        let i = metas.iter().position(|m| m.phx_ref() == phx_ref)?;
         let meta = metas.remove(i);
         if metas.is_empty() {
             self.keys.remove(key);
         }
         self.entries -= 1;
         Some(meta)
+    }
+
+    pub fn has(&self, key: &str, phx_ref: Ref) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|v| v.iter().any(|m| m.phx_ref() == phx_ref))
     }
 
     /// Metas (entries), over all keys.
@@ -78,48 +162,70 @@ impl Metas {
     }
 
     /// Keys and their metas, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Meta])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[M])> {
         self.keys.iter().map(|(k, v)| (&**k, v.as_slice()))
     }
 
     /// `{key: {"metas": [...]}, ...}`.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(2 + self.entries * 64);
-        self.write_json(&mut out);
+        write_metas(self.iter(), &mut out);
         out
     }
+}
 
-    fn write_json(&self, out: &mut String) {
-        out.push('{');
-        for (i, (key, metas)) in self.keys.iter().enumerate() {
-            if i > 0 {
+/// `{key: {"metas": [...]}, ...}` of some keys.
+fn write_metas<'a, M: Entry + 'a>(
+    keys: impl Iterator<Item = (&'a str, &'a [M])>,
+    out: &mut String,
+) {
+    out.push('{');
+    for (i, (key, metas)) in keys.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push_str(":{\"metas\":[");
+        for (j, m) in metas.iter().enumerate() {
+            if j > 0 {
                 out.push(',');
             }
-            let _ = write!(
-                out,
-                "{}:{{\"metas\":[",
-                serde_json::to_string(&**key).unwrap_or_default()
-            );
-            for (j, m) in metas.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                out.push_str(&m.json);
-            }
-            out.push_str("]}");
+            m.write_json(out);
         }
-        out.push('}');
+        out.push_str("]}");
+    }
+    out.push('}');
+}
+
+/// Bytes a key's entry takes in a diff's JSON, near enough to cut diffs by size.
+fn json_cost<M: Entry>(key: &str, metas: &[M]) -> usize {
+    let mut s = String::new();
+    for m in metas {
+        m.write_json(&mut s);
+    }
+    key.len() + 16 + s.len() + metas.len()
+}
+
+/// A key and its metas, borrowed.
+type KeyMetas<'a, M> = (&'a str, &'a [M]);
+
+/// The changes of one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diff<M: Entry> {
+    pub joins: Metas<M>,
+    pub leaves: Metas<M>,
+}
+
+impl<M: Entry> Default for Diff<M> {
+    fn default() -> Self {
+        Diff {
+            joins: Metas::default(),
+            leaves: Metas::default(),
+        }
     }
 }
 
-/// The changes of one window.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Diff {
-    pub joins: Metas,
-    pub leaves: Metas,
-}
-
-impl Diff {
+impl<M: Entry> Diff<M> {
     pub fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty()
     }
@@ -127,44 +233,82 @@ impl Diff {
     /// `{"joins": {...}, "leaves": {...}}` (both always there).
     pub fn to_json(&self) -> String {
         let mut out = String::from("{\"joins\":");
-        self.joins.write_json(&mut out);
+        write_metas(self.joins.iter(), &mut out);
         out.push_str(",\"leaves\":");
-        self.leaves.write_json(&mut out);
+        write_metas(self.leaves.iter(), &mut out);
         out.push('}');
         out
     }
 
+    /// The diff as JSON texts of at most about `max_bytes` each (a key's metas are never
+    /// split; joins before leaves): a big storm's diff stays well under every subscriber's
+    /// `out_queue_max_bytes`. Applied in order, they leave every view where the one diff would.
+    pub fn to_json_chunks(&self, max_bytes: usize) -> Vec<String> {
+        let mut chunks = Vec::new();
+        let mut joins: Vec<KeyMetas<'_, M>> = Vec::new();
+        let mut leaves: Vec<KeyMetas<'_, M>> = Vec::new();
+        let mut size = 0;
+        let flush = |joins: &mut Vec<_>, leaves: &mut Vec<_>, chunks: &mut Vec<String>| {
+            let mut out = String::from("{\"joins\":");
+            write_metas(joins.drain(..), &mut out);
+            out.push_str(",\"leaves\":");
+            write_metas(leaves.drain(..), &mut out);
+            out.push('}');
+            chunks.push(out);
+        };
+        for (leave, metas) in [(false, &self.joins), (true, &self.leaves)] {
+            for (key, list) in metas.iter() {
+                let cost = json_cost(key, list);
+                if size > 0 && size + cost > max_bytes {
+                    flush(&mut joins, &mut leaves, &mut chunks);
+                    size = 0;
+                }
+                if leave {
+                    leaves.push((key, list));
+                } else {
+                    joins.push((key, list));
+                }
+                size += cost;
+            }
+        }
+        if size > 0 || chunks.is_empty() {
+            flush(&mut joins, &mut leaves, &mut chunks);
+        }
+        chunks
+    }
+}
+
+impl Diff<Seen> {
     /// Read a diff this module wrote (`None` if it is not one).
-    pub fn from_json(text: &str) -> Option<Diff> {
+    pub fn from_json(text: &str) -> Option<Diff<Seen>> {
         #[derive(Deserialize)]
-        struct Entry<'a> {
+        struct Item<'a> {
             #[serde(borrow)]
             metas: Vec<&'a RawValue>,
         }
         #[derive(Deserialize)]
         struct Shape<'a> {
             #[serde(borrow)]
-            joins: BTreeMap<String, Entry<'a>>,
+            joins: BTreeMap<String, Item<'a>>,
             #[serde(borrow)]
-            leaves: BTreeMap<String, Entry<'a>>,
+            leaves: BTreeMap<String, Item<'a>>,
         }
         #[derive(Deserialize)]
-        struct Ref {
-            phx_ref: String,
+        struct R<'a> {
+            #[serde(borrow)]
+            phx_ref: &'a str,
         }
         let shape: Shape<'_> = serde_json::from_str(text).ok()?;
-        let read = |map: BTreeMap<String, Entry<'_>>| -> Option<Metas> {
+        let read = |map: BTreeMap<String, Item<'_>>| -> Option<Metas<Seen>> {
             let mut out = Metas::default();
             for (key, entry) in map {
                 for raw in entry.metas {
-                    let r: Ref = serde_json::from_str(raw.get()).ok()?;
-                    out.add(
-                        &key,
-                        Meta {
-                            phx_ref: r.phx_ref.into(),
-                            json: raw.get().into(),
-                        },
-                    );
+                    let r: R<'_> = serde_json::from_str(raw.get()).ok()?;
+                    let seen = Seen {
+                        phx_ref: Ref::parse(r.phx_ref)?,
+                        json: raw.get().into(),
+                    };
+                    out.add(&key, seen);
                 }
             }
             Some(out)
@@ -180,15 +324,15 @@ impl Diff {
 /// changes not yet published.
 #[derive(Debug, Default)]
 pub struct Home {
-    pub state: Metas,
-    pub pending: Diff,
+    pub state: Metas<Meta>,
+    pub pending: Diff<Meta>,
 }
 
 impl Home {
     /// Add a presence; false (nothing changes) if the topic holds `max` already or the ref is
     /// there already.
     pub fn track(&mut self, key: &str, meta: Meta, max: usize) -> bool {
-        if self.state.entries() >= max || self.has(key, &meta.phx_ref) {
+        if self.state.entries() >= max || self.state.has(key, meta.phx_ref) {
             return false;
         }
         self.state.add(key, meta.clone());
@@ -198,7 +342,7 @@ impl Home {
 
     /// Remove a presence. A meta whose join is still pending is taken out of the diff: the two
     /// cancel, nobody ever sees either. False if there was no such meta.
-    pub fn untrack(&mut self, key: &str, phx_ref: &str) -> bool {
+    pub fn untrack(&mut self, key: &str, phx_ref: Ref) -> bool {
         let Some(meta) = self.state.remove(key, phx_ref) else {
             return false;
         };
@@ -208,15 +352,8 @@ impl Home {
         true
     }
 
-    fn has(&self, key: &str, phx_ref: &str) -> bool {
-        self.state
-            .keys
-            .get(key)
-            .is_some_and(|v| v.iter().any(|m| &*m.phx_ref == phx_ref))
-    }
-
     /// The window's diff, if anything changed, leaving the pending diff empty.
-    pub fn take_diff(&mut self) -> Option<Diff> {
+    pub fn take_diff(&mut self) -> Option<Diff<Meta>> {
         (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
     }
 
@@ -230,24 +367,23 @@ impl Home {
 /// built once and shared by every joiner until the next diff.
 #[derive(Debug, Default)]
 pub struct Replica {
-    pub state: Metas,
+    pub state: Metas<Seen>,
     json: Option<Arc<str>>,
 }
 
 impl Replica {
     /// Apply a published diff: joins, then leaves (phoenix.js's `syncDiff` order).
-    pub fn apply(&mut self, diff: &Diff) {
-        for (key, metas) in diff.joins.iter() {
+    pub fn apply(&mut self, diff: Diff<Seen>) {
+        let Diff { joins, leaves } = diff;
+        for (key, metas) in joins.keys {
             for m in metas {
-                if self.state.remove(key, &m.phx_ref).is_some() {
-                    // a ref joins once; a repeated join replaces the meta
-                }
-                self.state.add(key, m.clone());
+                self.state.remove(&key, m.phx_ref); // a repeated join replaces its meta
+                self.state.add(&key, m);
             }
         }
-        for (key, metas) in diff.leaves.iter() {
+        for (key, metas) in leaves.iter() {
             for m in metas {
-                self.state.remove(key, &m.phx_ref);
+                self.state.remove(key, m.phx_ref);
             }
         }
         self.json = None;
@@ -279,13 +415,12 @@ impl MetaError {
 }
 
 /// The `meta` object of a join or `presence_update` payload (`{"meta": {...}}`), as the meta to
-/// track: the client's fields, bounded by `max_bytes`, without any `phx_ref` / `phx_ref_prev` it
-/// gave, then the server's `phx_ref` (and `phx_ref_prev` for an update). No `meta`: `{}`.
+/// track (see [`meta_from_object`]). No `meta`, or `null`: `{}`.
 pub fn meta_from_payload(
     payload: &str,
     max_bytes: usize,
-    phx_ref: &str,
-    prev: Option<&str>,
+    phx_ref: Ref,
+    prev: Option<Ref>,
 ) -> Result<Meta, MetaError> {
     #[derive(Deserialize)]
     struct Outer<'a> {
@@ -295,25 +430,37 @@ pub fn meta_from_payload(
     let raw = serde_json::from_str::<Outer<'_>>(payload)
         .ok()
         .and_then(|o| o.meta);
-    let mut fields = match raw {
-        None => serde_json::Map::new(),
-        Some(r) if r.get().len() > max_bytes => return Err(MetaError::TooLarge),
-        Some(r) => match serde_json::from_str::<serde_json::Value>(r.get()) {
-            Ok(serde_json::Value::Object(m)) => m,
-            Ok(serde_json::Value::Null) => serde_json::Map::new(),
-            _ => return Err(MetaError::NotAnObject),
-        },
+    meta_from_object(raw.map_or("{}", |r| r.get()), max_bytes, phx_ref, prev)
+}
+
+/// A meta object (JSON text) as the meta to track: its fields, bounded by `max_bytes`, without
+/// any `phx_ref` / `phx_ref_prev` it had; the server's refs go with it. `null` counts as `{}`.
+pub fn meta_from_object(
+    json: &str,
+    max_bytes: usize,
+    phx_ref: Ref,
+    prev: Option<Ref>,
+) -> Result<Meta, MetaError> {
+    if json.len() > max_bytes {
+        return Err(MetaError::TooLarge);
+    }
+    let mut fields = match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(serde_json::Value::Null) => serde_json::Map::new(),
+        _ => return Err(MetaError::NotAnObject),
     };
     fields.remove("phx_ref");
     fields.remove("phx_ref_prev");
-    fields.insert("phx_ref".into(), phx_ref.into());
-    if let Some(prev) = prev {
-        fields.insert("phx_ref_prev".into(), prev.into());
-    }
-    let json = serde_json::Value::Object(fields).to_string();
+    let fields: Box<str> = if fields.is_empty() {
+        Box::from("")
+    } else {
+        let text = serde_json::Value::Object(fields).to_string();
+        Box::from(&text[1..text.len() - 1]) // the inside of `{...}`
+    };
     Ok(Meta {
-        phx_ref: phx_ref.into(),
-        json: json.into(),
+        phx_ref,
+        prev,
+        fields,
     })
 }
 
@@ -338,34 +485,32 @@ impl Refs {
         }
     }
 
-    /// The next ref.
-    pub fn fresh(&mut self) -> Box<str> {
+    fn encode(&self, x: u64) -> Ref {
         use base64::Engine;
-        self.n += 1;
         let mut b = [0u8; 12];
         b[..4].copy_from_slice(&self.seed);
-        // An odd multiplier is a bijection on u64: distinct counters give distinct refs.
-        let x = self.n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.mix;
         b[4..].copy_from_slice(&x.to_le_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(b)
-            .into()
+        let mut out = [0u8; 16];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode_slice(b, &mut out)
+            .unwrap_or(0);
+        debug_assert_eq!(n, 16);
+        Ref(out)
     }
-}
 
-impl Refs {
+    /// The next ref.
+    pub fn fresh(&mut self) -> Ref {
+        self.n += 1;
+        // An odd multiplier is a bijection on u64: distinct counters give distinct refs.
+        self.encode(self.n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.mix)
+    }
+
     /// The presence key of a socket without a token (with `presence_anonymous`): its own id,
     /// stable for the socket's life, unique per core (slot key and generation) and between
     /// cores (the seed), never chosen by the client.
     pub fn socket_id(&self, key: usize, generation: u32) -> Box<str> {
-        use base64::Engine;
-        let mut b = [0u8; 12];
-        b[..4].copy_from_slice(&self.seed);
-        let x = (key as u64) << 32 | u64::from(generation);
-        b[4..].copy_from_slice(&(x ^ self.mix).to_le_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(b)
-            .into()
+        let x = ((key as u64) << 32 | u64::from(generation)) ^ self.mix.rotate_left(17);
+        Box::from(self.encode(x).as_str())
     }
 }
 
@@ -382,8 +527,8 @@ pub fn home_of(topic: &str, cores: usize) -> usize {
 /// What a core asks a topic's home, as mesh envelope bytes (first byte [`OP_KIND`]):
 ///
 /// ```text
-/// OP_KIND u8 | op u8 (0 track, 1 untrack) | topic len u32 LE | key len u32 LE | ref len u32 LE
-/// | topic | key | ref | meta JSON (track only)
+/// OP_KIND u8 | op u8 (0 track, 1 untrack) | topic len u32 LE | key len u32 LE | phx_ref 16
+/// | phx_ref_prev 16 (zeros: none) | topic | key | the meta's fields (track only)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -395,13 +540,13 @@ pub enum Op {
     Untrack {
         topic: Box<str>,
         key: Box<str>,
-        phx_ref: Box<str>,
+        phx_ref: Ref,
     },
 }
 
 /// The first byte of an op envelope (publications use 0 and 1).
 pub const OP_KIND: u8 = 2;
-const OP_HEADER: usize = 14;
+const OP_HEADER: usize = 10 + 32;
 
 impl Op {
     pub fn topic(&self) -> &str {
@@ -411,24 +556,26 @@ impl Op {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let (op, topic, key, phx_ref, meta) = match self {
-            Op::Track { topic, key, meta } => (0u8, topic, key, &meta.phx_ref, &*meta.json),
+        let (op, topic, key, phx_ref, prev, fields) = match self {
+            Op::Track { topic, key, meta } => {
+                (0u8, topic, key, meta.phx_ref, meta.prev, &*meta.fields)
+            }
             Op::Untrack {
                 topic,
                 key,
                 phx_ref,
-            } => (1u8, topic, key, phx_ref, ""),
+            } => (1u8, topic, key, *phx_ref, None, ""),
         };
-        let mut b = Vec::with_capacity(OP_HEADER + topic.len() + key.len() + 16 + meta.len());
+        let mut b = Vec::with_capacity(OP_HEADER + topic.len() + key.len() + fields.len());
         b.push(OP_KIND);
         b.push(op);
-        for s in [topic.len(), key.len(), phx_ref.len()] {
-            b.extend_from_slice(&(s as u32).to_le_bytes());
-        }
+        b.extend_from_slice(&(topic.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(&phx_ref.0);
+        b.extend_from_slice(&prev.map_or([0; 16], |r| r.0));
         b.extend_from_slice(topic.as_bytes());
         b.extend_from_slice(key.as_bytes());
-        b.extend_from_slice(phx_ref.as_bytes());
-        b.extend_from_slice(meta.as_bytes());
+        b.extend_from_slice(fields.as_bytes());
         b
     }
 
@@ -438,22 +585,29 @@ impl Op {
             return None;
         }
         let len = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
-        let (t, k, r) = (len(2), len(6), len(10));
+        let (t, k) = (len(2), len(6));
         let text = |from: usize, n: usize| -> Option<Box<str>> {
             let s = b.get(from..from.checked_add(n)?)?;
             std::str::from_utf8(s).ok().map(Box::from)
         };
+        let r = |at: usize| Ref::parse(std::str::from_utf8(&b[at..at + 16]).ok()?);
+        let phx_ref = r(10)?;
+        let prev = if b[26..42] == [0; 16] {
+            None
+        } else {
+            Some(r(26)?)
+        };
         let topic = text(OP_HEADER, t)?;
-        let key = text(OP_HEADER + t, k)?;
-        let phx_ref = text(OP_HEADER + t + k, r)?;
-        let rest = OP_HEADER + t + k + r;
+        let key = text(OP_HEADER.checked_add(t)?, k)?;
+        let rest = OP_HEADER + t + k;
         match b[1] {
             0 => Some(Op::Track {
                 topic,
                 key,
                 meta: Meta {
                     phx_ref,
-                    json: text(rest, b.len().checked_sub(rest)?)?,
+                    prev,
+                    fields: text(rest, b.len().checked_sub(rest)?)?,
                 },
             }),
             1 => Some(Op::Untrack {
@@ -496,7 +650,7 @@ impl Tracker {
         let was_clean = home.pending.is_empty();
         let changed = match &op {
             Op::Track { key, meta, .. } => home.track(key, meta.clone(), max),
-            Op::Untrack { key, phx_ref, .. } => home.untrack(key, phx_ref),
+            Op::Untrack { key, phx_ref, .. } => home.untrack(key, *phx_ref),
         };
         if changed && was_clean && !home.pending.is_empty() {
             self.dirty.push_back((Box::from(topic), now));
@@ -508,8 +662,13 @@ impl Tracker {
     }
 
     /// The diffs whose window (from their first change) has passed by `now`, as (topic, diff
-    /// JSON), in the order their changes began.
-    pub fn due(&mut self, now: Instant, window: std::time::Duration) -> Vec<(Box<str>, String)> {
+    /// JSON), in the order their changes began; a diff over `max_bytes` of JSON goes as several.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        window: std::time::Duration,
+        max_bytes: usize,
+    ) -> Vec<(Box<str>, String)> {
         let mut out = Vec::new();
         while let Some((_, since)) = self.dirty.front() {
             if now.duration_since(*since) < window {
@@ -522,7 +681,9 @@ impl Tracker {
                 continue;
             };
             if let Some(diff) = home.take_diff() {
-                out.push((topic.clone(), diff.to_json()));
+                for chunk in diff.to_json_chunks(max_bytes) {
+                    out.push((topic.clone(), chunk));
+                }
             }
             if home.is_idle() {
                 self.homes.remove(&topic);
@@ -540,7 +701,7 @@ impl Tracker {
             Some(r) => r,
             None => self.replicas.entry(Box::from(topic)).or_default(),
         };
-        replica.apply(&diff);
+        replica.apply(diff);
         if replica.state.is_empty() {
             self.replicas.remove(topic);
         }
@@ -571,8 +732,17 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn meta(r: &str, extra: &str) -> Meta {
-        meta_from_payload(&format!(r#"{{"meta":{{{extra}}}}}"#), 1024, r, None).unwrap()
+    /// A ref from a short name (padded to 16 characters).
+    fn r(name: &str) -> Ref {
+        Ref::parse(&p(name)).unwrap()
+    }
+
+    fn p(name: &str) -> String {
+        format!("{name:_<16}")
+    }
+
+    fn meta(name: &str, extra: &str) -> Meta {
+        meta_from_payload(&format!(r#"{{"meta":{{{extra}}}}}"#), 1024, r(name), None).unwrap()
     }
 
     fn v(s: &str) -> Value {
@@ -587,21 +757,21 @@ mod tests {
         assert!(home.track("bob", meta("r3", ""), 10));
         assert_eq!(
             v(&home.state.to_json()),
-            json!({"alice": {"metas": [{"s": "a", "phx_ref": "r1"}, {"phx_ref": "r2"}]},
-                   "bob": {"metas": [{"phx_ref": "r3"}]}})
+            json!({"alice": {"metas": [{"s": "a", "phx_ref": p("r1")}, {"phx_ref": p("r2")}]},
+                   "bob": {"metas": [{"phx_ref": p("r3")}]}})
         );
         let diff = home.take_diff().unwrap();
         assert_eq!(
             v(&diff.to_json()),
-            json!({"joins": {"alice": {"metas": [{"s": "a", "phx_ref": "r1"}, {"phx_ref": "r2"}]},
-                             "bob": {"metas": [{"phx_ref": "r3"}]}},
+            json!({"joins": {"alice": {"metas": [{"s": "a", "phx_ref": p("r1")}, {"phx_ref": p("r2")}]},
+                             "bob": {"metas": [{"phx_ref": p("r3")}]}},
                    "leaves": {}})
         );
         assert!(home.take_diff().is_none(), "nothing new");
-        assert!(home.untrack("bob", "r3"));
+        assert!(home.untrack("bob", r("r3")));
         assert_eq!(
             v(&home.take_diff().unwrap().to_json()),
-            json!({"joins": {}, "leaves": {"bob": {"metas": [{"phx_ref": "r3"}]}}})
+            json!({"joins": {}, "leaves": {"bob": {"metas": [{"phx_ref": p("r3")}]}}})
         );
     }
 
@@ -611,30 +781,30 @@ mod tests {
         home.track("a", meta("r1", ""), 10);
         home.take_diff();
         home.track("b", meta("r2", ""), 10);
-        assert!(home.untrack("b", "r2"));
+        assert!(home.untrack("b", r("r2")));
         assert!(home.take_diff().is_none(), "b came and went unseen");
         // An update inside the window of its own join: only the new meta is ever seen.
         home.track("c", meta("r3", ""), 10);
-        home.untrack("c", "r3");
+        home.untrack("c", r("r3"));
         let updated =
-            meta_from_payload(r#"{"meta":{"s":"away"}}"#, 1024, "r4", Some("r3")).unwrap();
+            meta_from_payload(r#"{"meta":{"s":"away"}}"#, 1024, r("r4"), Some(r("r3"))).unwrap();
         home.track("c", updated, 10);
         assert_eq!(
             v(&home.take_diff().unwrap().to_json()),
-            json!({"joins": {"c": {"metas": [{"s": "away", "phx_ref": "r4", "phx_ref_prev": "r3"}]}},
+            json!({"joins": {"c": {"metas": [{"s": "away", "phx_ref": p("r4"), "phx_ref_prev": p("r3")}]}},
                    "leaves": {}})
         );
         // An update of a meta already published: a leave of the old and a join of the new.
-        home.untrack("a", "r1");
+        home.untrack("a", r("r1"));
         home.track(
             "a",
-            meta_from_payload("{}", 1024, "r5", Some("r1")).unwrap(),
+            meta_from_payload("{}", 1024, r("r5"), Some(r("r1"))).unwrap(),
             10,
         );
         assert_eq!(
             v(&home.take_diff().unwrap().to_json()),
-            json!({"joins": {"a": {"metas": [{"phx_ref": "r5", "phx_ref_prev": "r1"}]}},
-                   "leaves": {"a": {"metas": [{"phx_ref": "r1"}]}}})
+            json!({"joins": {"a": {"metas": [{"phx_ref": p("r5"), "phx_ref_prev": p("r1")}]}},
+                   "leaves": {"a": {"metas": [{"phx_ref": p("r1")}]}}})
         );
     }
 
@@ -649,10 +819,20 @@ mod tests {
         assert!(home.take_diff().is_none());
         // Every replica fed the diff holds the home's state.
         let mut replica = Replica::default();
-        replica.apply(&Diff::from_json(&diff.to_json()).unwrap());
-        assert_eq!(replica.state, home.state);
+        replica.apply(Diff::from_json(&diff.to_json()).unwrap());
+        assert_eq!(replica.state.to_json(), home.state.to_json());
         let a = replica.state_json();
         assert!(Arc::ptr_eq(&a, &replica.state_json()), "built once, shared");
+        // The same diff cut to 64 KiB frames: each under the bound (plus one key), together
+        // the same state.
+        let chunks = diff.to_json_chunks(64 << 10);
+        assert!(chunks.len() > 1, "{} bytes in one", chunks[0].len());
+        let mut cut = Replica::default();
+        for c in &chunks {
+            assert!(c.len() <= (64 << 10) + 200, "{}", c.len());
+            cut.apply(Diff::from_json(c).unwrap());
+        }
+        assert_eq!(cut.state.to_json(), home.state.to_json());
     }
 
     #[test]
@@ -665,26 +845,26 @@ mod tests {
             "over max_presences_per_topic"
         );
         assert!(!home.track("a", meta("r1", ""), 9), "the same ref twice");
-        assert!(!home.untrack("a", "nope"));
+        assert!(!home.untrack("a", r("nope")));
         assert_eq!(home.state.entries(), 2);
         let big = format!(r#"{{"meta":{{"x":"{}"}}}}"#, "y".repeat(2000));
         assert_eq!(
-            meta_from_payload(&big, 1024, "r", None),
+            meta_from_payload(&big, 1024, r("r"), None),
             Err(MetaError::TooLarge)
         );
         assert_eq!(
-            meta_from_payload(r#"{"meta":[1]}"#, 1024, "r", None),
+            meta_from_payload(r#"{"meta":[1]}"#, 1024, r("r"), None),
             Err(MetaError::NotAnObject)
         );
         // A client never chooses its refs.
         let m = meta_from_payload(
             r#"{"meta":{"phx_ref":"mine","phx_ref_prev":"x","k":1}}"#,
             1024,
-            "srv",
+            r("srv"),
             None,
         )
         .unwrap();
-        assert_eq!(v(&m.json), json!({"k": 1, "phx_ref": "srv"}));
+        assert_eq!(v(&m.json()), json!({"k": 1, "phx_ref": p("srv")}));
     }
 
     #[test]
@@ -702,18 +882,18 @@ mod tests {
             }
             if round > 2 {
                 let old = format!("{}-0", round - 2);
-                home.untrack(&format!("k{}", (round - 2) % 7), &old);
+                home.untrack(&format!("k{}", (round - 2) % 7), r(&old));
             }
             diffs.push(home.take_diff().unwrap().to_json());
         }
         for d in &diffs {
-            r1.apply(&Diff::from_json(d).unwrap());
+            r1.apply(Diff::from_json(d).unwrap());
         }
         for d in &diffs {
-            r2.apply(&Diff::from_json(d).unwrap());
+            r2.apply(Diff::from_json(d).unwrap());
         }
-        assert_eq!(r1.state, home.state);
-        assert_eq!(r2.state, home.state);
+        assert_eq!(r1.state.to_json(), home.state.to_json());
+        assert_eq!(r2.state.to_json(), home.state.to_json());
     }
 
     #[test]
@@ -727,7 +907,7 @@ mod tests {
             Op::Untrack {
                 topic: "t".into(),
                 key: "".into(),
-                phx_ref: "r".into(),
+                phx_ref: r("r"),
             },
         ] {
             assert_eq!(Op::decode(&op.encode()), Some(op));
@@ -736,7 +916,7 @@ mod tests {
         let mut b = Op::Untrack {
             topic: "t".into(),
             key: "k".into(),
-            phx_ref: "r".into(),
+            phx_ref: r("r"),
         }
         .encode();
         b[2] = 200; // topic length past the end
@@ -749,13 +929,9 @@ mod tests {
         let mut b = Refs::new([7; 12], 1);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            for r in [a.fresh(), b.fresh()] {
-                assert_eq!(r.len(), 16);
-                assert!(
-                    r.bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-                );
-                assert!(seen.insert(r));
+            for x in [a.fresh(), b.fresh()] {
+                assert_eq!(Ref::parse(x.as_str()), Some(x), "16 url-safe characters");
+                assert!(seen.insert(x));
             }
         }
     }
@@ -765,28 +941,31 @@ mod tests {
         let t0 = Instant::now();
         let w = std::time::Duration::from_millis(100);
         let mut t = Tracker::new(Refs::new([1; 12], 0));
-        let track = |k: &str, r: &str| Op::Track {
+        let track = |k: &str, name: &str| Op::Track {
             topic: "room:1".into(),
             key: k.into(),
-            meta: meta(r, ""),
+            meta: meta(name, ""),
         };
         assert!(t.on_op(track("a", "r1"), 10, t0));
         assert!(t.on_op(track("b", "r2"), 10, t0 + w / 2));
-        assert!(t.due(t0 + w / 2, w).is_empty(), "the window is still open");
-        let due = t.due(t0 + w, w);
+        assert!(
+            t.due(t0 + w / 2, w, 1 << 20).is_empty(),
+            "the window is still open"
+        );
+        let due = t.due(t0 + w, w, 1 << 20);
         assert_eq!(due.len(), 1, "one diff for both joins");
         t.apply_published("room:1", &due[0].1);
         assert_eq!(t.entries("room:1"), 2);
         assert_eq!(t.home_totals(), (1, 2));
-        for (k, r) in [("a", "r1"), ("b", "r2")] {
+        for (k, name) in [("a", "r1"), ("b", "r2")] {
             let op = Op::Untrack {
                 topic: "room:1".into(),
                 key: k.into(),
-                phx_ref: r.into(),
+                phx_ref: r(name),
             };
             assert!(t.on_op(op, 10, t0 + 2 * w));
         }
-        let due = t.due(t0 + 3 * w, w);
+        let due = t.due(t0 + 3 * w, w, 1 << 20);
         t.apply_published("room:1", &due[0].1);
         assert_eq!(t.entries("room:1"), 0);
         assert_eq!(t.home_totals(), (0, 0), "nothing kept for an empty topic");

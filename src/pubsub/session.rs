@@ -18,7 +18,9 @@
 //! - A frame that is not a Phoenix message closes the socket (Phoenix's socket process crashes on
 //!   it): 1007 for text, 1003 for binary; a ref longer than 64 bytes closes it with 1008.
 
-use crate::app::handler::{InReply, Socket, Terminate};
+use std::cell::RefCell;
+
+use crate::app::handler::{InReply, PresenceChange, Socket, Terminate};
 use crate::proto::frame::close::code;
 use crate::proto::phoenix::Payload;
 use crate::proto::phoenix::{
@@ -27,7 +29,7 @@ use crate::proto::phoenix::{
 };
 use crate::pubsub::encode::{self, Wire};
 use crate::pubsub::hub::{EVENT_PRESENCE_STATE, Hub};
-use crate::pubsub::presence::{Meta, Op, meta_from_payload};
+use crate::pubsub::presence::{Meta, Op, Ref, meta_from_object, meta_from_payload};
 use crate::pubsub::publication::Refused;
 use crate::pubsub::topics::{Sub, Subscription};
 use crate::runtime::shard::Stats;
@@ -37,13 +39,14 @@ use crate::runtime::shard::Stats;
 struct Joined {
     sub: Subscription,
     join_ref: Option<Box<str>>,
-    tracked: Option<Box<Tracked>>,
+    /// Its presences (empty, no allocation, off presence topics).
+    tracked: Box<[Tracked]>,
 }
 
 /// The presence a channel holds: its key and the `phx_ref` of its current meta.
 struct Tracked {
     key: Box<str>,
-    phx_ref: Box<str>,
+    phx_ref: Ref,
 }
 
 /// The channels of one socket. Empty (no allocation) until the first join.
@@ -80,10 +83,15 @@ impl Session {
         }
     }
 
-    fn socket(&self, ctx: Ctx<'_>) -> Socket<'_> {
+    fn socket<'a>(
+        &'a self,
+        ctx: Ctx<'_>,
+        presence: Option<&'a RefCell<Vec<PresenceChange>>>,
+    ) -> Socket<'a> {
         Socket {
             user: self.user.as_deref(),
             core: ctx.hub.shard.id,
+            presence,
         }
     }
 
@@ -150,7 +158,8 @@ impl Session {
             return;
         }
         // Presence: who this socket is on the topic, and its meta, checked before the handler.
-        let presence = match self.presence_for(ctx, topic, msg.payload) {
+        let is_presence = ctx.hub.shard.cfg.presence_topic(topic);
+        let default = match self.presence_for(ctx, topic, msg.payload) {
             Ok(p) => p,
             Err(reason) => {
                 Stats::bump(&ctx.hub.counters.join_errors);
@@ -158,7 +167,8 @@ impl Session {
                 return;
             }
         };
-        let socket = self.socket(ctx);
+        let asked = RefCell::new(Vec::new());
+        let socket = self.socket(ctx, is_presence.then_some(&asked));
         let decision = ctx.hub.guard(|h| h.join(socket, topic, msg.payload));
         match decision {
             Some(Ok(response)) => {
@@ -167,23 +177,25 @@ impl Session {
                 Stats::bump(&ctx.hub.counters.joins);
                 Stats::bump(&ctx.hub.counters.channels);
                 reply(ctx, join_ref, msg_ref, topic, true, &response);
-                let tracked = presence.map(|(key, meta)| {
+                let mut tracked = Vec::new();
+                if is_presence {
                     // The state as this core knows it, then (through the topic's home, in a
                     // diff like everyone's) the joiner's own join.
                     let state = ctx.hub.presence.borrow_mut().state_json(topic);
                     push(ctx, join_ref, None, topic, EVENT_PRESENCE_STATE, &state);
-                    let phx_ref = meta.phx_ref.clone();
-                    ctx.hub.presence_send(Op::Track {
-                        topic: topic.into(),
-                        key: key.clone(),
-                        meta,
-                    });
-                    Box::new(Tracked { key, phx_ref })
-                });
+                    let asked = asked.into_inner();
+                    if asked.is_empty() {
+                        if let Some((key, meta)) = default {
+                            track(ctx, topic, &mut tracked, key, meta);
+                        }
+                    } else {
+                        apply_changes(ctx, topic, &mut tracked, asked);
+                    }
+                }
                 self.joins.push(Joined {
                     sub,
                     join_ref: join_ref.map(Box::from),
-                    tracked,
+                    tracked: tracked.into_boxed_slice(),
                 });
             }
             Some(Err(response)) => {
@@ -232,44 +244,39 @@ impl Session {
             Payload::Binary(_) => "{}",
         };
         let phx_ref = tracker.refs.fresh();
-        let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, None)
+        let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, phx_ref, None)
             .map_err(|e| e.response())?;
         Ok(Some((key, meta)))
     }
 
-    /// `presence_update` on a tracked channel: the new meta replaces the old (a leave of the
-    /// old and a join of the new, with `phx_ref_prev`, in one diff).
+    /// `presence_update` on a tracked channel: the new meta replaces the old one of each of the
+    /// channel's presences (a leave of the old and a join of the new, with `phx_ref_prev`).
     fn presence_update(&mut self, ctx: Ctx<'_>, i: usize, msg: &Message<'_>) {
         let topic = &*msg.topic;
         let refs = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
-        let Some(tracked) = self.joins[i].tracked.as_mut() else {
+        if self.joins[i].tracked.is_empty() {
             reply(ctx, refs.0, refs.1, topic, false, NOT_TRACKED);
             return;
-        };
+        }
         let text = match msg.payload {
             Payload::Json(t) => t,
             Payload::Binary(_) => "{}",
         };
-        let cfg = &ctx.hub.shard.cfg;
-        let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
-        let prev = Some(&*tracked.phx_ref);
-        match meta_from_payload(text, cfg.max_presence_meta_bytes, &phx_ref, prev) {
-            Ok(meta) => {
-                let old = std::mem::replace(&mut tracked.phx_ref, phx_ref);
-                ctx.hub.presence_send(Op::Untrack {
-                    topic: topic.into(),
-                    key: tracked.key.clone(),
-                    phx_ref: old,
-                });
-                ctx.hub.presence_send(Op::Track {
-                    topic: topic.into(),
-                    key: tracked.key.clone(),
-                    meta,
-                });
-                reply(ctx, refs.0, refs.1, topic, true, "{}");
-            }
-            Err(e) => reply(ctx, refs.0, refs.1, topic, false, e.response()),
+        let max = ctx.hub.shard.cfg.max_presence_meta_bytes;
+        // Checked once, before anything changes.
+        if let Err(e) = meta_from_payload(text, max, Ref::default(), None) {
+            reply(ctx, refs.0, refs.1, topic, false, e.response());
+            return;
         }
+        let mut tracked = std::mem::take(&mut self.joins[i].tracked).into_vec();
+        for t in &mut tracked {
+            let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
+            if let Ok(meta) = meta_from_payload(text, max, phx_ref, Some(t.phx_ref)) {
+                replace(ctx, topic, t, meta);
+            }
+        }
+        self.joins[i].tracked = tracked.into_boxed_slice();
+        reply(ctx, refs.0, refs.1, topic, true, "{}");
     }
 
     fn leave(&mut self, ctx: Ctx<'_>, msg: &Message<'_>) {
@@ -301,10 +308,18 @@ impl Session {
             self.presence_update(ctx, i, msg);
             return;
         }
-        let socket = self.socket(ctx);
+        let asked = RefCell::new(Vec::new());
+        let is_presence = ctx.hub.shard.cfg.presence_topic(topic);
+        let socket = self.socket(ctx, is_presence.then_some(&asked));
         let decision = ctx
             .hub
             .guard(|h| h.handle_in(socket, topic, &msg.event, msg.payload));
+        let asked = asked.into_inner();
+        if !asked.is_empty() && decision.is_some() {
+            let mut tracked = std::mem::take(&mut self.joins[i].tracked).into_vec();
+            apply_changes(ctx, topic, &mut tracked, asked);
+            self.joins[i].tracked = tracked.into_boxed_slice();
+        }
         match decision {
             Some(InReply::OkAndBroadcast) => {
                 match ctx.hub.broadcast(topic, &msg.event, msg.payload) {
@@ -336,7 +351,7 @@ impl Session {
     fn remove(&mut self, ctx: Ctx<'_>, i: usize, why: Terminate) -> Option<Box<str>> {
         let j = self.joins.swap_remove(i);
         ctx.hub.topics.borrow_mut().unsubscribe(&j.sub);
-        if let Some(t) = j.tracked {
+        for t in j.tracked.into_vec() {
             ctx.hub.presence_send(Op::Untrack {
                 topic: Box::from(&*j.sub.topic),
                 key: t.key,
@@ -344,7 +359,7 @@ impl Session {
             });
         }
         Stats::sub(&ctx.hub.counters.channels, 1);
-        let socket = self.socket(ctx);
+        let socket = self.socket(ctx, None);
         ctx.hub.guard(|h| h.terminate(socket, &j.sub.topic, why));
         if self.joins.is_empty() {
             self.joins = Vec::new(); // give the memory back
@@ -356,6 +371,85 @@ impl Session {
     pub fn leave_all(&mut self, ctx: Ctx<'_>) {
         while !self.joins.is_empty() {
             self.remove(ctx, self.joins.len() - 1, Terminate::Closed);
+        }
+    }
+}
+
+/// Track `key` with `meta` for a channel of topic `topic`.
+fn track(ctx: Ctx<'_>, topic: &str, tracked: &mut Vec<Tracked>, key: Box<str>, meta: Meta) {
+    tracked.push(Tracked {
+        key: key.clone(),
+        phx_ref: meta.phx_ref,
+    });
+    ctx.hub.presence_send(Op::Track {
+        topic: topic.into(),
+        key,
+        meta,
+    });
+}
+
+/// Replace a tracked presence's meta with `meta` (whose `phx_ref_prev` is the old ref).
+fn replace(ctx: Ctx<'_>, topic: &str, t: &mut Tracked, meta: Meta) {
+    let old = std::mem::replace(&mut t.phx_ref, meta.phx_ref);
+    ctx.hub.presence_send(Op::Untrack {
+        topic: topic.into(),
+        key: t.key.clone(),
+        phx_ref: old,
+    });
+    ctx.hub.presence_send(Op::Track {
+        topic: topic.into(),
+        key: t.key.clone(),
+        meta,
+    });
+}
+
+/// Carry out the presence changes a handler asked for on a channel. A meta that is not a JSON
+/// object, or over `max_presence_meta_bytes`, or a topic at `max_presences_per_topic`, changes
+/// nothing (counted as refused).
+fn apply_changes(
+    ctx: Ctx<'_>,
+    topic: &str,
+    tracked: &mut Vec<Tracked>,
+    asked: Vec<PresenceChange>,
+) {
+    let cfg = &ctx.hub.shard.cfg;
+    let meta = |json: &str, prev: Option<Ref>| {
+        let phx_ref = ctx.hub.presence.borrow_mut().refs.fresh();
+        let m = meta_from_object(json, cfg.max_presence_meta_bytes, phx_ref, prev);
+        if m.is_err() {
+            Stats::bump(&ctx.hub.counters.presence_refused);
+        }
+        m.ok()
+    };
+    for change in asked {
+        match change {
+            PresenceChange::Track { key, meta: json } => {
+                if ctx.hub.presence.borrow().entries(topic) >= cfg.max_presences_per_topic {
+                    Stats::bump(&ctx.hub.counters.presence_refused);
+                } else if let Some(m) = meta(&json, None) {
+                    track(ctx, topic, tracked, key.into(), m);
+                }
+            }
+            PresenceChange::Untrack { key } => {
+                tracked.retain(|t| {
+                    if *t.key != *key {
+                        return true;
+                    }
+                    ctx.hub.presence_send(Op::Untrack {
+                        topic: topic.into(),
+                        key: t.key.clone(),
+                        phx_ref: t.phx_ref,
+                    });
+                    false
+                });
+            }
+            PresenceChange::Update { key, meta: json } => {
+                for t in tracked.iter_mut().filter(|t| *t.key == *key) {
+                    if let Some(m) = meta(&json, Some(t.phx_ref)) {
+                        replace(ctx, topic, t, m);
+                    }
+                }
+            }
         }
     }
 }
@@ -849,6 +943,73 @@ mod tests {
         !refs_of(&d["leaves"], key).is_empty() && d["joins"] == json!({})
     }
 
+    /// Tracks every joiner of `room:*` under `desk:<name from the join payload>` with a role;
+    /// `away` updates it, `hide` untracks it.
+    struct Desk;
+    impl Handler for Desk {
+        fn join(
+            &self,
+            socket: Socket<'_>,
+            _topic: &str,
+            payload: Payload<'_>,
+        ) -> Result<Cow<'static, str>, Cow<'static, str>> {
+            let Payload::Json(p) = payload else {
+                return Err(Cow::Borrowed("{}"));
+            };
+            let v: Value = serde_json::from_str(p).unwrap();
+            let key = format!("desk:{}", v["name"].as_str().unwrap_or("?"));
+            assert!(socket.track(&key, r#"{"role":"agent"}"#));
+            Ok(Cow::Borrowed("{}"))
+        }
+
+        fn handle_in(&self, socket: Socket<'_>, _: &str, event: &str, _: Payload<'_>) -> InReply {
+            match event {
+                "away" => socket.update("desk:ann", r#"{"role":"agent","away":true}"#),
+                "hide" => socket.untrack("desk:ann"),
+                _ => return InReply::OkAndBroadcast,
+            };
+            InReply::NoReply
+        }
+    }
+
+    #[test]
+    fn a_handler_tracks_updates_and_untracks_with_its_own_keys() {
+        let cfg = Config {
+            presence: vec!["room:*".into()],
+            presence_anonymous: true, // replaced by the handler's own tracking
+            presence_diff_window_ms: 1,
+            ..Config::default()
+        };
+        let hub = crate::pubsub::hub::tests::core(cfg, Arc::new(Desk));
+        let mut ann = Client::open(&hub);
+        let got = ann.ask(
+            &hub,
+            json!(["1", "1", "room:1", "phx_join", {"name": "ann"}]),
+        );
+        assert_eq!(got[1][3], "presence_state");
+        presence_tick(&hub);
+        let d = diff_of(&ann.got(&hub));
+        assert_eq!(
+            d["joins"].as_object().unwrap().len(),
+            1,
+            "only the handler's key: {d}"
+        );
+        assert_eq!(d["joins"]["desk:ann"]["metas"][0]["role"], "agent");
+        let first = d["joins"]["desk:ann"]["metas"][0]["phx_ref"].clone();
+        ann.send(&hub, json!(["1", "2", "room:1", "away", {}]));
+        presence_tick(&hub);
+        let d = diff_of(&ann.got(&hub));
+        let new = &d["joins"]["desk:ann"]["metas"][0];
+        assert_eq!((&new["away"], &new["phx_ref_prev"]), (&json!(true), &first));
+        assert_eq!(d["leaves"]["desk:ann"]["metas"][0]["phx_ref"], first);
+        ann.send(&hub, json!(["1", "3", "room:1", "hide", {}]));
+        presence_tick(&hub);
+        let d = diff_of(&ann.got(&hub));
+        assert_eq!(d["joins"], json!({}));
+        assert_eq!(d["leaves"]["desk:ann"]["metas"][0]["away"], true);
+        assert_eq!(hub.presence.borrow().home_totals(), (0, 0));
+    }
+
     #[test]
     fn presence_is_refused_clearly_and_untracked_sockets_still_join() {
         let cfg = Config {
@@ -858,9 +1019,10 @@ mod tests {
             ..Config::default()
         };
         let hub = default_core(cfg.clone());
-        // No token and no presence_anonymous: joined, but not tracked and no state pushed.
+        // No token and no presence_anonymous: joined and shown the state (who is there), but
+        // not tracked.
         let mut a = Client::open(&hub);
-        a.join(&hub, "room:1", "1");
+        a.join_presence(&hub, "room:1", "1");
         let got = a.ask(
             &hub,
             json!(["1", "2", "room:1", "presence_update", {"meta": {}}]),
