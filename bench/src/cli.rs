@@ -25,6 +25,11 @@ pub enum Command {
     /// N subscribers over T topics, P publishers at R msgs/s total: delivery latency,
     /// deliveries per second, lost and duplicated messages.
     Broadcast(BroadcastArgs),
+    /// A presence join storm, one process's share: N sockets join one presence topic as fast as
+    /// they can, each tracks the presence state it is sent, and the process prints one JSON
+    /// line when every socket's view holds all `--expect-keys` keys (or the wait is over), and
+    /// another when it has closed its sockets. `scripts/bench_presence.py` runs several.
+    Presence(PresenceArgs),
     /// Print the summary table of one or more report directories (searched one level deep).
     Table {
         /// Report directories (each holding summary.json, or sub-directories that do).
@@ -110,6 +115,67 @@ pub struct ConnectArgs {
     /// Seconds to wait after the ramp before sampling memory.
     #[arg(long, default_value_t = 2)]
     pub settle_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PresenceArgs {
+    /// Phoenix V2 socket URL.
+    #[arg(
+        long,
+        env = "BENCH_URL",
+        default_value = "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0"
+    )]
+    pub url: String,
+    /// Sockets this process opens.
+    #[arg(short = 'n', long, default_value_t = 1_000)]
+    pub sockets: usize,
+    /// Source addresses (as for the other scenarios); socket k binds address
+    /// (first + k) mod len.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub source_ips: String,
+    /// Global index of this process's first socket (for the source addresses and the labels).
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// This process's index in the run (only echoed in its output).
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
+    /// The topic every socket joins.
+    #[arg(long, default_value = "room:storm")]
+    pub topic: String,
+    /// Presence keys a full view holds (all processes' sockets; default: this process's).
+    #[arg(long)]
+    pub expect_keys: Option<usize>,
+    /// The storm's common start, unix nanoseconds (CLOCK_REALTIME): the process waits for it,
+    /// then opens its sockets; every time it reports is measured from it. 0: now.
+    #[arg(long, default_value_t = 0)]
+    pub start_at_ns: u64,
+    /// Connection attempts of this process in flight at once (no rate: as fast as allowed).
+    #[arg(long, default_value_t = 500)]
+    pub max_inflight: usize,
+    /// Bound on one socket's connect + upgrade + join reply, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub connect_timeout_ms: u64,
+    /// Stop waiting for every view to be full this many seconds after the start.
+    #[arg(long, default_value_t = 120)]
+    pub agree_timeout_secs: u64,
+    /// After the first line, hold the sockets until stdin has a line or closes, at most this
+    /// many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub hold_secs: u64,
+    /// Seconds between heartbeats on every socket (phoenix.js: 30).
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_secs: u64,
+    /// The topic is not a presence topic: only join, expect no presence messages (the socket
+    /// cost baseline); the first line comes once every socket has joined or failed.
+    #[arg(long)]
+    pub plain: bool,
+    /// Parse every presence_diff and presence_state on its socket. By default a process
+    /// parses each distinct payload text once (every member of a topic is sent the same diff
+    /// bytes, and the joiners a core answers between two diffs the same state bytes) and
+    /// applies the parsed payload to each socket's own view, so the generator's CPU stays off
+    /// the measured path as far as it can.
+    #[arg(long)]
+    pub no_parse_cache: bool,
 }
 
 /// How publishers reach the server.

@@ -74,6 +74,19 @@ pub async fn open(
     source: Option<Ipv4Addr>,
     topics: &[String],
 ) -> Result<Opened, OpenError> {
+    let Opened { mut ws, core } = upgrade(target, source).await?;
+    for (i, topic) in topics.iter().enumerate() {
+        let join_ref = i as u64 + 1;
+        ws.send(Message::text(proto::join(join_ref, topic)))
+            .await
+            .map_err(|e| ws_kind("join_send", &e))?;
+        await_reply(&mut ws, join_ref).await?;
+    }
+    Ok(Opened { ws, core })
+}
+
+/// Connect from `source` (any local address if None) and upgrade, joining nothing.
+pub async fn upgrade(target: &Target, source: Option<Ipv4Addr>) -> Result<Opened, OpenError> {
     let sock = TcpSocket::new_v4().map_err(|e| io_kind("socket", &e))?;
     if let Some(ip) = source {
         sock.bind(SocketAddr::new(ip.into(), 0))
@@ -84,7 +97,7 @@ pub async fn open(
         .await
         .map_err(|e| io_kind("connect", &e))?;
     let _ = stream.set_nodelay(true);
-    let (mut ws, resp) = client_async_with_config(target.url.as_str(), stream, Some(ws_config()))
+    let (ws, resp) = client_async_with_config(target.url.as_str(), stream, Some(ws_config()))
         .await
         .map_err(|e| ws_kind("upgrade", &e))?;
     let core = resp
@@ -92,13 +105,6 @@ pub async fn open(
         .get("x-corecast-core")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    for (i, topic) in topics.iter().enumerate() {
-        let join_ref = i as u64 + 1;
-        ws.send(Message::text(proto::join(join_ref, topic)))
-            .await
-            .map_err(|e| ws_kind("join_send", &e))?;
-        await_reply(&mut ws, join_ref).await?;
-    }
     Ok(Opened { ws, core })
 }
 

@@ -15,6 +15,7 @@ mod hist;
 mod http;
 mod plot;
 mod pool;
+mod presence;
 mod probe;
 mod proto;
 mod publish;
@@ -64,6 +65,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         match cmd {
             Command::Connect(a) => connect::run(a).await,
             Command::Broadcast(a) => broadcast::run(a).await,
+            Command::Presence(a) => presence::run(a).await,
             Command::Table { dirs } => report::table(&dirs),
         }
     })
