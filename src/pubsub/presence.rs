@@ -426,13 +426,13 @@ impl Home {
         let mut taken = Diff::default();
         let split = |m: &mut Metas<Meta>, at: &str| {
             let rest = m.keys.split_off(at);
-            let mut head = std::mem::replace(&mut m.keys, rest);
+            let head = std::mem::replace(&mut m.keys, rest);
             let n: usize = head.values().map(List::len).sum();
             m.entries -= n;
-            let mut out = Metas::default();
-            out.entries = n;
-            std::mem::swap(&mut out.keys, &mut head);
-            out
+            Metas {
+                keys: head,
+                entries: n,
+            }
         };
         if leave {
             taken.joins = std::mem::take(&mut self.pending.joins);
