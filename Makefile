@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: idle-soak json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: idle-soak bench-presence json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -89,6 +89,13 @@ cpu-per-delivery:
 bench: build
 	bash scripts/bench.sh
 	./target/release/corecast sim --conns 2000000 --cores 2 --topics 1
+
+## Presence join storm (issue 12): 10,000 sockets from 4 client processes join one presence topic
+## as fast as they can; diffs published, deliveries, time until every member's view agrees, server
+## RSS per presence entry (against the same storm on a plain topic), next to one diff per join
+## (computed). Fresh server per storm; reports in reports/presence/<timestamp>/.
+bench-presence:
+	python3 scripts/bench_presence.py
 
 sim: build
 	./target/release/corecast sim --conns $${CONNS:-2000000}
