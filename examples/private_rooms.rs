@@ -7,6 +7,9 @@
 //! - `user:<id>` may be joined only by a socket whose token subject is `<id>`
 //!   (start with `auth_secret` set and mint tokens with `corecast token`);
 //! - `room:*` may be joined by anyone, except `room:admin`;
+//! - presence on `room:*` (phoenix.js `Presence` shows who is in the room): the handler tracks
+//!   each joiner under its token subject (or `guest`) with `{"role":"member"}`, and a push of
+//!   `typing` updates that meta to `{"role":"member","typing":true}`;
 //! - a push of event `ping` is answered `{"pong":true}` and not broadcast;
 //! - a push of event `boom` panics inside the handler: only that channel is closed
 //!   (`phx_error`, like a crashed Phoenix channel), the socket and the core carry on;
@@ -40,17 +43,28 @@ impl Handler for PrivateRooms {
         if topic == "room:admin" {
             return Err(Cow::Borrowed(r#"{"reason":"unauthorized"}"#));
         }
+        // On a presence topic (`presence = ["room:*"]`), track this channel our way; without
+        // this the default would track the token's subject with the client's own meta.
+        socket.track(socket.user.unwrap_or("guest"), r#"{"role":"member"}"#);
         Ok(Cow::Owned(format!(r#"{{"core":{}}}"#, socket.core)))
     }
 
     fn handle_in(
         &self,
-        _socket: Socket<'_>,
+        socket: Socket<'_>,
         _topic: &str,
         event: &str,
         _payload: Payload<'_>,
     ) -> InReply {
         match event {
+            "typing" => {
+                let who = socket.user.unwrap_or("guest");
+                socket.update(who, r#"{"role":"member","typing":true}"#);
+                InReply::Reply {
+                    ok: true,
+                    response: Cow::Borrowed("{}"),
+                }
+            }
             "ping" => InReply::Reply {
                 ok: true,
                 response: Cow::Borrowed(r#"{"pong":true}"#),
@@ -82,6 +96,7 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:4000".into());
     let cfg = Config {
         listen: listen.parse().expect("listen address"),
+        presence: vec!["room:*".into()],
         ..Config::default()
     };
     let server = start(cfg);

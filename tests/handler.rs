@@ -65,6 +65,49 @@ fn custom_handler_authorises_replies_and_survives_its_own_panic() {
     server.join().expect("clean stop");
 }
 
+#[test]
+fn the_examples_handler_tracks_its_own_presence_and_updates_it() {
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cores: 2,
+        auth_secret: Some("k".into()),
+        presence: vec!["room:*".into()],
+        ..Config::default()
+    };
+    let server = private_rooms::start(cfg);
+    let token = corecast::app::auth::mint(b"k", "alice", corecast::app::auth::now_unix() + 60);
+    let url = format!("ws://{}{PHX_PATH}&token={token}", server.local_addr());
+    let (mut ws, _) = ws_connect(&url, Duration::from_secs(5));
+    send(
+        &mut ws,
+        json!(["1", "1", "room:lobby", "phx_join", {"meta": {"mine": 1}}]),
+    );
+    assert_eq!(recv(&mut ws)[4]["status"], "ok");
+    assert_eq!(recv(&mut ws)[3], "presence_state");
+    let diff = recv(&mut ws);
+    assert_eq!(diff[3], "presence_diff");
+    let meta = &diff[4]["joins"]["alice"]["metas"][0];
+    assert_eq!(
+        meta["role"], "member",
+        "the handler's meta, not the client's: {diff}"
+    );
+    assert!(meta.get("mine").is_none());
+    send(&mut ws, json!(["1", "2", "room:lobby", "typing", {}]));
+    assert_eq!(recv(&mut ws)[4]["status"], "ok");
+    let diff = recv(&mut ws);
+    let new = &diff[4]["joins"]["alice"]["metas"][0];
+    assert_eq!(
+        (&new["typing"], &new["phx_ref_prev"]),
+        (&json!(true), &meta["phx_ref"])
+    );
+    assert_eq!(
+        diff[4]["leaves"]["alice"]["metas"][0]["phx_ref"],
+        meta["phx_ref"]
+    );
+    server.stop();
+    server.join().expect("clean stop");
+}
+
 /// A handler whose `connect` panics for sockets that ask for it.
 struct PanicsOnConnect;
 

@@ -643,7 +643,11 @@ mod tests {
         let hub = default_core(Config::default());
         let mut c = Client::open(&hub);
         c.join(&hub, "room:1", "1");
-        assert_eq!(c.session.joins.capacity(), 1, "not the four a first push makes room for");
+        assert_eq!(
+            c.session.joins.capacity(),
+            1,
+            "not the four a first push makes room for"
+        );
         c.join(&hub, "room:2", "2");
         assert_eq!(c.session.joins.len(), 2);
     }
