@@ -96,8 +96,14 @@ describe("phoenix channels", { timeout: SUITE_TIMEOUT_MS }, () => {
     await joinOk(ca);
     await joinOk(cb);
     const seenByA = [];
+    // phoenix.js resolves leave() with a local "ok" at once (the channel is no longer joined
+    // when it checks), so the server's own answer is awaited on the wire: its phx_close comes
+    // after the leave is done, and only then may another member's push be expected to miss a.
+    let serverClosed;
+    const closedOnServer = new Promise((resolve) => (serverClosed = resolve));
     a.onMessage((m) => {
       if (m.topic === "room:leave" && m.event === "new_msg") seenByA.push(m);
+      if (m.topic === "room:leave" && m.event === "phx_close") serverClosed();
     });
     let closed = false;
     ca.onClose(() => (closed = true));
@@ -106,6 +112,11 @@ describe("phoenix channels", { timeout: SUITE_TIMEOUT_MS }, () => {
     assert.equal(r.status, "ok", `leave reply: ${JSON.stringify(r)}`);
     assert.ok(closed, "channel onClose fired after leave");
     assert.equal(ca.state, "closed");
+    const onServer = await Promise.race([
+      closedOnServer.then(() => true),
+      sleep(WAIT_MS).then(() => false),
+    ]);
+    assert.ok(onServer, "the server's phx_close for the leave");
 
     const gb = collect(cb, "new_msg");
     assert.equal((await pushResult(cb.push("new_msg", { after: "leave" }))).status, "ok");
