@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: idle-soak bench-presence json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: nats-server idle-soak bench-presence json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -25,7 +25,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
+## The cluster tests start their own nats-server (Debian's package) on free ports.
+nats-server:
+	@command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || \
+	  { echo "installing nats-server (apt)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null; }; }
+
+unit: nats-server
 	$(CARGO) test --workspace --all-targets
 
 ## Node 20 tests with the official `phoenix` npm client (installs tests/js/node_modules).

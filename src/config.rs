@@ -148,6 +148,55 @@ pub struct Config {
     pub max_presences_per_topic: usize,
     /// Bytes of the `meta` object a client may give in its join payload.
     pub max_presence_meta_bytes: usize,
+    /// Several nodes as one server over NATS (`[cluster]`); absent: a single node, with no NATS
+    /// code on any path.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: how this node joins the others (see ARCHITECTURE.md "Cluster").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// NATS servers (one, or several of a NATS cluster), e.g. `["nats://10.0.0.5:4222"]`.
+    pub nats_url: Vec<String>,
+    /// This node's name, in logs and NATS (default: hostname and pid).
+    pub node: Option<String>,
+    /// NATS credentials: user and password, a token, or a `.creds` file.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A CA certificate (PEM) to verify the NATS servers' TLS; `tls_required` refuses plain.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    pub tls_required: bool,
+    /// Subjects start with this (`<prefix>.t.<topic>`): several clusters can share one NATS.
+    pub subject_prefix: String,
+    /// Publications a core may hand the bridge before it waits for NATS; more are dropped and
+    /// counted (`corecast_cluster_dropped_total`).
+    pub queue: usize,
+    /// Presence: how often a node tells the others it is alive, and after how long without a
+    /// word from a node its presences are shown as leaves.
+    pub presence_heartbeat_ms: u64,
+    pub down_period_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            nats_url: vec!["nats://127.0.0.1:4222".into()],
+            node: None,
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_required: false,
+            subject_prefix: "corecast".into(),
+            queue: 65_536,
+            presence_heartbeat_ms: 1_500,
+            down_period_ms: 30_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -191,6 +240,7 @@ impl Default for Config {
             presence_diff_window_ms: 100,
             max_presences_per_topic: 100_000,
             max_presence_meta_bytes: 1024,
+            cluster: None,
         }
     }
 }
@@ -302,6 +352,28 @@ impl Config {
         }
         if self.require_token && self.auth_secret.is_none() {
             return bad("require_token needs auth_secret");
+        }
+        if let Some(c) = &self.cluster {
+            if c.nats_url.is_empty() {
+                return bad("cluster.nats_url must list at least one NATS server");
+            }
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !valid(&c.subject_prefix) {
+                return bad("cluster.subject_prefix must be letters, digits, - or _");
+            }
+            if c.queue == 0 || c.presence_heartbeat_ms == 0 || c.down_period_ms == 0 {
+                return bad("cluster.queue, presence_heartbeat_ms and down_period_ms must be > 0");
+            }
+            if c.down_period_ms <= c.presence_heartbeat_ms {
+                return bad("cluster.down_period_ms must be longer than presence_heartbeat_ms");
+            }
+            if c.password.is_some() != c.user.is_some() {
+                return bad("cluster.user and cluster.password go together");
+            }
         }
         if self.presence_diff_window_ms == 0 || self.presence_diff_window_ms > 60_000 {
             return bad("presence_diff_window_ms must be from 1 to 60000");
@@ -488,6 +560,28 @@ mod tests {
         assert!(!c.api_origin_allowed("http://admin.example.com"));
         // check_origin (sockets) is a separate list.
         assert!(c.origin_allowed(Some("https://evil.com")));
+    }
+
+    #[test]
+    fn a_cluster_section_is_read_and_checked() {
+        assert_eq!(Config::from_toml("").unwrap().cluster, None, "one node by default");
+        let c = Config::from_toml(
+            "[cluster]\nnats_url = [\"nats://a:4222\", \"nats://b:4222\"]\nnode = \"ws-1\"\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.nats_url, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!((c.node.as_deref(), c.presence_heartbeat_ms), (Some("ws-1"), 1500));
+        for bad in [
+            "[cluster]\nnats_url = []",
+            "[cluster]\nsubject_prefix = \"a.b\"",
+            "[cluster]\nuser = \"u\"",
+            "[cluster]\ndown_period_ms = 100\npresence_heartbeat_ms = 200",
+            "[cluster]\nnope = 1",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

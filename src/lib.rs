@@ -16,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod proto;

@@ -95,6 +95,17 @@ struct ServeArgs {
     /// On SIGTERM/SIGINT, how long connections get to close before exit [default: 10000].
     #[arg(long, value_name = "MS")]
     shutdown_timeout_ms: Option<u64>,
+    /// Join a cluster over NATS: server URL(s), comma-separated (sets `[cluster] nats_url`).
+    #[arg(
+        long,
+        value_name = "URLS",
+        env = "CORECAST_NATS_URL",
+        value_delimiter = ','
+    )]
+    nats_url: Option<Vec<String>>,
+    /// This node's name in the cluster (sets `[cluster] node`) [default: hostname-pid].
+    #[arg(long, value_name = "NAME", env = "CORECAST_NODE")]
+    node: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -175,6 +186,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.shutdown_timeout_ms {
         cfg.shutdown_timeout_ms = v;
+    }
+    if let Some(urls) = args.nats_url.filter(|u| !u.is_empty()) {
+        cfg.cluster.get_or_insert_with(Default::default).nats_url = urls;
+    }
+    if let Some(node) = args.node {
+        cfg.cluster.get_or_insert_with(Default::default).node = Some(node);
     }
     // SIGTERM/SIGINT: the handler sets the flag (all a handler may do), and a signal thread
     // then asks the cores to stop, waking each at once. A second signal exits without a drain.

@@ -10,6 +10,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::info;
 
 use crate::app::handler::{DefaultHandler, Handler};
+use crate::cluster::bridge::Bridge;
 use crate::config::Config;
 use crate::pubsub::hub::{self, Hub};
 use crate::runtime::reactor::Accept;
@@ -41,6 +42,8 @@ pub struct Server {
     cores: usize,
     stop: Arc<Stop>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The cluster bridge (a cluster node only), stopped after the cores.
+    bridge: Option<Bridge>,
 }
 
 impl Server {
@@ -95,6 +98,18 @@ impl Server {
             started: std::time::Instant::now(),
         });
         let channels = Arc::new(hub::Shared::new(handler, cores));
+        // A cluster node: the bridge thread to NATS, and each core's end of it.
+        let (bridge, mut links) = match &shared.cfg.cluster {
+            Some(c) => {
+                let (b, links) =
+                    Bridge::start(c, cores, 16_384).map_err(|e| StartError::Executor {
+                        core: 0,
+                        reason: format!("cluster bridge: {e}"),
+                    })?;
+                (Some(b), links.into_iter().map(Some).collect())
+            }
+            None => (None, (0..cores).map(|_| None).collect::<Vec<_>>()),
+        };
         let limits = crate::runtime::mesh::Limits {
             envelopes: shared.cfg.mesh_outbox,
             bytes: shared.cfg.mesh_outbox_bytes,
@@ -111,6 +126,7 @@ impl Server {
             let (shared, channels) = (shared.clone(), channels.clone());
             let mesh = mesh.clone();
             let core_stop = stop.clone();
+            let link = links[core].take();
             let ready = ready_tx.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("corecast-{core}"))
@@ -118,6 +134,9 @@ impl Server {
                     let listener = std::net::TcpListener::from(socket);
                     let shard = Shard::new(core, shared);
                     let hub = Hub::new(shard.clone(), channels);
+                    if let Some(link) = link {
+                        hub.join_cluster(link);
+                    }
                     // The wiring of one core: envelopes from other cores go to the hub's
                     // delivery, accepted sockets to connection tasks, ticks to the hub
                     // (presence windows). Weak: the shard owns
@@ -198,6 +217,7 @@ impl Server {
             cores,
             stop,
             threads,
+            bridge,
         })
     }
 
@@ -223,12 +243,16 @@ impl Server {
     }
 
     /// Wait until every core has stopped. An error names each core that died abnormally.
-    pub fn join(self) -> Result<(), String> {
+    pub fn join(mut self) -> Result<(), String> {
         let mut failed = Vec::new();
-        for (core, t) in self.threads.into_iter().enumerate() {
+        for (core, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             if let Err(e) = t.join() {
                 failed.push(format!("core {core}: {e}"));
             }
+        }
+        // The cores' last publications (their drains) are in the bridge's queue: flush, stop.
+        if let Some(mut b) = self.bridge.take() {
+            b.stop();
         }
         if failed.is_empty() {
             Ok(())

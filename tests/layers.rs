@@ -10,12 +10,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["proto"]),
     ("proto", &[]),
     ("runtime", &["config", "proto"]),
+    ("cluster", &["config"]),
     ("app", &["config", "proto"]),
-    ("pubsub", &["config", "proto", "runtime", "app"]),
-    ("http", &["config", "proto", "runtime", "app", "pubsub"]),
+    ("pubsub", &["config", "proto", "runtime", "cluster", "app"]),
+    (
+        "http",
+        &["config", "proto", "runtime", "cluster", "app", "pubsub"],
+    ),
     (
         "transport",
-        &["config", "proto", "runtime", "app", "pubsub", "http"],
+        &[
+            "config", "proto", "runtime", "cluster", "app", "pubsub", "http",
+        ],
     ),
     ("sim", &["config", "proto", "runtime", "app", "pubsub"]),
     (
@@ -24,6 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "proto",
             "runtime",
+            "cluster",
             "app",
             "pubsub",
             "http",

@@ -286,6 +286,58 @@ pub fn metrics(hub: &Hub) -> Answer {
     let mut out = String::with_capacity(8192);
     series(&mut out, SERIES, all);
     series(&mut out, CHANNEL_SERIES, &hub.shared.counters);
+    if let Some(c) = hub.cluster() {
+        let node = serde_json::to_string(&c.node).unwrap_or_default();
+        for (name, kind, help, v) in [
+            (
+                "corecast_cluster_connected",
+                "gauge",
+                "1 while this node is connected to NATS.",
+                u64::from(c.connected()),
+            ),
+            (
+                "corecast_cluster_published_total",
+                "counter",
+                "Publications handed to NATS (one per broadcast published on this node).",
+                c.published.load(Ordering::Relaxed),
+            ),
+            (
+                "corecast_cluster_received_total",
+                "counter",
+                "Publications received from other nodes.",
+                c.received.load(Ordering::Relaxed),
+            ),
+            (
+                "corecast_cluster_unreachable_total",
+                "counter",
+                "Publications that could not reach the cluster (NATS unreachable); delivered locally.",
+                c.unreachable.load(Ordering::Relaxed),
+            ),
+            (
+                "corecast_cluster_dropped_total",
+                "counter",
+                "Publications dropped because the bridge's queue was full.",
+                c.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "corecast_cluster_subscriptions",
+                "gauge",
+                "Topics this node is subscribed to on NATS (those with local subscribers).",
+                c.subscriptions.load(Ordering::Relaxed),
+            ),
+            (
+                "corecast_cluster_connects_total",
+                "counter",
+                "Times the connection to NATS was established.",
+                c.connects.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node={node}}} {v}"
+            );
+        }
+    }
     let name = "corecast_closes_total";
     let _ = writeln!(
         out,

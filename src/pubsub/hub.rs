@@ -18,10 +18,11 @@ use crate::proto::phoenix::Payload;
 pub const EVENT_PRESENCE_DIFF: &str = "presence_diff";
 /// The event of the state a joiner gets.
 pub const EVENT_PRESENCE_STATE: &str = "presence_state";
+use crate::cluster::bridge::Link;
 use crate::pubsub::encode::{self, Wire};
 use crate::pubsub::presence::{OP_KIND, Op, Refs, Tracker, home_of};
 use crate::pubsub::publication::{Publication, Refused};
-use crate::pubsub::topics::Topics;
+use crate::pubsub::topics::{Sub, Subscription, Topics};
 use crate::runtime::shard::{Shard, Stats};
 
 /// Channel counters of one core (written by it, read by whichever core renders `/metrics`).
@@ -91,6 +92,8 @@ pub struct Hub {
     /// The time of the core's last tick: a presence change is stamped with it, so the tick after
     /// the window publishes it (a change is out within a window of the tick it came in).
     presence_clock: std::cell::Cell<std::time::Instant>,
+    /// This core's end of the cluster bridge (a cluster node only).
+    cluster: std::cell::OnceCell<Link>,
 }
 
 impl Hub {
@@ -105,6 +108,7 @@ impl Hub {
             shared,
             topics: RefCell::new(Topics::new()),
             presence_clock: std::cell::Cell::new(std::time::Instant::now()),
+            cluster: std::cell::OnceCell::new(),
         })
     }
 
@@ -146,11 +150,70 @@ impl Hub {
         })
     }
 
-    /// Publish a checked publication: to every other core through the mesh, and here.
+    /// Publish a checked publication: to every other core through the mesh, here, and (on a
+    /// cluster node) once to the cluster, for the other nodes.
     pub fn publish(&self, p: Publication) {
         Stats::bump(&self.counters.broadcasts);
         self.shard.send_to_peers(&p.envelope());
+        if let Some(link) = self.cluster.get() {
+            link.publish(p.topic(), p.envelope().0);
+        }
         self.deliver(&p);
+    }
+
+    /// Add a subscriber to this core's table; the first of a topic tells the cluster bridge
+    /// (a node subscribes to a topic's subject only while it has local subscribers).
+    pub fn subscribe(&self, topic: &str, sub: Sub) -> Subscription {
+        let mut topics = self.topics.borrow_mut();
+        let first = topics.count(topic) == 0;
+        let s = topics.subscribe(topic, sub);
+        if first && let Some(link) = self.cluster.get() {
+            link.interest(topic, true);
+        }
+        s
+    }
+
+    /// Remove a subscription; the last of a topic tells the cluster bridge.
+    pub fn unsubscribe(&self, s: &Subscription) {
+        let mut topics = self.topics.borrow_mut();
+        let had = topics.count(&s.topic) > 0;
+        topics.unsubscribe(s);
+        if had
+            && topics.count(&s.topic) == 0
+            && let Some(link) = self.cluster.get()
+        {
+            link.interest(&s.topic, false);
+        }
+    }
+
+    /// Become a cluster node's core: publications go to the cluster too, and what other nodes
+    /// publish is delivered here (a task of this core takes it off the bridge's queue).
+    pub fn join_cluster(self: &Rc<Self>, link: Link) {
+        if self.cluster.set(link).is_err() {
+            return;
+        }
+        let hub = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let link = hub.cluster.get().expect("set above");
+                let bytes = std::future::poll_fn(|cx| link.poll_recv(cx)).await;
+                hub.deliver_from_cluster(bytes);
+            }
+        })
+        .detach();
+    }
+
+    /// A publication another node sent: delivered on this core only (the bridge hands every
+    /// core its own copy), never published again.
+    pub fn deliver_from_cluster(&self, bytes: Arc<[u8]>) {
+        if let Some(p) = Publication::from_envelope(crate::runtime::mesh::Envelope(bytes)) {
+            self.deliver(&p);
+        }
+    }
+
+    /// The cluster's state, on a cluster node.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::bridge::State>> {
+        self.cluster.get().map(|l| &l.state)
     }
 
     /// Queue `p` on every subscriber of its topic on this core, encoded once per wire format

@@ -173,7 +173,7 @@ impl Session {
         match decision {
             Some(Ok(response)) => {
                 let sub = Sub::new(ctx.key, ctx.generation, Wire::V2.number());
-                let sub = ctx.hub.topics.borrow_mut().subscribe(topic, sub);
+                let sub = ctx.hub.subscribe(topic, sub);
                 Stats::bump(&ctx.hub.counters.joins);
                 Stats::bump(&ctx.hub.counters.channels);
                 reply(ctx, join_ref, msg_ref, topic, true, &response);
@@ -355,7 +355,7 @@ impl Session {
     /// Leave channel `i`; returns its join ref.
     fn remove(&mut self, ctx: Ctx<'_>, i: usize, why: Terminate) -> Option<Box<str>> {
         let j = self.joins.swap_remove(i);
-        ctx.hub.topics.borrow_mut().unsubscribe(&j.sub);
+        ctx.hub.unsubscribe(&j.sub);
         for t in j.tracked.into_vec() {
             ctx.hub.presence_send(Op::Untrack {
                 topic: Box::from(&*j.sub.topic),

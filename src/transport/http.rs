@@ -84,7 +84,14 @@ impl Conn {
             Plan::Refuse(refusal) => (refusal.answer(), refusal.headers),
             Plan::Health => {
                 let (id, n) = (self.hub.shard.id, self.hub.shard.connections());
-                let body = format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#);
+                // A cluster node without NATS still serves its own clients: 200, "degraded".
+                let body = match self.hub.cluster().and_then(|c| c.degraded()) {
+                    None => format!(r#"{{"status":"ok","core":{id},"connections":{n}}}"#),
+                    Some(why) => format!(
+                        r#"{{"status":"degraded","reason":{},"core":{id},"connections":{n}}}"#,
+                        serde_json::to_string(&why).unwrap_or_default()
+                    ),
+                };
                 (Answer::json(200, &body), &[][..])
             }
             Plan::Metrics => (crate::http::metrics::metrics(&self.hub), &[][..]),

@@ -1,0 +1,297 @@
+//! Several corecast nodes over a real `nats-server` (issue 13), every one a separate process on
+//! its own port: a broadcast on any node reaches every subscriber on every node exactly once and
+//! in order, one NATS publish per broadcast; NATS lost and back; NATS absent at start; a node
+//! killed with SIGKILL costs the others nothing. `make test` installs nats-server when missing.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, Ws, ws_recv, ws_send};
+use serde_json::{Value, json};
+
+/// A nats-server on a free loopback port, stopped when dropped.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+fn nats_bin() -> String {
+    for p in [
+        "nats-server",
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+    ] {
+        if Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok()
+        {
+            return p.to_string();
+        }
+    }
+    panic!("nats-server is not installed: `make test` installs it (apt-get install nats-server)");
+}
+
+impl Nats {
+    fn start_on(port: u16) -> Nats {
+        let child = Command::new(nats_bin())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, port }
+    }
+
+    fn start() -> Nats {
+        Nats::start_on(free_port())
+    }
+
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node(nats_port: u16, name: &str) -> TestServer {
+    let config =
+        format!("[cluster]\nnats_url = [\"nats://127.0.0.1:{nats_port}\"]\nnode = \"{name}\"\n");
+    TestServer::start_with_config(&config, &["--cores", "2"])
+}
+
+/// `n` joined members of `topic` on `srv`.
+fn members(srv: &TestServer, topic: &str, n: usize) -> Vec<Ws> {
+    (0..n)
+        .map(|i| {
+            let (mut ws, _) = srv.phx_ws(Duration::from_secs(5));
+            ws_send(&mut ws, json!([i.to_string(), "1", topic, "phx_join", {}]));
+            assert_eq!(ws_recv(&mut ws)[4]["status"], "ok");
+            ws
+        })
+        .collect()
+}
+
+/// Wait until `srv` is subscribed to `topics` topics on NATS (its bridge flushed the SUB).
+fn wait_subscribed(srv: &TestServer, topics: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.metric("corecast_cluster_subscriptions") < topics {
+        assert!(Instant::now() < deadline, "node never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_connected(srv: &TestServer, connected: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    while (srv.metric("corecast_cluster_connected") == 1) != connected {
+        assert!(
+            Instant::now() < deadline,
+            "connected never became {connected}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `n` of every `new_msg` a member gets within `for_` (until `want` arrived).
+fn take(ws: &mut Ws, want: usize, for_: Duration) -> Vec<i64> {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    let deadline = Instant::now() + for_;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v[3] == "new_msg" {
+                    got.push(v[4]["n"].as_i64().unwrap());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    got
+}
+
+fn api_broadcast(srv: &TestServer, topic: &str, n: i64) {
+    let body = json!({"topic": topic, "event": "new_msg", "payload": {"n": n}}).to_string();
+    let req = format!(
+        "POST /api/broadcast HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = srv.connect_tcp();
+    let (status, _) = common::http_exchange(&mut s, req.as_bytes());
+    assert_eq!(status, 202, "broadcast answered {status}");
+}
+
+fn health(srv: &TestServer) -> Value {
+    let mut s = srv.connect_tcp();
+    let (status, _) = common::http_exchange(&mut s, b"GET /health HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 200);
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut body);
+    serde_json::from_str(body.trim()).unwrap_or(Value::Null)
+}
+
+#[test]
+fn three_nodes_deliver_every_broadcast_once_and_in_order() {
+    let nats = Nats::start();
+    let nodes: Vec<TestServer> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| node(nats.port, n))
+        .collect();
+    let mut subs: Vec<Vec<Ws>> = nodes.iter().map(|n| members(n, "room:all", 3)).collect();
+    for n in &nodes {
+        wait_subscribed(n, 1);
+        assert_eq!(health(n)["status"], "ok");
+    }
+    // A member on node 1 pushes 20 messages; every member on every node gets each once, in
+    // order (the pusher included).
+    let (mut pusher, _) = nodes[0].phx_ws(Duration::from_secs(5));
+    ws_send(&mut pusher, json!(["p", "1", "room:all", "phx_join", {}]));
+    assert_eq!(ws_recv(&mut pusher)[4]["status"], "ok");
+    for n in 0..20 {
+        ws_send(
+            &mut pusher,
+            json!(["p", n.to_string(), "room:all", "new_msg", {"n": n}]),
+        );
+    }
+    let want: Vec<i64> = (0..20).collect();
+    for (i, node_subs) in subs.iter_mut().enumerate() {
+        for ws in node_subs.iter_mut() {
+            let got = take(ws, 20, Duration::from_secs(5));
+            assert_eq!(got, want, "node {}", i + 1);
+        }
+    }
+    // The API on node 3 likewise.
+    api_broadcast(&nodes[2], "room:all", 100);
+    for node_subs in subs.iter_mut() {
+        for ws in node_subs.iter_mut() {
+            assert_eq!(take(ws, 1, Duration::from_secs(5)), [100]);
+        }
+    }
+    // Nothing more arrives: no duplicate from an echo.
+    for node_subs in subs.iter_mut() {
+        for ws in node_subs.iter_mut() {
+            assert!(take(ws, 1, Duration::from_millis(200)).is_empty());
+        }
+    }
+    // One NATS publish per broadcast, whatever the number of subscribers and nodes.
+    assert_eq!(nodes[0].metric("corecast_cluster_published_total"), 20);
+    assert_eq!(nodes[2].metric("corecast_cluster_published_total"), 1);
+    assert_eq!(nodes[1].metric("corecast_cluster_published_total"), 0);
+    // Each other node received each publication once (not once per subscriber or core).
+    assert_eq!(nodes[1].metric("corecast_cluster_received_total"), 21);
+
+    // A node with no subscriber of a topic is not subscribed to it.
+    drop(subs.remove(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes[1].metric("corecast_cluster_subscriptions") > 0 {
+        assert!(Instant::now() < deadline, "node 2 kept its subscription");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    api_broadcast(&nodes[0], "room:all", 101);
+    for node_subs in subs.iter_mut() {
+        for ws in node_subs.iter_mut() {
+            assert_eq!(take(ws, 1, Duration::from_secs(5)), [101]);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(nodes[1].metric("corecast_cluster_received_total"), 21);
+
+    // kill -9 node 3: the others go on.
+    let mut gone = nodes.into_iter().collect::<Vec<_>>();
+    let n3 = gone.pop().unwrap();
+    drop(subs.pop());
+    let mut n3 = n3;
+    n3.child.kill().unwrap();
+    let _ = n3.child.wait();
+    api_broadcast(&gone[1], "room:all", 102);
+    for ws in subs[0].iter_mut() {
+        assert_eq!(take(ws, 1, Duration::from_secs(5)), [102]);
+    }
+}
+
+#[test]
+fn nats_lost_and_back_and_absent_at_start() {
+    let port = free_port();
+    // NATS is not there yet: the node starts, serves its local clients, says degraded.
+    let a = node(port, "a");
+    let mut local = members(&a, "room:x", 2);
+    let h = health(&a);
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(h["reason"].as_str().unwrap().contains("NATS"), "{h}");
+    api_broadcast(&a, "room:x", 1);
+    for ws in local.iter_mut() {
+        assert_eq!(
+            take(ws, 1, Duration::from_secs(5)),
+            [1],
+            "local delivery without NATS"
+        );
+    }
+    assert!(a.metric("corecast_cluster_unreachable_total") >= 1);
+
+    // NATS comes: the node connects (retrying with backoff) and its subscription is restored.
+    let nats = Nats::start_on(port);
+    wait_connected(&a, true, Duration::from_secs(15));
+    let b = node(port, "b");
+    let mut remote = members(&b, "room:x", 2);
+    wait_subscribed(&a, 1);
+    wait_subscribed(&b, 1);
+    assert_eq!(health(&a)["status"], "ok");
+    api_broadcast(&b, "room:x", 2);
+    for ws in local.iter_mut().chain(remote.iter_mut()) {
+        assert_eq!(take(ws, 1, Duration::from_secs(5)), [2]);
+    }
+
+    // NATS dies: both nodes go on delivering locally and say degraded; it comes back on the same
+    // port: delivery across nodes resumes without restarting corecast.
+    drop(nats);
+    wait_connected(&a, false, Duration::from_secs(10));
+    assert_eq!(health(&b)["status"], "degraded");
+    api_broadcast(&a, "room:x", 3);
+    for ws in local.iter_mut() {
+        assert_eq!(take(ws, 1, Duration::from_secs(5)), [3]);
+    }
+    for ws in remote.iter_mut() {
+        assert!(
+            take(ws, 1, Duration::from_millis(300)).is_empty(),
+            "NATS is down"
+        );
+    }
+    let _nats = Nats::start_on(port);
+    wait_connected(&a, true, Duration::from_secs(15));
+    wait_connected(&b, true, Duration::from_secs(15));
+    // The client resubscribes on reconnect; give the SUBs a moment to reach the server.
+    std::thread::sleep(Duration::from_millis(300));
+    api_broadcast(&a, "room:x", 4);
+    for ws in local.iter_mut().chain(remote.iter_mut()) {
+        assert_eq!(take(ws, 1, Duration::from_secs(5)), [4]);
+    }
+}
