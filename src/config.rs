@@ -564,7 +564,11 @@ mod tests {
 
     #[test]
     fn a_cluster_section_is_read_and_checked() {
-        assert_eq!(Config::from_toml("").unwrap().cluster, None, "one node by default");
+        assert_eq!(
+            Config::from_toml("").unwrap().cluster,
+            None,
+            "one node by default"
+        );
         let c = Config::from_toml(
             "[cluster]\nnats_url = [\"nats://a:4222\", \"nats://b:4222\"]\nnode = \"ws-1\"\n",
         )
@@ -572,7 +576,10 @@ mod tests {
         .cluster
         .unwrap();
         assert_eq!(c.nats_url, ["nats://a:4222", "nats://b:4222"]);
-        assert_eq!((c.node.as_deref(), c.presence_heartbeat_ms), (Some("ws-1"), 1500));
+        assert_eq!(
+            (c.node.as_deref(), c.presence_heartbeat_ms),
+            (Some("ws-1"), 1500)
+        );
         for bad in [
             "[cluster]\nnats_url = []",
             "[cluster]\nsubject_prefix = \"a.b\"",

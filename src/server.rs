@@ -157,11 +157,7 @@ impl Server {
                                 .detach();
                         }
                     });
-                    let on_tick = move || {
-                        if let Some(hub) = h3.upgrade() {
-                            hub.on_tick();
-                        }
-                    };
+                    let on_tick = move || h3.upgrade().is_some_and(|hub| hub.on_tick());
                     let wiring = Wiring {
                         deliver: Box::new(deliver),
                         accept,

@@ -55,7 +55,6 @@ impl Nats {
     fn start() -> Nats {
         Nats::start_on(free_port())
     }
-
 }
 
 impl Drop for Nats {
@@ -294,4 +293,117 @@ fn nats_lost_and_back_and_absent_at_start() {
     for ws in local.iter_mut().chain(remote.iter_mut()) {
         assert_eq!(take(ws, 1, Duration::from_secs(5)), [4]);
     }
+}
+
+/// A member's presence view (key -> phx_refs), from `presence_state` and diffs, like phoenix.js.
+struct View {
+    ws: Ws,
+    keys: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl View {
+    fn join(srv: &TestServer, topic: &str) -> View {
+        let (mut ws, _) = srv.phx_ws(Duration::from_secs(5));
+        ws_send(&mut ws, json!(["1", "1", topic, "phx_join", {}]));
+        assert_eq!(ws_recv(&mut ws)[4]["status"], "ok");
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        View {
+            ws,
+            keys: Default::default(),
+        }
+    }
+
+    fn apply(&mut self, v: &Value, join: bool) {
+        for (k, e) in v.as_object().into_iter().flatten() {
+            for m in e["metas"].as_array().into_iter().flatten() {
+                let r = m["phx_ref"].as_str().unwrap().to_string();
+                if join {
+                    self.keys.entry(k.clone()).or_default().insert(r);
+                } else if let Some(set) = self.keys.get_mut(k) {
+                    set.remove(&r);
+                    if set.is_empty() {
+                        self.keys.remove(k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read until the view has `n` keys (or `within` passes); the number it has.
+    fn until(&mut self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(tungstenite::Message::Text(t)) = self.ws.read() {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v[3].as_str() {
+                    Some("presence_state") => self.apply(&v[4], true),
+                    Some("presence_diff") => {
+                        self.apply(&v[4]["joins"], true);
+                        self.apply(&v[4]["leaves"], false);
+                    }
+                    _ => {}
+                }
+            }
+            if self.keys.len() == n {
+                break;
+            }
+        }
+        self.keys.len()
+    }
+}
+
+#[test]
+fn presence_spans_nodes_and_a_dead_node_leaves_after_the_down_period() {
+    let nats = Nats::start();
+    let config = |name: &str| {
+        format!(
+            "presence = [\"room:*\"]\npresence_anonymous = true\n[cluster]\n\
+             nats_url = [\"nats://127.0.0.1:{}\"]\nnode = \"{name}\"\n\
+             presence_heartbeat_ms = 200\ndown_period_ms = 1500\n",
+            nats.port
+        )
+    };
+    let a = TestServer::start_with_config(&config("a"), &["--cores", "2"]);
+    let mut a1 = View::join(&a, "room:p");
+    assert_eq!(a1.until(1, Duration::from_secs(3)), 1, "a1 sees itself");
+    // A node that comes later gets the others' state (its first member's view has both).
+    let mut b = TestServer::start_with_config(&config("b"), &["--cores", "2"]);
+    let mut b1 = View::join(&b, "room:p");
+    assert_eq!(b1.until(2, Duration::from_secs(5)), 2, "b1: {:?}", b1.keys);
+    assert_eq!(a1.until(2, Duration::from_secs(5)), 2, "a1: {:?}", a1.keys);
+    // A second member on a: the state it gets already holds b's member.
+    let mut a2 = View::join(&a, "room:p");
+    assert_eq!(a2.until(3, Duration::from_secs(5)), 3, "a2: {:?}", a2.keys);
+    assert_eq!(b1.until(3, Duration::from_secs(5)), 3);
+    // kill -9 node b: its member leaves everyone's view after the down period, not before.
+    b.child.kill().unwrap();
+    let _ = b.child.wait();
+    let t0 = Instant::now();
+    assert_eq!(
+        a1.until(2, Duration::from_secs(6)),
+        2,
+        "b1 left: {:?}",
+        a1.keys
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "left after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(a2.until(2, Duration::from_secs(2)), 2);
+    // A node that stops cleanly says goodbye: its members leave at once.
+    let b = TestServer::start_with_config(&config("b"), &["--cores", "1"]);
+    let mut b2 = View::join(&b, "room:p");
+    assert_eq!(b2.until(3, Duration::from_secs(5)), 3, "b2: {:?}", b2.keys);
+    assert_eq!(a1.until(3, Duration::from_secs(5)), 3);
+    b.terminate();
+    let t0 = Instant::now();
+    assert_eq!(a1.until(2, Duration::from_secs(3)), 2, "{:?}", a1.keys);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1400),
+        "took {:?}",
+        t0.elapsed()
+    );
 }

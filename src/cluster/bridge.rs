@@ -58,20 +58,49 @@ impl State {
 }
 
 enum Up {
-    Publish { topic: Box<str>, bytes: Arc<[u8]> },
+    Publish {
+        topic: Box<str>,
+        bytes: Arc<[u8]>,
+    },
+    /// A home core's answer to a node that asked for a topic's presence state.
+    Reply {
+        subject: String,
+        bytes: Vec<u8>,
+    },
 }
 
 enum Interest {
-    On(Box<str>),
+    /// A core has subscribers of the topic now; `presence`: it is a presence topic.
+    On(Box<str>, bool),
     Off(Box<str>),
 }
+
+/// What the bridge hands a core.
+#[derive(Clone, Debug)]
+pub enum Down {
+    /// A publication another node (`origin`: name#incarnation) published.
+    Publication { bytes: Arc<[u8]>, origin: Arc<str> },
+    /// A node asks for `topic`'s presence state: the topic's home core answers to `reply`.
+    StateRequest { topic: Arc<str>, reply: Arc<str> },
+    /// Node `origin`'s presence state of `topic` (a diff of joins), as asked.
+    Seed {
+        topic: Arc<str>,
+        origin: Arc<str>,
+        diff: Arc<str>,
+    },
+    /// Node `origin` is gone (silent for `down_period_ms`, or restarted): its presences leave.
+    NodeDown(Arc<str>),
+}
+
+/// Header carrying a message's origin node instance.
+const ORIGIN: &str = "cc-origin";
 
 /// One core's end of the bridge: publish, say which topics it has subscribers for, and take what
 /// other nodes published. Never blocks.
 pub struct Link {
     up: mpsc::Sender<Up>,
     interest: mpsc::UnboundedSender<Interest>,
-    down: std::sync::mpsc::Receiver<Arc<[u8]>>,
+    down: std::sync::mpsc::Receiver<Down>,
     waker: Arc<AtomicWaker>,
     pub state: Arc<State>,
 }
@@ -92,18 +121,33 @@ impl Link {
         ok
     }
 
-    /// This core has subscribers of `topic` now (`on`), or no more.
-    pub fn interest(&self, topic: &str, on: bool) {
+    /// This core has subscribers of `topic` now (`on`; `presence`: a presence topic), or no more.
+    pub fn interest(&self, topic: &str, on: bool, presence: bool) {
         let i = if on {
-            Interest::On(topic.into())
+            Interest::On(topic.into(), presence)
         } else {
             Interest::Off(topic.into())
         };
         let _ = self.interest.send(i);
     }
 
-    /// The next publication another node sent (for this core to deliver).
-    pub fn poll_recv(&self, cx: &Context<'_>) -> Poll<Arc<[u8]>> {
+    /// Answer a node's request for a topic's presence state (`diff`: a diff of joins).
+    pub fn reply(&self, reply: &str, topic: &str, diff: &str) {
+        let mut bytes = Vec::with_capacity(4 + topic.len() + diff.len());
+        bytes.extend_from_slice(&(topic.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(topic.as_bytes());
+        bytes.extend_from_slice(diff.as_bytes());
+        let up = Up::Reply {
+            subject: reply.into(),
+            bytes,
+        };
+        if self.up.try_send(up).is_err() {
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The next thing the bridge has for this core.
+    pub fn poll_recv(&self, cx: &Context<'_>) -> Poll<Down> {
         if let Ok(b) = self.down.try_recv() {
             return Poll::Ready(b);
         }
@@ -197,7 +241,21 @@ fn default_node() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-type Downs = Arc<Vec<(std::sync::mpsc::SyncSender<Arc<[u8]>>, Arc<AtomicWaker>)>>;
+type Downs = Arc<Vec<(std::sync::mpsc::SyncSender<Down>, Arc<AtomicWaker>)>>;
+
+/// This process's instance name: the node's name and a random incarnation, so that a node that
+/// restarts replaces its old self on the others.
+fn instance(node: &str) -> String {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()));
+    format!("{node}#{seed:016x}")
+}
+
+fn origin_of(msg: &async_nats::Message) -> Option<Arc<str>> {
+    let h = msg.headers.as_ref()?.get(ORIGIN)?;
+    Some(Arc::from(h.as_str()))
+}
 
 async fn run(
     cfg: Cluster,
@@ -226,23 +284,59 @@ async fn run(
         }
     };
     let prefix = cfg.subject_prefix.clone();
-    // Topic -> (cores interested, the subscription's task).
-    let mut subs: HashMap<Box<str>, (usize, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let me = instance(&node);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(ORIGIN, me.as_str());
+    let sync_subject = format!("{prefix}.sync");
+    let inbox = client.new_inbox();
+    // Presence across nodes: heartbeats, state requests and their answers, on subjects of
+    // their own (always subscribed, whatever the topics).
+    let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<Peer>();
+    let mut aux = Vec::new();
+    if let Ok(sub) = client.subscribe(format!("{prefix}.hb")).await {
+        aux.push(tokio::spawn(heartbeats_in(sub, peer_tx.clone(), false)));
+    }
+    if let Ok(sub) = client.subscribe(format!("{prefix}.bye")).await {
+        aux.push(tokio::spawn(heartbeats_in(sub, peer_tx.clone(), true)));
+    }
+    if let Ok(sub) = client.subscribe(sync_subject.clone()).await {
+        aux.push(tokio::spawn(requests_in(
+            sub,
+            downs.clone(),
+            me.clone(),
+            peer_tx.clone(),
+        )));
+    }
+    if let Ok(sub) = client.subscribe(inbox.clone()).await {
+        aux.push(tokio::spawn(seeds_in(sub, downs.clone(), peer_tx.clone())));
+    }
+    let beat = Duration::from_millis(cfg.presence_heartbeat_ms);
+    let down_after = Duration::from_millis(cfg.down_period_ms);
+    let mut ticker = tokio::time::interval(beat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Other instances by name: (instance, last heard).
+    let mut peers: HashMap<String, (Arc<str>, tokio::time::Instant)> = HashMap::new();
+    // Topic -> (cores interested, presence topic, the subscription's task).
+    let mut subs: HashMap<Box<str>, (usize, bool, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
         tokio::select! {
             biased;
             _ = &mut stop => break,
             Some(i) = interest.recv() => match i {
-                Interest::On(topic) => {
-                    if let Some((n, _)) = subs.get_mut(&topic) {
+                Interest::On(topic, presence) => {
+                    if let Some((n, _, _)) = subs.get_mut(&topic) {
                         *n += 1;
                         continue;
                     }
                     let subject = subject::of_topic(&prefix, &topic);
                     match client.subscribe(subject).await {
                         Ok(sub) => {
-                            let task = tokio::spawn(forward(sub, downs.clone(), state.clone()));
-                            subs.insert(topic, (1, task));
+                            let task = tokio::spawn(forward(
+                                sub,
+                                downs.clone(),
+                                state.clone(),
+                                peer_tx.clone(),
+                            ));
                             // The gauge counts subscriptions NATS has taken (when connected).
                             if state.connected() {
                                 let _ = tokio::time::timeout(
@@ -251,16 +345,27 @@ async fn run(
                                 )
                                 .await;
                             }
+                            if presence {
+                                // What the others hold of this topic: their homes answer.
+                                let _ = client
+                                    .publish_with_reply(
+                                        sync_subject.clone(),
+                                        inbox.clone(),
+                                        bytes::Bytes::copy_from_slice(topic.as_bytes()),
+                                    )
+                                    .await;
+                            }
+                            subs.insert(topic, (1, presence, task));
                             state.subscriptions.store(subs.len() as u64, Ordering::Relaxed);
                         }
                         Err(e) => warn!(error = %e, %topic, "cluster: subscribe failed"),
                     }
                 }
                 Interest::Off(topic) => {
-                    if let Some((n, _)) = subs.get_mut(&topic) {
+                    if let Some((n, _, _)) = subs.get_mut(&topic) {
                         *n -= 1;
                         if *n == 0
-                            && let Some((_, task)) = subs.remove(&topic)
+                            && let Some((_, _, task)) = subs.remove(&topic)
                         {
                             task.abort(); // drops the subscriber: NATS is told to unsubscribe
                         }
@@ -268,22 +373,227 @@ async fn run(
                     }
                 }
             },
-            Some(Up::Publish { topic, bytes }) = up.recv() => {
+            Some(up_msg) = up.recv() => {
                 if !state.connected() {
                     state.unreachable.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let subject = subject::of_topic(&prefix, &topic);
-                match client.publish(subject, bytes::Bytes::copy_from_slice(&bytes)).await {
-                    Ok(()) => state.published.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => state.unreachable.fetch_add(1, Ordering::Relaxed),
+                let sent = match up_msg {
+                    Up::Publish { topic, bytes } => {
+                        let subject = subject::of_topic(&prefix, &topic);
+                        let payload = bytes::Bytes::copy_from_slice(&bytes);
+                        let r = client.publish_with_headers(subject, headers.clone(), payload).await;
+                        if r.is_ok() {
+                            state.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                        r.is_ok()
+                    }
+                    Up::Reply { subject, bytes } => client
+                        .publish_with_headers(subject, headers.clone(), bytes.into())
+                        .await
+                        .is_ok(),
                 };
+                if !sent {
+                    state.unreachable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(peer) = peer_rx.recv() => {
+                let Peer { name, instance, bye } = peer;
+                let now = tokio::time::Instant::now();
+                if *instance == *me {
+                    continue;
+                }
+                if bye {
+                    // A node stopping: its presences leave now, not after the down period.
+                    peers.remove(&name);
+                    send_all(&downs, Down::NodeDown(instance)).await;
+                    continue;
+                }
+                let fresh = match peers.get(&name) {
+                    Some((known, _)) if *known == instance => false,
+                    Some((old, _)) => {
+                        // Restarted: its old self's presences leave at once.
+                        send_all(&downs, Down::NodeDown(old.clone())).await;
+                        true
+                    }
+                    None => true,
+                };
+                if fresh {
+                    info!(node = %instance, "cluster: node in sight");
+                }
+                peers.insert(name, (instance, now));
+                if fresh {
+                    // A node (back) in sight: ask for what it holds of our presence topics.
+                    for (topic, (_, presence, _)) in &subs {
+                        if *presence {
+                            let _ = client
+                                .publish_with_reply(
+                                    sync_subject.clone(),
+                                    inbox.clone(),
+                                    bytes::Bytes::copy_from_slice(topic.as_bytes()),
+                                )
+                                .await;
+                        }
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if state.connected() {
+                    let _ = client
+                        .publish(format!("{prefix}.hb"), bytes::Bytes::copy_from_slice(me.as_bytes()))
+                        .await;
+                }
+                let now = tokio::time::Instant::now();
+                let silent: Vec<String> = peers
+                    .iter()
+                    .filter(|(_, (_, seen))| now.duration_since(*seen) > down_after)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in silent {
+                    if let Some((instance, _)) = peers.remove(&name) {
+                        info!(node = %instance, "cluster: node silent for the down period");
+                        send_all(&downs, Down::NodeDown(instance)).await;
+                    }
+                }
             }
         }
     }
+    // Leaving: the drain's leave diffs are in the queue already; flush them.
+    while let Ok(Up::Publish { topic, bytes }) = up.try_recv() {
+        let subject = subject::of_topic(&prefix, &topic);
+        let _ = client
+            .publish_with_headers(
+                subject,
+                headers.clone(),
+                bytes::Bytes::copy_from_slice(&bytes),
+            )
+            .await;
+    }
+    let _ = client
+        .publish(
+            format!("{prefix}.bye"),
+            bytes::Bytes::copy_from_slice(me.as_bytes()),
+        )
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-    for (_, (_, task)) in subs {
+    for (_, (_, _, task)) in subs {
         task.abort();
+    }
+    for task in aux {
+        task.abort();
+    }
+}
+
+/// A heartbeat: a node's name and instance.
+struct Peer {
+    name: String,
+    instance: Arc<str>,
+    /// A goodbye (the node is stopping), not a heartbeat.
+    bye: bool,
+}
+
+async fn heartbeats_in(
+    mut sub: async_nats::Subscriber,
+    to: mpsc::UnboundedSender<Peer>,
+    bye: bool,
+) {
+    while let Some(msg) = sub.next().await {
+        let Ok(instance) = std::str::from_utf8(&msg.payload) else {
+            continue;
+        };
+        let name = instance.rsplit_once('#').map_or(instance, |(n, _)| n);
+        let _ = to.send(Peer {
+            name: name.to_string(),
+            instance: Arc::from(instance),
+            bye,
+        });
+    }
+}
+
+/// Tell the main loop that `instance` was heard from.
+fn heard(to: &mpsc::UnboundedSender<Peer>, instance: &Arc<str>) {
+    let name = instance.rsplit_once('#').map_or(&**instance, |(n, _)| n);
+    let _ = to.send(Peer {
+        name: name.to_string(),
+        instance: instance.clone(),
+        bye: false,
+    });
+}
+
+async fn requests_in(
+    mut sub: async_nats::Subscriber,
+    downs: Downs,
+    me: String,
+    peers: mpsc::UnboundedSender<Peer>,
+) {
+    while let Some(msg) = sub.next().await {
+        if let Some(origin) = origin_of(&msg) {
+            heard(&peers, &origin);
+        }
+        let (Some(reply), Ok(topic)) = (msg.reply.as_ref(), std::str::from_utf8(&msg.payload))
+        else {
+            continue;
+        };
+        if origin_of(&msg).as_deref() == Some(me.as_str()) {
+            continue; // our own request (no_echo covers it; checked anyway)
+        }
+        let req = Down::StateRequest {
+            topic: Arc::from(topic),
+            reply: Arc::from(reply.as_str()),
+        };
+        send_all(&downs, req).await;
+    }
+}
+
+async fn seeds_in(
+    mut sub: async_nats::Subscriber,
+    downs: Downs,
+    peers: mpsc::UnboundedSender<Peer>,
+) {
+    while let Some(msg) = sub.next().await {
+        let Some(origin) = origin_of(&msg) else {
+            continue;
+        };
+        heard(&peers, &origin);
+        let b = &msg.payload[..];
+        let Some(len) = b
+            .get(..4)
+            .map(|l| u32::from_le_bytes(l.try_into().unwrap()) as usize)
+        else {
+            continue;
+        };
+        let (Some(topic), Some(diff)) = (b.get(4..4 + len), b.get(4 + len..)) else {
+            continue;
+        };
+        let (Ok(topic), Ok(diff)) = (std::str::from_utf8(topic), std::str::from_utf8(diff)) else {
+            continue;
+        };
+        let seed = Down::Seed {
+            topic: Arc::from(topic),
+            origin,
+            diff: Arc::from(diff),
+        };
+        send_all(&downs, seed).await;
+    }
+}
+
+/// Hand `item` to every core, in order, waiting for room where a core is behind.
+async fn send_all(downs: &Downs, item: Down) {
+    for (tx, waker) in downs.iter() {
+        let mut item = item.clone();
+        loop {
+            match tx.try_send(item) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    // The core is behind: let it catch up (order is kept).
+                    item = back;
+                    waker.wake();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+            }
+        }
+        waker.wake();
     }
 }
 
@@ -348,26 +658,28 @@ async fn connect(
     opts.connect(addrs).await.map_err(|e| e.to_string())
 }
 
-/// Hand every message of one subscription to every core, in order.
-async fn forward(mut sub: async_nats::Subscriber, downs: Downs, state: Arc<State>) {
+/// Hand every message of one subscription to every core, in order. The sender counts as heard
+/// from (at most a few times a second), so that a node is known from its first message, not
+/// only from its first heartbeat.
+async fn forward(
+    mut sub: async_nats::Subscriber,
+    downs: Downs,
+    state: Arc<State>,
+    peers: mpsc::UnboundedSender<Peer>,
+) {
+    let mut last: Option<(Arc<str>, tokio::time::Instant)> = None;
     while let Some(msg) = sub.next().await {
         state.received.fetch_add(1, Ordering::Relaxed);
-        let bytes: Arc<[u8]> = Arc::from(&msg.payload[..]);
-        for (tx, waker) in downs.iter() {
-            let mut item = bytes.clone();
-            loop {
-                match tx.try_send(item) {
-                    Ok(()) => break,
-                    Err(std::sync::mpsc::TrySendError::Full(back)) => {
-                        // The core is behind: let it catch up (order is kept).
-                        item = back;
-                        waker.wake();
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
-                }
-            }
-            waker.wake();
+        let origin = origin_of(&msg).unwrap_or_else(|| Arc::from("?"));
+        let now = tokio::time::Instant::now();
+        let stale = last.as_ref().is_none_or(|(o, t)| {
+            *o != origin || now.duration_since(*t) > Duration::from_millis(250)
+        });
+        if stale {
+            heard(&peers, &origin);
+            last = Some((origin.clone(), now));
         }
+        let bytes: Arc<[u8]> = Arc::from(&msg.payload[..]);
+        send_all(&downs, Down::Publication { bytes, origin }).await;
     }
 }

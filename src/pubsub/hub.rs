@@ -18,7 +18,7 @@ use crate::proto::phoenix::Payload;
 pub const EVENT_PRESENCE_DIFF: &str = "presence_diff";
 /// The event of the state a joiner gets.
 pub const EVENT_PRESENCE_STATE: &str = "presence_state";
-use crate::cluster::bridge::Link;
+use crate::cluster::bridge::{Down, Link};
 use crate::pubsub::encode::{self, Wire};
 use crate::pubsub::presence::{OP_KIND, Op, Refs, Tracker, home_of};
 use crate::pubsub::publication::{Publication, Refused};
@@ -168,7 +168,7 @@ impl Hub {
         let first = topics.count(topic) == 0;
         let s = topics.subscribe(topic, sub);
         if first && let Some(link) = self.cluster.get() {
-            link.interest(topic, true);
+            link.interest(topic, true, self.shard.cfg.presence_topic(topic));
         }
         s
     }
@@ -182,7 +182,7 @@ impl Hub {
             && topics.count(&s.topic) == 0
             && let Some(link) = self.cluster.get()
         {
-            link.interest(&s.topic, false);
+            link.interest(&s.topic, false, false);
         }
     }
 
@@ -197,17 +197,63 @@ impl Hub {
             loop {
                 let link = hub.cluster.get().expect("set above");
                 let bytes = std::future::poll_fn(|cx| link.poll_recv(cx)).await;
-                hub.deliver_from_cluster(bytes);
+                hub.from_cluster(bytes);
             }
         })
         .detach();
     }
 
-    /// A publication another node sent: delivered on this core only (the bridge hands every
-    /// core its own copy), never published again.
-    pub fn deliver_from_cluster(&self, bytes: Arc<[u8]>) {
-        if let Some(p) = Publication::from_envelope(crate::runtime::mesh::Envelope(bytes)) {
-            self.deliver(&p);
+    /// What the cluster bridge handed this core. A publication another node sent is delivered
+    /// on this core only (the bridge hands every core its own copy) and never published again;
+    /// the rest is presence across nodes (see ARCHITECTURE.md "Cluster").
+    pub fn from_cluster(&self, down: Down) {
+        match down {
+            Down::Publication { bytes, origin } => {
+                let Some(p) = Publication::from_envelope(crate::runtime::mesh::Envelope(bytes))
+                else {
+                    return;
+                };
+                if let (topic, EVENT_PRESENCE_DIFF, Payload::Json(diff)) = p.parts()
+                    && self.shard.cfg.presence_topic(topic)
+                {
+                    let mut tracker = self.presence.borrow_mut();
+                    let origin = tracker.origin(&origin);
+                    tracker.apply_from(topic, diff, origin);
+                }
+                self.fan_out(&p);
+            }
+            Down::StateRequest { topic, reply } => {
+                let (home, me) = self.presence_home(&topic);
+                if !self.shard.cfg.presence_topic(&topic) || home != me {
+                    return; // only the topic's home answers
+                }
+                if let (Some(state), Some(link)) = (
+                    self.presence.borrow().published_state(&topic),
+                    self.cluster.get(),
+                ) {
+                    link.reply(&reply, &topic, &state);
+                }
+            }
+            Down::Seed {
+                topic,
+                origin,
+                diff,
+            } => {
+                let fresh = {
+                    let mut tracker = self.presence.borrow_mut();
+                    let origin = tracker.origin(&origin);
+                    tracker.seed(&topic, &diff, origin)
+                };
+                if let Some(diff) = fresh {
+                    self.fan_out(&Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));
+                }
+            }
+            Down::NodeDown(origin) => {
+                let leaves = self.presence.borrow_mut().drop_origin(&origin);
+                for (topic, diff) in leaves {
+                    self.fan_out(&Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));
+                }
+            }
         }
     }
 
@@ -220,14 +266,19 @@ impl Hub {
     /// (only for the formats that have subscribers). A subscriber whose queue would pass its
     /// bound gets nothing more and is told to close with 1013 (slow consumer).
     pub fn deliver(&self, p: &Publication) {
-        let shard = &*self.shard;
         if let (_, EVENT_PRESENCE_DIFF, Payload::Json(diff)) = p.parts()
-            && shard.cfg.presence_topic(p.topic())
+            && self.shard.cfg.presence_topic(p.topic())
         {
             // Only a topic's home publishes this event (clients and the API may not): this
             // core's copy of the state takes it before its subscribers do.
             self.presence.borrow_mut().apply_published(p.topic(), diff);
         }
+        self.fan_out(p);
+    }
+
+    /// Queue `p` on this core's subscribers of its topic (see [`Hub::deliver`]).
+    fn fan_out(&self, p: &Publication) {
+        let shard = &*self.shard;
         let (max_bytes, max_frames) = (
             shard.cfg.out_queue_max_bytes,
             shard.cfg.out_queue_max_frames,
@@ -309,8 +360,8 @@ impl Hub {
     }
 
     /// Every tick: publish the presence diffs whose window has passed (as their topics' home),
-    /// and refresh the presence gauges.
-    pub fn on_tick(&self) {
+    /// and refresh the presence gauges. True while changes wait to be published.
+    pub fn on_tick(&self) -> bool {
         let now = std::time::Instant::now();
         self.presence_clock.set(now);
         // Ticks come every 100 ms, give or take: half a tick of slack, so that a 100 ms window
@@ -327,10 +378,12 @@ impl Hub {
             Stats::bump(&self.counters.presence_diffs);
             self.publish(Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));
         }
-        let (topics, entries) = self.presence.borrow().home_totals();
+        let tracker = self.presence.borrow();
+        let (topics, entries) = tracker.home_totals();
         let c = &self.counters;
         c.presence_topics.store(topics as u64, Ordering::Relaxed);
         c.presence_entries.store(entries as u64, Ordering::Relaxed);
+        tracker.has_pending()
     }
 }
 

@@ -95,6 +95,8 @@ impl Meta {
 pub struct Seen {
     pub phx_ref: Ref,
     pub json: Box<str>,
+    /// The node it came from ([`Tracker`]'s index of it; 0: this node).
+    pub origin: u16,
 }
 
 impl Entry for Seen {
@@ -353,6 +355,7 @@ impl Diff<Seen> {
                     let seen = Seen {
                         phx_ref: Ref::parse(r.phx_ref)?,
                         json: raw.get().into(),
+                        origin: 0,
                     };
                     out.add(&key, seen);
                 }
@@ -478,13 +481,19 @@ pub struct Replica {
 impl Replica {
     /// Apply a published diff: joins, then leaves (phoenix.js's `syncDiff` order).
     pub fn apply(&mut self, diff: Diff<Seen>) {
+        self.apply_from(diff, 0);
+    }
+
+    /// The same, for a diff of node `origin` (its joins are marked as that node's).
+    pub fn apply_from(&mut self, diff: Diff<Seen>, origin: u16) {
         let Diff { joins, leaves } = diff;
         for (key, metas) in joins.keys {
             let metas = match metas {
                 List::One(m) => vec![m],
                 List::Many(v) => v,
             };
-            for m in metas {
+            for mut m in metas {
+                m.origin = origin;
                 self.state.remove(&key, m.phx_ref); // a repeated join replaces its meta
                 self.state.add(&key, m);
             }
@@ -732,6 +741,8 @@ impl Op {
 /// topic it has subscribers for, the topics with changes not yet published (oldest first), and
 /// its ref generator.
 pub struct Tracker {
+    /// Other cluster nodes seen in diffs (index + 1 = a `Seen`'s origin).
+    origins: Vec<Box<str>>,
     homes: HashMap<Box<str>, Home>,
     replicas: HashMap<Box<str>, Replica>,
     dirty: VecDeque<(Box<str>, Instant)>,
@@ -741,6 +752,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(refs: Refs) -> Tracker {
         Tracker {
+            origins: Vec::new(),
             homes: HashMap::new(),
             replicas: HashMap::new(),
             dirty: VecDeque::new(),
@@ -816,6 +828,11 @@ impl Tracker {
 
     /// A published diff reached this core: its replica of the topic takes it.
     pub fn apply_published(&mut self, topic: &str, diff_json: &str) {
+        self.apply_from(topic, diff_json, 0);
+    }
+
+    /// The same for a diff node `origin` published (a cluster node's index from [`Tracker::origin`]).
+    pub fn apply_from(&mut self, topic: &str, diff_json: &str, origin: u16) {
         let Some(diff) = Diff::from_json(diff_json) else {
             return;
         };
@@ -823,10 +840,88 @@ impl Tracker {
             Some(r) => r,
             None => self.replicas.entry(Box::from(topic)).or_default(),
         };
-        replica.apply(diff);
+        replica.apply_from(diff, origin);
         if replica.state.is_empty() {
             self.replicas.remove(topic);
         }
+    }
+
+    /// The index of cluster node `name` (an instance: name and incarnation), given on first
+    /// sight; 0 is this node.
+    pub fn origin(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.origins.iter().position(|o| &**o == name) {
+            return i as u16 + 1;
+        }
+        self.origins.push(name.into());
+        self.origins.len().min(u16::MAX as usize) as u16
+    }
+
+    /// Another node's state of `topic` (a diff of joins) arrived: the metas this core did not
+    /// know, as the diff to deliver to its members (`None`: nothing new).
+    pub fn seed(&mut self, topic: &str, diff_json: &str, origin: u16) -> Option<String> {
+        let diff = Diff::from_json(diff_json)?;
+        let known = self.replicas.get(topic);
+        let mut fresh: Diff<Seen> = Diff::default();
+        for (key, metas) in diff.joins.iter() {
+            for m in metas {
+                if !known.is_some_and(|r| r.state.has(key, m.phx_ref)) {
+                    fresh.joins.add(key, m.clone());
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return None;
+        }
+        let json = fresh.to_json();
+        let replica = self.replicas.entry(Box::from(topic)).or_default();
+        replica.apply_from(fresh, origin);
+        Some(json)
+    }
+
+    /// Node `name` is gone (silent for the down period, or restarted): its metas leave every
+    /// replica of this core; the leave diffs to deliver to this core's members, per topic.
+    pub fn drop_origin(&mut self, name: &str) -> Vec<(Box<str>, String)> {
+        let Some(i) = self.origins.iter().position(|o| &**o == name) else {
+            return Vec::new();
+        };
+        let origin = i as u16 + 1;
+        let mut out = Vec::new();
+        for (topic, replica) in self.replicas.iter_mut() {
+            let mut gone: Diff<Seen> = Diff::default();
+            for (key, metas) in replica.state.iter() {
+                for m in metas.iter().filter(|m| m.origin == origin) {
+                    gone.leaves.add(key, m.clone());
+                }
+            }
+            if gone.is_empty() {
+                continue;
+            }
+            let json = gone.to_json();
+            replica.apply(gone);
+            out.push((topic.clone(), json));
+        }
+        self.replicas.retain(|_, r| !r.state.is_empty());
+        out
+    }
+
+    /// As the topic's home: its state as the others know it (as of the last diff published),
+    /// as a diff of joins, for a node that asks (`None`: nothing here).
+    pub fn published_state(&self, topic: &str) -> Option<String> {
+        let home = self.homes.get(topic)?;
+        let mut shown: Diff<Meta> = Diff::default();
+        for (key, metas) in home.state.iter() {
+            for m in metas {
+                if !home.pending.joins.has(key, m.phx_ref) {
+                    shown.joins.add(key, m.clone());
+                }
+            }
+        }
+        for (key, metas) in home.pending.leaves.iter() {
+            for m in metas {
+                shown.joins.add(key, m.clone());
+            }
+        }
+        (!shown.is_empty()).then(|| shown.to_json())
     }
 
     /// This core's view of `topic`'s state (`presence_state`'s payload).

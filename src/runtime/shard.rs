@@ -88,8 +88,9 @@ pub struct Wiring {
     pub deliver: Box<dyn Fn(Envelope)>,
     /// Takes every accepted socket, in its slot.
     pub accept: Accept,
-    /// Runs every tick, after the wheel has moved.
-    pub on_tick: Box<dyn Fn()>,
+    /// Runs every tick, after the wheel has moved; true while it has work that should be done
+    /// before the core stops (the drain waits for it, within its bound).
+    pub on_tick: Box<dyn Fn() -> bool>,
 }
 
 /// How many deferred subscriber tasks the flusher wakes before it lets the rest of the core's
@@ -649,9 +650,13 @@ impl Shard {
         self.settle_mesh().await;
         self.signal_drain();
         let deadline = Instant::now() + self.cfg.shutdown_timeout();
-        while self.connections() > 0 && Instant::now() < deadline {
+        // Until every connection is gone and what closing them set off (presence leaves) has
+        // gone out, within the bound.
+        let mut busy = true;
+        while (self.connections() > 0 || busy) && Instant::now() < deadline {
             self.tick_wait().await;
             self.tick();
+            busy = on_tick();
         }
         let left = self.connections();
         if left > 0 {
