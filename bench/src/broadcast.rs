@@ -11,14 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::{Instant, sleep};
 
-use crate::cli::{BroadcastArgs, Target, Via};
+use crate::cli::{BroadcastArgs, Target, Via, worker_urls};
 use crate::hist::{self, Percentiles};
 use crate::pool::{self, Pool};
 use crate::probe::{Prober, Sample};
 use crate::publish::{self, Outcome, Plan, publisher_topics};
 use crate::report::{self, Header, counter_delta, kernel_delta};
 use crate::tally::{Accounting, account, expected_deliveries};
-use crate::worker::Rx;
+use crate::worker::{Report, Rx};
 
 #[derive(Serialize)]
 struct Params {
@@ -34,6 +34,8 @@ struct Params {
     payload_bytes: usize,
     workers: usize,
     source_ips: usize,
+    publish_url: String,
+    subscriber_urls: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -68,9 +70,81 @@ struct Results {
     delivery_latency_same_core: Option<Percentiles>,
     /// ... and deliveries that went through the core mesh.
     delivery_latency_cross_core: Option<Percentiles>,
+    /// One entry per subscriber URL (`--subscriber-url`; just --url without it).
+    by_subscriber_url: Vec<ByUrl>,
     publisher_copies: PublisherCopies,
     queue_bound_hit: bool,
     client_rss_bytes: u64,
+}
+
+/// The subscribers of one URL (e.g. one node of a cluster): their share of the accounting.
+#[derive(Debug, Serialize)]
+struct ByUrl {
+    url: String,
+    workers: usize,
+    subscribers_joined: u64,
+    accounting: Accounting,
+    reordered: u64,
+    /// Their distinct measured deliveries / (their last measured delivery - first measured send).
+    deliveries_per_sec: f64,
+    delivery_latency: Percentiles,
+}
+
+/// Group the workers' reports by the URL their subscribers used (`url_of_worker[index]`), in
+/// the order the URLs first appear. Expected deliveries use each report's own joins.
+fn by_url(
+    url_of_worker: &[String],
+    reports: &[Report],
+    sent_per_topic: &[u64],
+    measure_start_ns: u64,
+) -> anyhow::Result<Vec<ByUrl>> {
+    let mut urls: Vec<&String> = Vec::new();
+    for u in url_of_worker {
+        if !urls.contains(&u) {
+            urls.push(u);
+        }
+    }
+    let mut out = Vec::new();
+    for url in urls {
+        let mine: Vec<&Report> = reports
+            .iter()
+            .filter(|r| url_of_worker.get(r.index) == Some(url))
+            .collect();
+        let mut rx = Rx::default();
+        let mut joined = vec![0u64; sent_per_topic.len()];
+        for r in &mine {
+            rx.add(&r.rx);
+            for (j, k) in joined.iter_mut().zip(&r.joined_per_topic) {
+                *j += k;
+            }
+        }
+        let accounting = account(
+            expected_deliveries(sent_per_topic, &joined),
+            rx.measured_unique,
+            rx.duplicated,
+        );
+        let last_rx = mine
+            .iter()
+            .map(|r| r.last_measured_rx_ns)
+            .max()
+            .unwrap_or(0);
+        let span = last_rx.saturating_sub(measure_start_ns) as f64 / 1e9;
+        let delivery = hist::merge_b64(mine.iter().map(|r| r.delivery_hist.as_str()))?;
+        out.push(ByUrl {
+            url: url.clone(),
+            workers: url_of_worker.iter().filter(|u| *u == url).count(),
+            subscribers_joined: joined.iter().sum(),
+            accounting,
+            reordered: rx.reordered,
+            deliveries_per_sec: if span > 0.0 {
+                accounting.delivered as f64 / span
+            } else {
+                0.0
+            },
+            delivery_latency: hist::percentiles(&delivery),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -97,11 +171,27 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         "rates must be > 0"
     );
     let target = Target::from_url(&c.url)?;
+    let publish_url = args.publish_url.clone().unwrap_or_else(|| c.url.clone());
+    let publish_target = Target::from_url(&publish_url)?;
+    for u in &args.subscriber_url {
+        Target::from_url(u)?;
+    }
     let n = args.subscribers;
     let run_secs = args.warmup_secs + args.measure_secs + args.drain_secs;
-    let fleet = pool::plan(c, n, args.connect_rate, args.topics, run_secs, 200)?;
+    // At least one worker per subscriber URL.
+    let mut planned = c.clone();
+    planned.workers = planned.workers.max(args.subscriber_url.len());
+    let mut fleet = pool::plan(&planned, n, args.connect_rate, args.topics, run_secs, 200)?;
+    let url_of_worker = worker_urls(fleet.specs.len(), &args.subscriber_url, &c.url);
+    for (spec, url) in fleet.specs.iter_mut().zip(&url_of_worker) {
+        spec.url = url.clone();
+    }
+    let subscriber_urls = match args.subscriber_url.is_empty() {
+        true => vec![c.url.clone()],
+        false => args.subscriber_url.clone(),
+    };
     let (workers, topics, ramp_limit) = (fleet.workers, fleet.topics, fleet.ramp_limit);
-    let prober = Prober::from_options(target.clone(), c);
+    let prober = Prober::from_options(target, c);
     let label = c.label.clone().unwrap_or_else(|| "broadcast".into());
     eprintln!(
         "[{label}] {n} subscribers over {} topics, {} publishers via {:?} at {} msgs/s, {workers} workers",
@@ -121,7 +211,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let before = prober.sample().await;
 
     let running = publish::start(Plan {
-        target,
+        target: publish_target,
         via: args.via,
         publishers: args.publishers,
         topics: topics.clone(),
@@ -185,8 +275,14 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let after = prober.sample().await;
 
     let delivery = hist::merge_b64(reports.iter().map(|r| r.delivery_hist.as_str()))?;
-    let same = hist::merge_b64(reports.iter().map(|r| r.same_core_hist.as_str()))?;
-    let cross = hist::merge_b64(reports.iter().map(|r| r.cross_core_hist.as_str()))?;
+    // Core indexes only compare within one server: the subscribers on the publishers' URL.
+    let on_publish_url = || {
+        reports
+            .iter()
+            .filter(|r| url_of_worker.get(r.index) == Some(&publish_url))
+    };
+    let same = hist::merge_b64(on_publish_url().map(|r| r.same_core_hist.as_str()))?;
+    let cross = hist::merge_b64(on_publish_url().map(|r| r.cross_core_hist.as_str()))?;
     let some = |h: &hist::Hist| (!h.is_empty()).then(|| hist::percentiles(h));
     let mut rx = Rx::default();
     let (mut failures, mut drops) = (BTreeMap::new(), BTreeMap::new());
@@ -203,6 +299,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let span = last_rx.saturating_sub(measure_start_ns) as f64 / 1e9;
     let sent_measured: u64 = outcome.sent_measured.iter().sum();
+    let by_subscriber_url = by_url(&url_of_worker, &reports, &sent, measure_start_ns)?;
     let server_counters = counter_delta(&before, &after);
     let slow_closes = server_counters
         .get("corecast_slow_consumer_closes_total")
@@ -233,6 +330,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         delivery_latency: hist::percentiles(&delivery),
         delivery_latency_same_core: some(&same),
         delivery_latency_cross_core: some(&cross),
+        by_subscriber_url,
         publisher_copies: PublisherCopies {
             counted: false,
             received: outcome.copies_received,
@@ -258,6 +356,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             payload_bytes: args.payload_bytes,
             workers,
             source_ips: fleet.source_ips,
+            publish_url: publish_url.clone(),
+            subscriber_urls,
         },
         results,
         server_counters,
@@ -318,4 +418,63 @@ fn publisher_copies_expected(o: &Outcome, publishers: usize, topics: usize) -> u
         .zip(&o.sent_warmup)
         .map(|(m, w)| m + w);
     sent.zip(pubs_on).map(|(n, k)| n * k).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(index: usize, joined: Vec<u64>, unique: u64, dups: u64, last_ns: u64) -> Report {
+        let mut h = hist::new_latency();
+        hist::record_ns(&mut h, 2_000_000 * (index as u64 + 1));
+        Report {
+            index,
+            joined_per_topic: joined,
+            rx: Rx {
+                measured_unique: unique,
+                duplicated: dups,
+                ..Rx::default()
+            },
+            last_measured_rx_ns: last_ns,
+            delivery_hist: hist::to_b64(&h).unwrap(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn reports_are_grouped_by_subscriber_url() {
+        let urls: Vec<String> = ["ws://a", "ws://b", "ws://a"].map(String::from).into();
+        // 10 messages on topic 0, 4 on topic 1.
+        let sent = [10, 4];
+        let reports = [
+            report(0, vec![2, 1], 24, 0, 3_000_000_000),
+            report(1, vec![1, 1], 13, 2, 2_000_000_000),
+            report(2, vec![0, 1], 4, 0, 2_000_000_000),
+        ];
+        let g = by_url(&urls, &reports, &sent, 1_000_000_000).unwrap();
+        assert_eq!(g.len(), 2);
+        let (a, b) = (&g[0], &g[1]);
+        assert_eq!(
+            (a.url.as_str(), a.workers, a.subscribers_joined),
+            ("ws://a", 2, 4)
+        );
+        // a: topic 0 x 2 subscribers + topic 1 x 2 = 28 expected, 28 delivered.
+        assert_eq!((a.accounting.expected, a.accounting.lost), (28, 0));
+        assert_eq!(a.deliveries_per_sec, 14.0);
+        assert_eq!(a.delivery_latency.count, 2);
+        // b: 10 + 4 = 14 expected, 13 delivered, 2 duplicated.
+        assert_eq!(
+            (b.url.as_str(), b.workers, b.subscribers_joined),
+            ("ws://b", 1, 2)
+        );
+        assert_eq!(
+            (
+                b.accounting.expected,
+                b.accounting.lost,
+                b.accounting.duplicated
+            ),
+            (14, 1, 2)
+        );
+        assert!((b.delivery_latency.p50_ms - 4.0).abs() < 0.01); // HDR: 3 digits
+    }
 }

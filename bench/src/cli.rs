@@ -224,6 +224,24 @@ pub struct BroadcastArgs {
     /// Extra payload bytes (a padding string) per message.
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
+    /// Where the publishers connect (default: --url), e.g. one node of a cluster.
+    #[arg(long, value_name = "URL")]
+    pub publish_url: Option<String>,
+    /// Where the subscribers connect (default: --url): comma-separated or repeated; worker
+    /// process w takes URL w mod K (workers are raised to at least K), and the results get one
+    /// `by_subscriber_url` entry per URL (latency, lost, duplicated), e.g. one per cluster node.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub subscriber_url: Vec<String>,
+}
+
+/// The URL of each of `workers` worker processes: URL w mod K of `urls` (or `default`).
+pub fn worker_urls(workers: usize, urls: &[String], default: &str) -> Vec<String> {
+    (0..workers)
+        .map(|w| match urls.len() {
+            0 => default.to_string(),
+            k => urls[w % k].clone(),
+        })
+        .collect()
 }
 
 /// Where the server is: the TCP address to connect to, and the URL to ask for.
@@ -352,6 +370,16 @@ mod tests {
         assert_eq!(workers_needed(19_000, 2, 18_000), 2);
         assert_eq!(workers_needed(40_000, 1, 18_000), 3);
         assert_eq!(workers_needed(0, 0, 18_000), 1);
+    }
+
+    #[test]
+    fn worker_urls_take_turns() {
+        let urls = vec!["ws://a".to_string(), "ws://b".to_string()];
+        assert_eq!(
+            worker_urls(3, &urls, "ws://d"),
+            ["ws://a", "ws://b", "ws://a"]
+        );
+        assert_eq!(worker_urls(2, &[], "ws://d"), ["ws://d", "ws://d"]);
     }
 
     #[test]
