@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: nats-server idle-soak bench-presence json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -102,6 +102,13 @@ bench: build
 ## (computed). Fresh server per storm; reports in reports/presence/<timestamp>/.
 bench-presence:
 	python3 scripts/bench_presence.py
+
+## Cluster broadcast bench (issue 13): nats-server + 2 nodes (--cores 1 each, pinned to CPUs 0 and 1),
+## 2,000 subscribers split across the nodes, 4 socket publishers on A at 200 msgs/s: deliveries/s,
+## p50/p99 same node vs across nodes, lost/dup, NATS messages per broadcast; then the same scenario
+## on one node. Reports in reports/cluster/<timestamp>/.
+bench-cluster: nats-server
+	python3 scripts/bench_cluster.py --build
 
 sim: build
 	./target/release/corecast sim --conns $${CONNS:-2000000}
