@@ -266,7 +266,10 @@ async fn run(
     downs: Downs,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let client = match connect(&cfg, &node, state.clone()).await {
+    // Set off by a reconnect or a slow-consumer report: this node may have missed presence
+    // diffs, so it asks for the state of its presence topics again.
+    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<()>();
+    let client = match connect(&cfg, &node, state.clone(), resync_tx).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cluster: cannot use the NATS settings; serving local clients only");
@@ -437,6 +440,19 @@ async fn run(
                     }
                 }
             }
+            Some(()) = resync_rx.recv() => {
+                for (topic, (_, presence, _)) in &subs {
+                    if *presence {
+                        let _ = client
+                            .publish_with_reply(
+                                sync_subject.clone(),
+                                inbox.clone(),
+                                bytes::Bytes::copy_from_slice(topic.as_bytes()),
+                            )
+                            .await;
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 if state.connected() {
                     let _ = client
@@ -601,6 +617,7 @@ async fn connect(
     cfg: &Cluster,
     node: &str,
     state: Arc<State>,
+    resync: mpsc::UnboundedSender<()>,
 ) -> Result<async_nats::Client, String> {
     let urls = cfg.nats_url.join(",");
     let st = state.clone();
@@ -615,12 +632,21 @@ async fn connect(
         .event_callback(move |event| {
             let st = st.clone();
             let urls = shown.clone();
+            let resync = resync.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         st.connects.fetch_add(1, Ordering::Relaxed);
                         st.set(true, "");
                         info!(%urls, "cluster: connected to NATS");
+                        let _ = resync.send(());
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        warn!(
+                            sid,
+                            "cluster: NATS dropped messages for this node; resyncing presence"
+                        );
+                        let _ = resync.send(());
                     }
                     async_nats::Event::Disconnected => {
                         st.set(false, &format!("cluster: NATS unreachable ({urls})"));

@@ -227,10 +227,8 @@ impl Hub {
                 if !self.shard.cfg.presence_topic(&topic) || home != me {
                     return; // only the topic's home answers
                 }
-                if let (Some(state), Some(link)) = (
-                    self.presence.borrow().published_state(&topic),
-                    self.cluster.get(),
-                ) {
+                if let Some(link) = self.cluster.get() {
+                    let state = self.presence.borrow().published_state(&topic);
                     link.reply(&reply, &topic, &state);
                 }
             }

@@ -856,25 +856,40 @@ impl Tracker {
         self.origins.len().min(u16::MAX as usize) as u16
     }
 
-    /// Another node's state of `topic` (a diff of joins) arrived: the metas this core did not
-    /// know, as the diff to deliver to its members (`None`: nothing new).
+    /// Node `origin`'s whole state of `topic` (a diff of joins) arrived, as asked: it replaces
+    /// what this core held of that node's metas of the topic. The change (joins of metas this
+    /// core did not know, leaves of those of that node it knew and the node no longer has) is
+    /// the diff to deliver to this core's members (`None`: nothing changed). So a node that
+    /// joins, or fell behind (reconnected, or NATS dropped messages for it), catches up.
     pub fn seed(&mut self, topic: &str, diff_json: &str, origin: u16) -> Option<String> {
         let diff = Diff::from_json(diff_json)?;
         let known = self.replicas.get(topic);
-        let mut fresh: Diff<Seen> = Diff::default();
+        let mut change: Diff<Seen> = Diff::default();
         for (key, metas) in diff.joins.iter() {
             for m in metas {
                 if !known.is_some_and(|r| r.state.has(key, m.phx_ref)) {
-                    fresh.joins.add(key, m.clone());
+                    change.joins.add(key, m.clone());
                 }
             }
         }
-        if fresh.is_empty() {
+        if let Some(r) = known {
+            for (key, metas) in r.state.iter() {
+                for m in metas.iter().filter(|m| m.origin == origin) {
+                    if !diff.joins.has(key, m.phx_ref) {
+                        change.leaves.add(key, m.clone());
+                    }
+                }
+            }
+        }
+        if change.is_empty() {
             return None;
         }
-        let json = fresh.to_json();
+        let json = change.to_json();
         let replica = self.replicas.entry(Box::from(topic)).or_default();
-        replica.apply_from(fresh, origin);
+        replica.apply_from(change, origin);
+        if replica.state.is_empty() {
+            self.replicas.remove(topic);
+        }
         Some(json)
     }
 
@@ -905,10 +920,12 @@ impl Tracker {
     }
 
     /// As the topic's home: its state as the others know it (as of the last diff published),
-    /// as a diff of joins, for a node that asks (`None`: nothing here).
-    pub fn published_state(&self, topic: &str) -> Option<String> {
-        let home = self.homes.get(topic)?;
+    /// as a diff of joins, for a node that asks (no joins when it holds none).
+    pub fn published_state(&self, topic: &str) -> String {
         let mut shown: Diff<Meta> = Diff::default();
+        let Some(home) = self.homes.get(topic) else {
+            return shown.to_json();
+        };
         for (key, metas) in home.state.iter() {
             for m in metas {
                 if !home.pending.joins.has(key, m.phx_ref) {
@@ -921,7 +938,7 @@ impl Tracker {
                 shown.joins.add(key, m.clone());
             }
         }
-        (!shown.is_empty()).then(|| shown.to_json())
+        shown.to_json()
     }
 
     /// This core's view of `topic`'s state (`presence_state`'s payload).
@@ -1205,6 +1222,33 @@ mod tests {
         assert_eq!(t.entries("room:1"), 0);
         assert_eq!(t.home_totals(), (0, 0), "nothing kept for an empty topic");
         assert_eq!(&*t.state_json("room:1"), "{}");
+    }
+
+    #[test]
+    fn a_nodes_state_replaces_what_a_core_held_of_it() {
+        let mut t = Tracker::new(Refs::new([2; 12], 0));
+        let other = t.origin("b#1");
+        let state = |names: &[&str]| {
+            let mut d: Diff<Meta> = Diff::default();
+            for n in names {
+                d.joins.add(n, meta(n, ""));
+            }
+            d.to_json()
+        };
+        // First sight: all joins.
+        let d = t.seed("room:1", &state(&["x", "y"]), other).unwrap();
+        assert_eq!(Diff::from_json(&d).unwrap().joins.entries(), 2);
+        // The same again: nothing to tell the members.
+        assert!(t.seed("room:1", &state(&["x", "y"]), other).is_none());
+        // Fell behind: y left and z joined meanwhile.
+        let d = Diff::from_json(&t.seed("room:1", &state(&["x", "z"]), other).unwrap()).unwrap();
+        assert_eq!((d.joins.entries(), d.leaves.entries()), (1, 1));
+        assert!(d.joins.has("z", r("z")) && d.leaves.has("y", r("y")));
+        // This node's own metas (origin 0) are never taken away by another node's state.
+        t.apply_published("room:1", &state(&["mine"]));
+        let d = Diff::from_json(&t.seed("room:1", &state(&[]), other).unwrap()).unwrap();
+        assert_eq!(d.leaves.entries(), 2, "x and z, not mine");
+        assert_eq!(t.entries("room:1"), 1);
     }
 
     #[test]

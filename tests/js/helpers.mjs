@@ -85,9 +85,22 @@ export const SUITE_TIMEOUT_MS = 60000;
  * "corecast listening on 127.0.0.1:PORT (2 cores)" line. Returns {port, wsUrl, httpUrl, stop}.
  */
 export async function startServer(config = {}, { cores = 2, startTimeoutMs = 10000 } = {}) {
+  return launchServer(toToml(config), config, { cores, startTimeoutMs });
+}
+
+/**
+ * Like startServer, but the config file is `tomlText` as given (tables such as `[cluster]`
+ * included). Returns the same object ({proc, pid, port, wsUrl, httpUrl, stderr, stop}); its
+ * `config` is the text.
+ */
+export async function startServerToml(tomlText, { cores = 2, startTimeoutMs = 10000 } = {}) {
+  return launchServer(tomlText, tomlText, { cores, startTimeoutMs });
+}
+
+async function launchServer(configText, config, { cores, startTimeoutMs }) {
   const dir = mkdtempSync(join(tmpdir(), "corecast-js-"));
   const cfgPath = join(dir, "corecast.toml");
-  writeFileSync(cfgPath, toToml(config));
+  writeFileSync(cfgPath, configText);
   const args = ["serve", "--listen", "127.0.0.1:0", "--cores", String(cores), "--config", cfgPath];
   const proc = spawn(corecastBin(), args, { stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
@@ -98,6 +111,7 @@ export async function startServer(config = {}, { cores = 2, startTimeoutMs = 100
   });
   const server = {
     proc,
+    pid: proc.pid,
     config,
     port: 0,
     get stderr() {
