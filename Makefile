@@ -35,7 +35,7 @@ unit: nats-server
 	$(CARGO) test --workspace --all-targets
 
 ## Node 20 tests with the official `phoenix` npm client (installs tests/js/node_modules).
-js:
+js: nats-server
 	bash scripts/js-tests.sh
 
 ## Churn + broadcast soak: zero lost/duplicated, no leaked sockets, no RSS growth.
