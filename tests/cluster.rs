@@ -427,3 +427,94 @@ fn presence_spans_nodes_and_a_dead_node_leaves_after_the_down_period() {
         t0.elapsed()
     );
 }
+
+/// A socket with a token for `sub` on `srv`, joined to `room:d`.
+fn with_token(srv: &TestServer, sub: &str) -> (Ws, u64) {
+    let token = corecast::app::auth::mint(b"k", sub, corecast::app::auth::now_unix() + 600);
+    let url = srv.url(&format!("{}&token={token}", common::PHX_PATH));
+    let (mut ws, core) = common::ws_connect(&url, Duration::from_secs(5));
+    ws_send(&mut ws, json!(["1", "1", "room:d", "phx_join", {}]));
+    assert_eq!(ws_recv(&mut ws)[4]["status"], "ok");
+    (ws, core)
+}
+
+/// Closed with `code` within `within`?
+fn closed_with(ws: &mut Ws, within: Duration) -> Option<u16> {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => return Some(f.code.into()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn disconnect_by_id_closes_every_socket_of_that_id_on_every_core_and_node() {
+    let nats = Nats::start();
+    let config = |name: &str| {
+        format!(
+            "auth_secret = \"k\"\n[cluster]\nnats_url = [\"nats://127.0.0.1:{}\"]\nnode = \"{name}\"\n",
+            nats.port
+        )
+    };
+    let a = TestServer::start_with_config(&config("a"), &["--cores", "2"]);
+    let b = TestServer::start_with_config(&config("b"), &["--cores", "2"]);
+    // alice on both cores of a and on b; bob on a.
+    let mut alice = Vec::new();
+    let mut cores = std::collections::BTreeSet::new();
+    while cores.len() < 2 {
+        let (ws, core) = with_token(&a, "alice");
+        cores.insert(core);
+        alice.push(ws);
+        assert!(
+            alice.len() < 30,
+            "the kernel never spread sockets over both cores"
+        );
+    }
+    alice.push(with_token(&b, "alice").0);
+    let (mut bob, _) = with_token(&a, "bob");
+    std::thread::sleep(Duration::from_millis(300)); // b's bridge subscribed to disconnects
+    let body = json!({"id": "users_socket:alice"}).to_string();
+    let req = format!(
+        "POST /api/disconnect HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = a.connect_tcp();
+    let (status, _) = common::http_exchange(&mut s, req.as_bytes());
+    assert_eq!(status, 202);
+    for (i, ws) in alice.iter_mut().enumerate() {
+        assert_eq!(
+            closed_with(ws, Duration::from_secs(5)),
+            Some(1000),
+            "alice socket {i}"
+        );
+    }
+    // bob is untouched.
+    ws_send(&mut bob, json!([null, "9", "phoenix", "heartbeat", {}]));
+    assert_eq!(ws_recv(&mut bob)[4]["status"], "ok");
+    assert_eq!(
+        a.metric("corecast_disconnects_total") + b.metric("corecast_disconnects_total"),
+        alice.len() as u64
+    );
+    // A socket id nobody has, and a body without one.
+    let mut s = a.connect_tcp();
+    let bad = "{}";
+    let req = format!(
+        "POST /api/disconnect HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{bad}",
+        bad.len()
+    );
+    assert_eq!(common::http_exchange(&mut s, req.as_bytes()).0, 400);
+}

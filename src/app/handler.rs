@@ -116,6 +116,13 @@ pub trait Handler: Send + Sync + 'static {
         true
     }
 
+    /// The socket's id (Phoenix's `id/1`): `POST /api/disconnect {"id": ...}` closes every socket
+    /// with that id, on every core and every node ("log out everywhere"). Default: with a token,
+    /// `users_socket:<subject>`; without one, none.
+    fn socket_id(&self, info: &ConnectInfo<'_>) -> Option<String> {
+        info.claims.map(|c| format!("users_socket:{}", c.sub))
+    }
+
     /// May the socket join `topic` (already checked against the `topics` patterns)?
     /// `Ok(json)` is the join reply's response, `Err(json)` refuses the join with that response.
     fn join(

@@ -67,6 +67,8 @@ enum Up {
         subject: String,
         bytes: Vec<u8>,
     },
+    /// Close the sockets with this id on every other node.
+    Disconnect(Box<str>),
 }
 
 enum Interest {
@@ -90,6 +92,8 @@ pub enum Down {
     },
     /// Node `origin` is gone (silent for `down_period_ms`, or restarted): its presences leave.
     NodeDown(Arc<str>),
+    /// Close the sockets with this id (`POST /api/disconnect` on another node).
+    Disconnect(Arc<str>),
 }
 
 /// Header carrying a message's origin node instance.
@@ -129,6 +133,13 @@ impl Link {
             Interest::Off(topic.into())
         };
         let _ = self.interest.send(i);
+    }
+
+    /// Ask every other node to close its sockets with id `id`.
+    pub fn disconnect(&self, id: &str) {
+        if self.up.try_send(Up::Disconnect(id.into())).is_err() {
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Answer a node's request for a topic's presence state (`diff`: a diff of joins).
@@ -299,6 +310,9 @@ async fn run(
     if let Ok(sub) = client.subscribe(format!("{prefix}.hb")).await {
         aux.push(tokio::spawn(heartbeats_in(sub, peer_tx.clone(), false)));
     }
+    if let Ok(sub) = client.subscribe(format!("{prefix}.disconnect")).await {
+        aux.push(tokio::spawn(disconnects_in(sub, downs.clone())));
+    }
     if let Ok(sub) = client.subscribe(format!("{prefix}.bye")).await {
         aux.push(tokio::spawn(heartbeats_in(sub, peer_tx.clone(), true)));
     }
@@ -395,6 +409,13 @@ async fn run(
                         .publish_with_headers(subject, headers.clone(), bytes.into())
                         .await
                         .is_ok(),
+                    Up::Disconnect(id) => client
+                        .publish(
+                            format!("{prefix}.disconnect"),
+                            bytes::Bytes::copy_from_slice(id.as_bytes()),
+                        )
+                        .await
+                        .is_ok(),
                 };
                 if !sent {
                     state.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -475,15 +496,14 @@ async fn run(
         }
     }
     // Leaving: the drain's leave diffs are in the queue already; flush them.
-    while let Ok(Up::Publish { topic, bytes }) = up.try_recv() {
-        let subject = subject::of_topic(&prefix, &topic);
-        let _ = client
-            .publish_with_headers(
-                subject,
-                headers.clone(),
-                bytes::Bytes::copy_from_slice(&bytes),
-            )
-            .await;
+    while let Ok(msg) = up.try_recv() {
+        if let Up::Publish { topic, bytes } = msg {
+            let subject = subject::of_topic(&prefix, &topic);
+            let payload = bytes::Bytes::copy_from_slice(&bytes);
+            let _ = client
+                .publish_with_headers(subject, headers.clone(), payload)
+                .await;
+        }
     }
     let _ = client
         .publish(
@@ -590,6 +610,14 @@ async fn seeds_in(
             diff: Arc::from(diff),
         };
         send_all(&downs, seed).await;
+    }
+}
+
+async fn disconnects_in(mut sub: async_nats::Subscriber, downs: Downs) {
+    while let Some(msg) = sub.next().await {
+        if let Ok(id) = std::str::from_utf8(&msg.payload) {
+            send_all(&downs, Down::Disconnect(Arc::from(id))).await;
+        }
     }
 }
 

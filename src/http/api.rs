@@ -79,6 +79,30 @@ pub fn presence(hub: &Hub, query: &str) -> Answer {
     Answer::json(200, &state)
 }
 
+/// `POST /api/disconnect` `{"id": "users_socket:alice"}`: close every socket with that id (see
+/// `Handler::socket_id`) on every core and every node, with 1000 "disconnected", so phoenix.js
+/// reconnects and authenticates again (Phoenix's `Endpoint.broadcast(id, "disconnect", %{})`).
+/// 202 `{"ok":true,"closed_here":N}` (the other cores and nodes close theirs as the request
+/// reaches them).
+pub fn disconnect(hub: &Hub, body: &[u8]) -> Answer {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let id = match serde_json::from_slice::<Body<'_>>(body) {
+        Ok(b) if !b.id.is_empty() && b.id.len() <= 1024 => b.id,
+        _ => {
+            return Answer::json(
+                400,
+                r#"{"error":"expected {\"id\": \"...\"} (a socket id, at most 1024 bytes)"}"#,
+            );
+        }
+    };
+    let n = hub.disconnect(&id);
+    Answer::json(202, &format!(r#"{{"ok":true,"closed_here":{n}}}"#))
+}
+
 /// `POST /api/broadcast`: the body of a request [`crate::http::plan`] accepted (caller allowed,
 /// JSON or NDJSON, within the size bounds). One publication `{"topic", "event", "payload"}`, or
 /// a batch: a JSON array of them, or NDJSON, one per line. Every publication is checked before

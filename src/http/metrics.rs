@@ -231,6 +231,12 @@ const CHANNEL_SERIES: &[Series<Counters>] = &[
         |c| &c.encodes,
     ),
     (
+        "corecast_disconnects_total",
+        "counter",
+        "Sockets closed by POST /api/disconnect (by socket id).",
+        |c| &c.disconnects,
+    ),
+    (
         "corecast_presence_topics",
         "gauge",
         "Presence topics this core is the home of.",

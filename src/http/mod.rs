@@ -83,6 +83,8 @@ pub enum Format {
 pub enum Api {
     /// `POST /api/broadcast`.
     Broadcast,
+    /// `POST /api/disconnect`.
+    Disconnect,
 }
 
 /// A refusal: status, a short reason for the body, and the headers the status calls for.
@@ -186,6 +188,7 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
     }
     let api = match req.path.as_str() {
         "/api/broadcast" => Api::Broadcast,
+        "/api/disconnect" => Api::Disconnect,
         "/api/presence" if req.method == "GET" || req.method == "HEAD" => return Plan::Presence,
         "/api/presence" => {
             return Plan::Refuse(Refusal::new(405, "use GET", true).with(&[("Allow", "GET")]));

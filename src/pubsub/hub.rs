@@ -52,6 +52,8 @@ pub struct Counters {
     pub presence_untracks: AtomicU64,
     /// Tracks refused at the home (over `max_presences_per_topic`) and joins refused for it.
     pub presence_refused: AtomicU64,
+    /// Sockets closed by `POST /api/disconnect`.
+    pub disconnects: AtomicU64,
     /// Presence topics this core is home of, and their entries (gauges, every tick).
     pub presence_topics: AtomicU64,
     pub presence_entries: AtomicU64,
@@ -94,7 +96,18 @@ pub struct Hub {
     presence_clock: std::cell::Cell<std::time::Instant>,
     /// This core's end of the cluster bridge (a cluster node only).
     cluster: std::cell::OnceCell<Link>,
+    /// Socket ids (`Handler::socket_id`) -> this core's sockets with that id, as (key,
+    /// generation); entries of closed sockets are skipped and swept (`sweep_ids`).
+    ids: RefCell<SocketIds>,
+    /// Ticks since the last sweep of `ids`.
+    ids_age: std::cell::Cell<u32>,
 }
+
+/// Socket id -> this core's sockets with it, as (slot key, generation).
+type SocketIds = std::collections::HashMap<Box<str>, Vec<(u32, u32)>>;
+
+/// The first byte of a disconnect envelope on the mesh (publications 0 and 1, presence ops 2).
+const DISCONNECT_KIND: u8 = 3;
 
 impl Hub {
     pub fn new(shard: Rc<Shard>, shared: Arc<Shared>) -> Rc<Hub> {
@@ -109,6 +122,8 @@ impl Hub {
             topics: RefCell::new(Topics::new()),
             presence_clock: std::cell::Cell::new(std::time::Instant::now()),
             cluster: std::cell::OnceCell::new(),
+            ids: RefCell::new(std::collections::HashMap::new()),
+            ids_age: std::cell::Cell::new(0),
         })
     }
 
@@ -246,6 +261,9 @@ impl Hub {
                     self.fan_out(&Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));
                 }
             }
+            Down::Disconnect(id) => {
+                self.disconnect_here(&id);
+            }
             Down::NodeDown(origin) => {
                 let leaves = self.presence.borrow_mut().drop_origin(&origin);
                 for (topic, diff) in leaves {
@@ -312,10 +330,73 @@ impl Hub {
         Stats::add(&shard.stats.frames_out, delivered);
     }
 
-    /// Deliver an envelope another core sent: a publication, or a presence op for a topic this
-    /// core is home of (anything else is ignored).
+    /// Note that the socket in slot `key` of `generation` has socket id `id`.
+    pub fn register_id(&self, id: &str, key: usize, generation: u32) {
+        let mut ids = self.ids.borrow_mut();
+        match ids.get_mut(id) {
+            Some(v) => v.push((key as u32, generation)),
+            None => {
+                ids.insert(id.into(), vec![(key as u32, generation)]);
+            }
+        }
+    }
+
+    /// Close every socket with id `id` on every core and, on a cluster node, every node.
+    /// Returns how many this core closed.
+    pub fn disconnect(&self, id: &str) -> usize {
+        let mut env = Vec::with_capacity(1 + id.len());
+        env.push(DISCONNECT_KIND);
+        env.extend_from_slice(id.as_bytes());
+        self.shard
+            .send_to_peers(&crate::runtime::mesh::Envelope(Arc::from(env)));
+        if let Some(link) = self.cluster.get() {
+            link.disconnect(id);
+        }
+        self.disconnect_here(id)
+    }
+
+    /// Close this core's sockets with id `id` (1000 "disconnected": phoenix.js reconnects and
+    /// authenticates again).
+    fn disconnect_here(&self, id: &str) -> usize {
+        let Some(socks) = self.ids.borrow_mut().remove(id) else {
+            return 0;
+        };
+        let mut slots = self.shard.slots.borrow_mut();
+        let mut n = 0;
+        for (key, generation) in socks {
+            if let Some(slot) = slots.get_mut(key as usize)
+                && slot.generation == generation
+            {
+                slot.signals |= crate::runtime::shard::signal::KICK;
+                slot.wake();
+                n += 1;
+            }
+        }
+        Stats::add(&self.counters.disconnects, n as u64);
+        n
+    }
+
+    /// Forget ids of sockets that have closed (every ten seconds, from the tick).
+    fn sweep_ids(&self) {
+        let slots = self.shard.slots.borrow();
+        self.ids.borrow_mut().retain(|_, socks| {
+            socks.retain(|&(key, generation)| {
+                slots
+                    .get(key as usize)
+                    .is_some_and(|s| s.generation == generation)
+            });
+            !socks.is_empty()
+        });
+    }
+
+    /// Deliver an envelope another core sent: a publication, a presence op for a topic this
+    /// core is home of, or a disconnect (anything else is ignored).
     pub fn deliver_envelope(&self, env: crate::runtime::mesh::Envelope) {
-        if env.0.first() == Some(&OP_KIND) {
+        if env.0.first() == Some(&DISCONNECT_KIND) {
+            if let Ok(id) = std::str::from_utf8(&env.0[1..]) {
+                self.disconnect_here(id);
+            }
+        } else if env.0.first() == Some(&OP_KIND) {
             if let Some(op) = Op::decode(&env.0) {
                 self.presence_at_home(op);
             }
@@ -360,6 +441,13 @@ impl Hub {
     /// Every tick: publish the presence diffs whose window has passed (as their topics' home),
     /// and refresh the presence gauges. True while changes wait to be published.
     pub fn on_tick(&self) -> bool {
+        let age = self.ids_age.get() + 1;
+        if age >= 100 {
+            self.sweep_ids();
+            self.ids_age.set(0);
+        } else {
+            self.ids_age.set(age);
+        }
         let now = std::time::Instant::now();
         self.presence_clock.set(now);
         // Ticks come every 100 ms, give or take: half a tick of slack, so that a 100 ms window

@@ -13,6 +13,8 @@ pub mod signal {
     pub const DRAIN: u8 = 2;
     /// The outbound queue passed its bound during a fan-out: close with 1013.
     pub const OVERFLOW: u8 = 4;
+    /// Disconnected by id (`POST /api/disconnect`): close with 1000, the client reconnects.
+    pub const KICK: u8 = 8;
 }
 
 /// What the core keeps per connection (besides the connection task itself).

@@ -135,6 +135,9 @@ impl Conn {
                 self.discard_unsent();
                 self.start_close(close::code::TRY_AGAIN_LATER, "slow consumer");
             }
+            if signals & signal::KICK != 0 && matches!(self.phase, Phase::Open { .. }) {
+                self.start_close(close::code::NORMAL, "disconnected");
+            }
             if signals & signal::DRAIN != 0 {
                 match self.phase {
                     Phase::Http { .. } => return Poll::Ready(()),

@@ -59,6 +59,7 @@ impl Conn {
             let body = &buf[pending.req.head_len..];
             let a = match pending.api {
                 Api::Broadcast => crate::http::api::broadcast(&self.hub, body, pending.format),
+                Api::Disconnect => crate::http::api::disconnect(&self.hub, body),
             };
             let keep = http::keep_alive(&pending.req, &self.hub.shard.cfg, true);
             let head_only = pending.req.method == "HEAD";
@@ -248,8 +249,12 @@ impl Conn {
             self.respond(403, "text/plain", b"connection refused\n", &[]);
             return;
         }
+        let id = self.hub.guard(|h| h.socket_id(&info)).flatten();
         let user = claims.as_ref().map(|c| c.sub.as_str());
         self.upgrade(req, Endpoint::Phoenix, admitted.protocol, user, rest);
+        if let (Some(id), Phase::Open { .. }) = (id, &self.phase) {
+            self.hub.register_id(&id, self.key, self.generation);
+        }
     }
 
     /// Answer the opening handshake and switch to WebSocket.
