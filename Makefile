@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: chromium nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -31,11 +31,17 @@ nats-server:
 	  { echo "installing nats-server (apt)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null || \
 	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null; }; }
 
+## The browser test drives Debian's chromium (puppeteer-core, no downloaded browser).
+chromium:
+	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || \
+	  { echo "installing chromium (apt)"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }
+
 unit: nats-server
 	$(CARGO) test --workspace --all-targets
 
 ## Node 20 tests with the official `phoenix` npm client (installs tests/js/node_modules).
-js: nats-server
+js: nats-server chromium
 	bash scripts/js-tests.sh
 
 ## Churn + broadcast soak: zero lost/duplicated, no leaked sockets, no RSS growth.
