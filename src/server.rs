@@ -101,11 +101,17 @@ impl Server {
         // A cluster node: the bridge thread to NATS, and each core's end of it.
         let (bridge, mut links) = match &shared.cfg.cluster {
             Some(c) => {
-                let (b, links) =
-                    Bridge::start(c, cores, 16_384).map_err(|e| StartError::Executor {
-                        core: 0,
-                        reason: format!("cluster bridge: {e}"),
-                    })?;
+                let (b, links) = Bridge::start(
+                    c,
+                    cores,
+                    16_384,
+                    // A publication's bytes: its payload and a header of topic and event.
+                    shared.cfg.max_message.max(shared.cfg.max_request_body) + 1024,
+                )
+                .map_err(|e| StartError::Executor {
+                    core: 0,
+                    reason: format!("cluster bridge: {e}"),
+                })?;
                 (Some(b), links.into_iter().map(Some).collect())
             }
             None => (None, (0..cores).map(|_| None).collect::<Vec<_>>()),

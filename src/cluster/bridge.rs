@@ -178,8 +178,15 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Start the bridge for `cores` cores; each core's down queue holds `down` publications.
-    pub fn start(cfg: &Cluster, cores: usize, down: usize) -> std::io::Result<(Bridge, Vec<Link>)> {
+    /// Start the bridge for `cores` cores; each core's down queue holds `down` publications;
+    /// `largest` is the largest publication a core may hand it (a NATS server that takes less is
+    /// warned about when the node connects).
+    pub fn start(
+        cfg: &Cluster,
+        cores: usize,
+        down: usize,
+        largest: usize,
+    ) -> std::io::Result<(Bridge, Vec<Link>)> {
         let node = cfg.node.clone().unwrap_or_else(default_node);
         let state = Arc::new(State {
             node: node.clone(),
@@ -217,7 +224,13 @@ impl Bridge {
                         return;
                     }
                 };
-                rt.block_on(run(cfg, node, st, up_rx, int_rx, Arc::new(downs), stop_rx));
+                let ends = Ends {
+                    up: up_rx,
+                    interest: int_rx,
+                    downs: Arc::new(downs),
+                    stop: stop_rx,
+                };
+                rt.block_on(run(cfg, node, st, ends, largest));
             })?;
         Ok((
             Bridge {
@@ -268,15 +281,21 @@ fn origin_of(msg: &async_nats::Message) -> Option<Arc<str>> {
     Some(Arc::from(h.as_str()))
 }
 
-async fn run(
-    cfg: Cluster,
-    node: String,
-    state: Arc<State>,
-    mut up: mpsc::Receiver<Up>,
-    mut interest: mpsc::UnboundedReceiver<Interest>,
+/// The bridge's ends of the cores' queues, and its stop signal.
+struct Ends {
+    up: mpsc::Receiver<Up>,
+    interest: mpsc::UnboundedReceiver<Interest>,
     downs: Downs,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
+    stop: tokio::sync::oneshot::Receiver<()>,
+}
+
+async fn run(cfg: Cluster, node: String, state: Arc<State>, ends: Ends, largest: usize) {
+    let Ends {
+        mut up,
+        mut interest,
+        downs,
+        mut stop,
+    } = ends;
     // Set off by a reconnect or a slow-consumer report: this node may have missed presence
     // diffs, so it asks for the state of its presence topics again.
     let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<()>();
@@ -462,6 +481,16 @@ async fn run(
                 }
             }
             Some(()) = resync_rx.recv() => {
+                let max = client.server_info().max_payload;
+                if max > 0 && max < largest {
+                    warn!(
+                        nats_max_payload = max,
+                        largest,
+                        "cluster: the NATS server takes messages up to max_payload only: bigger \
+                         publications reach this node only (raise max_payload, see \
+                         deploy/nats-server.conf)"
+                    );
+                }
                 for (topic, (_, presence, _)) in &subs {
                     if *presence {
                         let _ = client
