@@ -103,6 +103,11 @@ pub struct Config {
     /// If set, `GET /metrics` needs `Authorization: Bearer <metrics_key>` from any address (401
     /// without it). If not set, `/metrics` answers loopback peers only (403 otherwise).
     pub metrics_key: Option<String>,
+    /// Serve the live dashboard, `GET /dashboard` (a page) and `GET /dashboard/live` (its
+    /// WebSocket: one JSON frame a second), under the access rule of `/api/*`: loopback peers
+    /// only without `api_key`; with it, the key as a bearer token or as `?key=<api_key>` (a
+    /// browser cannot set a header on a page load or a WebSocket). Off: both are 404.
+    pub dashboard: bool,
     /// Cross-core outbox bound per peer core, in broadcasts. From half of it (or of
     /// `mesh_outbox_bytes`) the core stops reading its sockets until the outbox is down to a
     /// quarter; a broadcast that would pass the bound anyway is dropped for that core and
@@ -230,6 +235,7 @@ impl Default for Config {
             api_key: None,
             api_origins: Vec::new(),
             metrics_key: None,
+            dashboard: false,
             mesh_outbox: 65_536,
             mesh_outbox_bytes: 64 << 20,
             check_origin: Vec::new(),
