@@ -101,6 +101,33 @@ impl Topics {
         self.map.len()
     }
 
+    /// The `n` topics with the most subscribers on this core, most first (ties by name), with
+    /// their counts. O(topics x log n), no allocation beyond the `n` kept.
+    pub fn top(&self, n: usize) -> Vec<(Rc<str>, usize)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        // Bigger first, then the name first in order.
+        type Rank<'a> = (usize, Reverse<&'a Rc<str>>);
+        // A min-heap of the best `n` so far: its top is the one to beat.
+        let mut best: BinaryHeap<Reverse<Rank>> = BinaryHeap::new();
+        for (name, subs) in &self.map {
+            let entry = Reverse((subs.len(), Reverse(name)));
+            if best.len() < n {
+                best.push(entry);
+            } else if best.peek().is_some_and(|worst| entry < *worst) {
+                best.pop();
+                best.push(entry);
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((count, Reverse(name)))| (name.clone(), count))
+            .collect()
+    }
+
     /// Total subscriptions on this core.
     pub fn subscriptions(&self) -> usize {
         self.map.values().map(Slab::len).sum()
@@ -147,6 +174,25 @@ mod tests {
         assert_eq!(a.index, b.index);
         assert_eq!(t.subscriptions(), 2);
         let _ = keep;
+    }
+
+    #[test]
+    fn top_lists_the_biggest_topics_first() {
+        let mut t = Topics::new();
+        for (topic, n) in [("a", 1), ("b", 5), ("c", 3), ("d", 5), ("e", 2)] {
+            for k in 0..n {
+                t.subscribe(topic, sub(k));
+            }
+        }
+        let names = |v: Vec<(Rc<str>, usize)>| {
+            v.into_iter()
+                .map(|(name, n)| format!("{name}={n}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(t.top(3)), ["b=5", "d=5", "c=3"]);
+        assert_eq!(names(t.top(10)), ["b=5", "d=5", "c=3", "e=2", "a=1"]);
+        assert!(t.top(0).is_empty());
+        assert!(Topics::new().top(10).is_empty());
     }
 
     #[test]
