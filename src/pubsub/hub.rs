@@ -57,6 +57,13 @@ pub struct Counters {
     /// Presence topics this core is home of, and their entries (gauges, every tick).
     pub presence_topics: AtomicU64,
     pub presence_entries: AtomicU64,
+    /// Open dashboard sockets (`/dashboard/live`) on this core (gauge).
+    pub dashboards: AtomicU64,
+    /// This core's biggest topics by subscribers here, as of its last second while some
+    /// dashboard was open (empty otherwise): written by this core once a second, read by the
+    /// cores that send dashboard frames. The one lock of the pub/sub layer, off every
+    /// connection's path (see ARCHITECTURE.md "Threads").
+    pub top_topics: std::sync::Mutex<Vec<(Box<str>, u32)>>,
 }
 
 /// What every core's hub shares: the handler and every core's counters (index = core id).
@@ -101,6 +108,8 @@ pub struct Hub {
     ids: RefCell<SocketIds>,
     /// Ticks since the last sweep of `ids`.
     ids_age: std::cell::Cell<u32>,
+    /// This core's dashboard sockets and what it sends them (see `crate::http::dashboard`).
+    pub live: crate::pubsub::live::Live,
 }
 
 /// Socket id -> this core's sockets with it, as (slot key, generation).
@@ -124,6 +133,7 @@ impl Hub {
             cluster: std::cell::OnceCell::new(),
             ids: RefCell::new(std::collections::HashMap::new()),
             ids_age: std::cell::Cell::new(0),
+            live: Default::default(),
         })
     }
 

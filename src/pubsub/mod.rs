@@ -4,6 +4,7 @@
 
 pub mod encode;
 pub mod hub;
+pub mod live;
 pub mod presence;
 pub mod publication;
 pub mod session;
