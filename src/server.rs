@@ -145,7 +145,7 @@ impl Server {
                     }
                     // The wiring of one core: envelopes from other cores go to the hub's
                     // delivery, accepted sockets to connection tasks, ticks to the hub
-                    // (presence windows). Weak: the shard owns
+                    // (presence windows) and the dashboard (its frame, once a second). Weak: the shard owns
                     // these callbacks and the hub owns the shard.
                     let (h1, h2, h3) = (
                         Rc::downgrade(&hub),
@@ -163,7 +163,13 @@ impl Server {
                                 .detach();
                         }
                     });
-                    let on_tick = move || h3.upgrade().is_some_and(|hub| hub.on_tick());
+                    let on_tick = move || {
+                        h3.upgrade().is_some_and(|hub| {
+                            let busy = hub.on_tick();
+                            crate::http::dashboard::on_tick(&hub);
+                            busy
+                        })
+                    };
                     let wiring = Wiring {
                         deliver: Box::new(deliver),
                         accept,

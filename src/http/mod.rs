@@ -14,8 +14,13 @@
 //! - `/api/*`: a request with an `Origin` header is refused unless the origin is in
 //!   `api_origins` (no web page can publish by default); then, with `api_key`, the bearer key
 //!   from any address; without it, loopback peers only. Bodies must be `application/json`.
+//! - `/dashboard`, `/dashboard/live` (only with `dashboard`; 404 otherwise): the API's rule,
+//!   and with `api_key` the key may come as `?key=<api_key>` too (a browser sets no header on
+//!   a page load or a WebSocket); the WebSocket also refuses a page of another origin (a
+//!   browser sends `Origin`): any page could otherwise open it from the operator's loopback.
 
 pub mod api;
+pub mod dashboard;
 pub mod metrics;
 
 use std::net::IpAddr;
@@ -61,6 +66,10 @@ pub enum Plan {
     Echo,
     /// `GET /api/presence?topic=...` (the caller is allowed).
     Presence,
+    /// `GET /dashboard` (the caller is allowed): the page.
+    Dashboard,
+    /// `GET /dashboard/live` (the caller is allowed): the upgrade to the dashboard's socket.
+    DashboardLive,
     /// An API call: reserve `len` bytes of the core's body budget, read the body, then answer.
     Body {
         api: Api,
@@ -168,6 +177,7 @@ pub fn plan(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
         _ if api => plan_api(req, cfg, peer),
         "/socket/websocket" => Plan::Phoenix,
         "/echo" if cfg.echo => Plan::Echo,
+        "/dashboard" | "/dashboard/live" if cfg.dashboard => plan_dashboard(req, cfg, peer),
         _ => Plan::Refuse(Refusal::new(404, "not found", false)),
     }
 }
@@ -223,6 +233,46 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
         return refuse(413, "request body too large (max_request_body)");
     }
     Plan::Body { api, format, len }
+}
+
+/// `/dashboard` and `/dashboard/live`: for the socket, a browser page of another origin is
+/// refused (403); then the caller (the API's rule, the key also as `?key=`), then the method.
+fn plan_dashboard(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) -> Plan {
+    let live = req.path == "/dashboard/live";
+    if live
+        && let Some(origin) = req.origin.as_deref()
+        && !same_origin(origin, req.host.as_deref())
+        && !cfg.api_origin_allowed(origin)
+    {
+        return Plan::Refuse(Refusal::new(
+            403,
+            "origin not allowed: the dashboard's own page, or api_origins",
+            false,
+        ));
+    }
+    let key = handshake::query_param(&req.query, "key");
+    let by_query = matches!((&cfg.api_key, &key), (Some(k), Some(given))
+        if constant_time_eq(given.as_bytes(), k.as_bytes()));
+    if !by_query && let Err(refusal) = access(&cfg.api_key, req, peer, false) {
+        return Plan::Refuse(refusal);
+    }
+    match (req.method == "GET" || req.method == "HEAD", live) {
+        (true, false) => Plan::Dashboard,
+        (true, true) => Plan::DashboardLive,
+        (false, _) => Plan::Refuse(method_not_allowed(false)),
+    }
+}
+
+/// Whether `origin` is the origin of the page the request's `Host` serves (`http://` or
+/// `https://` and the host, port included, compared case-insensitively).
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    rest.is_some_and(|h| h.eq_ignore_ascii_case(host))
 }
 
 /// Whether the connection goes on to read another request after the answer to `req`: keep-alive
@@ -531,6 +581,69 @@ mod tests {
         let post = req("POST /metrics HTTP/1.1\r\n\r\n");
         assert_eq!(status(plan(&post, &cfg, || LOCAL)), 405);
         assert_eq!(status(plan(&get("/nope"), &cfg, || LOCAL)), 404);
+    }
+
+    #[test]
+    fn dashboard_is_off_by_default_then_under_the_api_rule_with_the_key_in_the_query_too() {
+        let get = |target: &str, extra: &str| {
+            req(&format!(
+                "GET {target} HTTP/1.1\r\nHost: h:4000\r\n{extra}\r\n"
+            ))
+        };
+        let off = Config::default();
+        for target in ["/dashboard", "/dashboard/live"] {
+            assert_eq!(status(plan(&get(target, ""), &off, || LOCAL)), 404);
+        }
+        let on = Config::from_toml("dashboard = true").unwrap();
+        assert_eq!(plan(&get("/dashboard", ""), &on, || LOCAL), Plan::Dashboard);
+        assert_eq!(
+            plan(&get("/dashboard/live", ""), &on, || LOCAL),
+            Plan::DashboardLive
+        );
+        assert_eq!(status(plan(&get("/dashboard", ""), &on, || REMOTE)), 403);
+        assert_eq!(
+            status(plan(&get("/dashboard?key=k", ""), &on, || REMOTE)),
+            403
+        );
+        assert_eq!(status(plan(&get("/dashboard/x", ""), &on, || LOCAL)), 404);
+        let post = req("POST /dashboard HTTP/1.1\r\n\r\n");
+        assert_eq!(status(plan(&post, &on, || LOCAL)), 405);
+        // The socket: the page's own origin, or one of api_origins; no other page.
+        let live = |origin: &str| get("/dashboard/live", &format!("Origin: {origin}\r\n"));
+        assert_eq!(status(plan(&live("http://h:4000"), &on, || LOCAL)), 200);
+        assert_eq!(status(plan(&live("https://H:4000"), &on, || LOCAL)), 200);
+        for other in ["http://h:4001", "https://evil.example", "null", "h:4000"] {
+            assert_eq!(status(plan(&live(other), &on, || LOCAL)), 403, "{other}");
+        }
+        let listed =
+            Config::from_toml("dashboard = true\napi_origins = [\"https://ops.example\"]").unwrap();
+        assert_eq!(
+            status(plan(&live("https://ops.example"), &listed, || LOCAL)),
+            200
+        );
+        // With a key: bearer or `?key=`, from any address; never from loopback alone.
+        let keyed = Config::from_toml("dashboard = true\napi_key = \"k 1\"").unwrap();
+        let never = || -> Option<IpAddr> { panic!("the peer does not matter with a key") };
+        for (target, extra, want) in [
+            ("/dashboard", "", 401),
+            ("/dashboard?key=k%201", "", 200),
+            ("/dashboard?key=k+1", "", 200),
+            ("/dashboard?x=1&key=k%201", "", 200),
+            ("/dashboard?key=k", "", 401),
+            ("/dashboard?key=k%201x", "", 401),
+            ("/dashboard/live?key=k%201", "", 200),
+            ("/dashboard/live", "", 401),
+            ("/dashboard", "Authorization: Bearer k 1\r\n", 200),
+        ] {
+            let p = plan(&get(target, extra), &keyed, never);
+            assert_eq!(status(p), want, "{target} {extra}");
+            if want == 401 {
+                assert!(matches!(p, Plan::Refuse(r) if r.headers == BEARER && !r.json));
+            }
+        }
+        // Only there: the API takes no key from the query.
+        let api = req(&POST.replace("/api/broadcast", "/api/broadcast?key=k%201"));
+        assert_eq!(status(plan(&api, &keyed, never)), 401);
     }
 
     #[test]

@@ -289,9 +289,14 @@ impl Conn {
     /// Leave the Open phase: the socket's channels are left and the gauges updated.
     pub(crate) fn leave_open(&mut self) {
         if let Phase::Open {
-            session, decoder, ..
+            session,
+            decoder,
+            endpoint,
         } = &mut self.phase
         {
+            if *endpoint == Endpoint::Dashboard {
+                crate::http::dashboard::unwatch(&self.hub, self.key, self.generation);
+            }
             self.hub.shard.hold_partial(decoder.heap_bytes(), 0);
             session.leave_all(Ctx {
                 hub: &self.hub,

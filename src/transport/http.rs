@@ -114,6 +114,12 @@ impl Conn {
                 self.upgrade(&req, Endpoint::Echo, None, None, &mut rest);
                 return false;
             }
+            Plan::Dashboard => (crate::http::dashboard::page(), &[][..]),
+            Plan::DashboardLive => {
+                let mut rest = buf.split_off(req.head_len);
+                self.upgrade(&req, Endpoint::Dashboard, None, None, &mut rest);
+                return false;
+            }
             Plan::Body { api, format, len } => {
                 let limit = self.hub.shard.cfg.max_body_bytes_in_flight;
                 let Some(reservation) = BodyReservation::take(&self.hub.shard.stats, limit, len)
@@ -281,7 +287,7 @@ impl Conn {
         self.enqueue(out);
         Stats::bump(&self.hub.shard.stats.upgraded);
         Stats::bump(&self.hub.shard.stats.websockets);
-        // Both endpoints: an echo socket holds a slot and a descriptor like any other.
+        // Every endpoint: an echo or dashboard socket holds a slot and a descriptor like any other.
         self.hub
             .shard
             .set_deadline(self.key, Some(self.hub.shard.cfg.idle_timeout()));
@@ -290,6 +296,9 @@ impl Conn {
             decoder: Decoder::new(),
             session: Session::new(user),
         };
+        if endpoint == Endpoint::Dashboard {
+            crate::http::dashboard::watch(&self.hub, self.key, self.generation);
+        }
         if !rest.is_empty() {
             // Frames sent right behind the request, before our 101 was read.
             self.on_ws_bytes(rest);

@@ -36,6 +36,10 @@ pub enum Endpoint {
     Echo,
     /// `GET /socket/websocket?vsn=2.0.0`: Phoenix Channels V2.
     Phoenix,
+    /// `GET /dashboard/live` (only with `dashboard`): one JSON frame a second from the core's
+    /// tick (`crate::http::dashboard`); what the client sends is read and ignored, but for
+    /// pings and close.
+    Dashboard,
 }
 
 pub(crate) enum Phase {

@@ -1,6 +1,6 @@
 //! The WebSocket phase of a connection: frames decoded under the socket's rate limit, the
 //! core's budget for partial messages and the message deadline; data messages handed to the
-//! Phoenix session (or echoed on `/echo`).
+//! Phoenix session (or echoed on `/echo`, or ignored on `/dashboard/live`).
 
 use crate::proto::frame::{self, Message, OpCode, close};
 use crate::proto::phoenix::Frame;
@@ -89,6 +89,7 @@ impl Conn {
             match (endpoint, data) {
                 (Endpoint::Echo, Frame::Text(t)) => echo(OpCode::Text, t.as_bytes()),
                 (Endpoint::Echo, Frame::Binary(b)) => echo(OpCode::Binary, b),
+                (Endpoint::Dashboard, _) => {} // its keep-alives: read, and ignored
                 (Endpoint::Phoenix, data) => {
                     if let Err(close) = session.on_frame(ctx, data) {
                         app_close = Some(close);
