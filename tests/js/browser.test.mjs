@@ -59,7 +59,7 @@ describe("phoenix.js in a real browser (chromium)", { timeout: SUITE_TIMEOUT_MS 
   const sockets = [];
 
   before(async () => {
-    server = await startServer({ presence: ["room:*"], presence_anonymous: true });
+    server = await startServer({ presence: ["room:*"], presence_anonymous: true, dashboard: true });
     pages = http.createServer((req, res) => {
       if (req.url.startsWith("/phoenix.js")) {
         res.writeHead(200, { "Content-Type": "application/javascript" });
@@ -117,6 +117,42 @@ describe("phoenix.js in a real browser (chromium)", { timeout: SUITE_TIMEOUT_MS 
     assert.equal(nodePresence.list().length, 2);
     const errors = await page.evaluate(() => window.state.errors);
     assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  test("the dashboard in the same browser: its numbers follow live traffic; a screenshot is kept", async () => {
+    const page = await browser.newPage();
+    await page.setViewport({ width: 1400, height: 900 });
+    await page.goto(`${server.httpUrl}/dashboard`);
+    const number = (id) => page.$eval(id, (e) => Number(e.textContent.replace(/[^0-9.]/g, "")) || 0);
+    await page.waitForFunction(() => document.querySelector("#v-conn") && /\d/.test(document.querySelector("#v-conn").textContent), { timeout: 10000 });
+    const connBefore = await number("#v-conn");
+
+    // Live traffic: 12 members on a topic, a broadcast every 100 ms for 4 s.
+    const members = [];
+    for (let i = 0; i < 12; i++) {
+      const s = newSocket(server, {}, sockets);
+      await connectSocket(s);
+      const c = s.channel("room:dash", {});
+      await joinOk(c);
+      members.push(c);
+    }
+    let deliveriesSeen = 0;
+    for (let i = 0; i < 40; i++) {
+      await pushResult(members[i % members.length].push("new_msg", { i }));
+      await new Promise((r) => setTimeout(r, 100));
+      deliveriesSeen = Math.max(deliveriesSeen, await number("#v-deliv"));
+    }
+    const connAfter = await number("#v-conn");
+    assert.ok(connAfter >= connBefore + 12, `connections ${connBefore} -> ${connAfter}`);
+    assert.ok(deliveriesSeen > 0, "deliveries/s moved");
+    const topics = await page.$eval("#topics", (e) => e.textContent);
+    assert.match(topics, /room:dash/);
+    const dir = path.join(here, "..", "..", "reports", "dashboard");
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, "-")}.png`);
+    await page.screenshot({ path: file });
+    console.log(`dashboard screenshot: ${file}`);
     await page.close();
   });
 });
