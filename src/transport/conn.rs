@@ -171,7 +171,7 @@ impl Conn {
             //    slows down) instead of being dropped on the way to another core. The end of the
             //    hold wakes every parked connection (`Shard::park`).
             let publisher = match &self.phase {
-                Phase::Open { endpoint, .. } => *endpoint == Endpoint::Phoenix,
+                Phase::Open { endpoint, .. } => matches!(endpoint, Endpoint::Phoenix(_)),
                 Phase::Http { deferred, .. } => *deferred,
                 Phase::Closing { .. } => false,
             };
@@ -286,7 +286,9 @@ impl Conn {
     /// Leave the Open phase: the socket's channels are left and the gauges updated.
     pub(crate) fn leave_open(&mut self) {
         if let Phase::Open {
-            session, decoder, ..
+            session,
+            decoder,
+            endpoint,
         } = &mut self.phase
         {
             self.hub.shard.hold_partial(decoder.heap_bytes(), 0);
@@ -294,6 +296,7 @@ impl Conn {
                 hub: &self.hub,
                 key: self.key,
                 generation: self.generation,
+                wire: endpoint.wire(),
             });
             Stats::sub(&self.hub.shard.stats.websockets, 1);
             self.phase = Phase::Closing { shut: false };

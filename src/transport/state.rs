@@ -8,6 +8,7 @@ use std::rc::Rc;
 use crate::http::{Api, BodyReservation, Format};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::Request;
+use crate::pubsub::encode::Wire;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::session::Session;
 
@@ -34,8 +35,19 @@ pub(crate) struct Conn {
 pub enum Endpoint {
     /// `GET /echo`: send every data message back.
     Echo,
-    /// `GET /socket/websocket?vsn=2.0.0`: Phoenix Channels V2.
-    Phoenix,
+    /// `GET /socket/websocket`: Phoenix Channels, in the wire format its `vsn` chose.
+    Phoenix(Wire),
+}
+
+impl Endpoint {
+    /// The wire format of a Phoenix socket's session (an echo socket has no session traffic:
+    /// V2, unused).
+    pub(crate) fn wire(self) -> Wire {
+        match self {
+            Endpoint::Phoenix(wire) => wire,
+            Endpoint::Echo => Wire::V2,
+        }
+    }
 }
 
 pub(crate) enum Phase {
