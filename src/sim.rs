@@ -155,6 +155,7 @@ fn core_sim(
             hub: &hub,
             key,
             generation,
+            wire: crate::pubsub::encode::Wire::V2,
         };
         let _ = vc.session.on_frame(ctx, Frame::Text(&join));
         shard.drain_queue(key, |_| {}); // the join reply goes to the null sink

@@ -2,7 +2,8 @@
 //! upgrade request alone (pure: no I/O, the clock passed in). The embedder's
 //! [`crate::app::handler::Handler::connect`] has the last word afterwards.
 //!
-//! In order: the serializer version (`vsn`, Phoenix's default 1.0.0; V2 only here), the
+//! In order: the serializer version (`vsn`: 1.0.x for V1, Phoenix's default when absent, or
+//! 2.0.x for V2; anything else is refused), the
 //! `Origin` (`check_origin`), the subprotocols (phoenix.js offers `phoenix` next to its
 //! `base64url.bearer.phx.<token>` and needs `phoenix` echoed: a bearer offer without it is
 //! refused, since a browser fails a 101 that answers an offer with none), then the token (a
@@ -12,10 +13,13 @@
 use crate::app::auth::{self, Claims};
 use crate::config::Config;
 use crate::proto::handshake::{self, Request};
+use crate::proto::phoenix::Vsn;
 
 /// The socket may be upgraded.
 #[derive(Debug)]
 pub struct Admitted {
+    /// The serializer the socket speaks.
+    pub vsn: Vsn,
     /// The verified token's claims, if it brought one.
     pub claims: Option<Claims>,
     /// The subprotocol to answer with (`phoenix` when offered).
@@ -35,10 +39,10 @@ const fn refuse(status: u16, reason: &'static str) -> Refused {
 
 /// Decide on a Phoenix upgrade request at unix time `now`.
 pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused> {
-    let vsn = handshake::query_param(&req.query, "vsn").unwrap_or_else(|| "1.0.0".into());
-    if !(vsn == "2.0.0" || vsn.starts_with("2.0.")) {
-        return Err(refuse(403, "unsupported vsn: use vsn=2.0.0"));
-    }
+    let vsn = handshake::query_param(&req.query, "vsn");
+    let Some(vsn) = Vsn::negotiate(vsn.as_deref()) else {
+        return Err(refuse(403, "unsupported vsn: use vsn=2.0.0 or 1.0.0"));
+    };
     if !cfg.origin_allowed(req.origin.as_deref()) {
         return Err(refuse(403, "origin not allowed"));
     }
@@ -68,6 +72,7 @@ pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused>
         return Err(refuse(403, "token required"));
     }
     Ok(Admitted {
+        vsn,
         claims,
         protocol: offers_phoenix.then_some("phoenix"),
     })
@@ -104,11 +109,10 @@ mod tests {
         let bearer = format!("{}{}", handshake::PHX_BEARER_PREFIX, "x");
         let cases = [
             (
-                req("vsn=1.0.0", &[], None),
+                req("vsn=3.0.0", &[], None),
                 403,
-                "unsupported vsn: use vsn=2.0.0",
+                "unsupported vsn: use vsn=2.0.0 or 1.0.0",
             ),
-            (req("", &[], None), 403, "unsupported vsn: use vsn=2.0.0"),
             (
                 req("vsn=2.0.0", &[], Some("https://evil.example")),
                 403,
@@ -136,6 +140,38 @@ mod tests {
         )
         .expect("admitted");
         assert_eq!(ok.protocol, Some("phoenix"));
+        assert_eq!(ok.vsn, Vsn::V2);
         assert_eq!(ok.claims.map(|c| c.sub), Some("alice".to_string()));
+    }
+
+    #[test]
+    fn vsn_chooses_the_serializer_as_phoenix_does() {
+        // `params["vsn"] || "1.0.0"`, then `~> 1.0.0` or `~> 2.0.0`.
+        let cfg = Config::default();
+        let vsn = |q: &str| admit(&cfg, &req(q, &[], None), 0).map(|a| a.vsn);
+        for (q, want) in [
+            ("", Vsn::V1),
+            ("token=x", Vsn::V1),
+            ("vsn=1.0.0", Vsn::V1),
+            ("vsn=1.0.7", Vsn::V1),
+            ("vsn=2.0.0", Vsn::V2),
+            ("vsn=2.0.12", Vsn::V2),
+        ] {
+            assert_eq!(vsn(q), Ok(want), "{q}");
+        }
+        let refused = Err(refuse(403, "unsupported vsn: use vsn=2.0.0 or 1.0.0"));
+        for q in [
+            "vsn=",
+            "vsn=1",
+            "vsn=1.0",
+            "vsn=1.1.0",
+            "vsn=2.1.0",
+            "vsn=3.0.0",
+            "vsn=2.0.0-rc",
+            "vsn=1.0.x",
+            "vsn=v2.0.0",
+        ] {
+            assert_eq!(vsn(q), refused, "{q}");
+        }
     }
 }

@@ -7,28 +7,48 @@
 use std::sync::Arc;
 
 use crate::proto::frame::OpCode;
-use crate::proto::phoenix::{Payload, STATUS_ERROR, STATUS_OK, binary, json};
+use crate::proto::phoenix::{Payload, STATUS_ERROR, STATUS_OK, Vsn, binary, json, v1};
 use crate::pubsub::publication::Publication;
 use crate::runtime::shard::Shard;
 
-/// The wire formats a socket may speak. V1 JSON and long-poll messages join V2 here (issue 14);
-/// the topic table keeps a subscriber's format in two bits.
+/// The wire formats a socket may speak (long-poll messages may join them later); the topic
+/// table keeps a subscriber's format in two bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Wire {
     /// Phoenix V2 (`vsn=2.0.0`): JSON arrays in text frames, binary payloads in binary frames.
     V2 = 0,
+    /// Phoenix V1 (`vsn=1.0.0`, or no `vsn`): JSON objects in text frames, and nothing else (a
+    /// binary broadcast has no V1 form and is not sent to V1 sockets).
+    V1 = 1,
 }
 
 impl Wire {
     /// How many formats there are (the size of a per-format cache).
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 2;
 
     /// The format with this number (see [`crate::pubsub::topics::Sub::wire`]).
     pub fn from_number(n: u8) -> Option<Wire> {
         match n {
             0 => Some(Wire::V2),
+            1 => Some(Wire::V1),
             _ => None,
+        }
+    }
+
+    /// The format a socket of serializer `vsn` receives.
+    pub fn of(vsn: Vsn) -> Wire {
+        match vsn {
+            Vsn::V1 => Wire::V1,
+            Vsn::V2 => Wire::V2,
+        }
+    }
+
+    /// The serializer that decodes this format's client messages.
+    pub fn vsn(self) -> Vsn {
+        match self {
+            Wire::V1 => Vsn::V1,
+            Wire::V2 => Vsn::V2,
         }
     }
 
@@ -52,8 +72,17 @@ pub fn broadcast(shard: &Shard, wire: Wire, p: &Publication) -> Option<Arc<[u8]>
                 binary::encode_broadcast(b, topic, event, body)
             })
             .ok(),
+        (Wire::V1, Payload::Json(body)) => shard
+            .build_frame(OpCode::Text, |b| {
+                v1::encode_broadcast(b, topic, event, body)
+            })
+            .ok(),
+        // Phoenix's V1 serializer cannot encode one either (Jason raises on the tuple).
+        (Wire::V1, Payload::Binary(_)) => None,
     }
 }
+
+const BAD_REPLY: &str = r#"{"reason":"bad reply"}"#;
 
 /// A `phx_reply` with `response` (a JSON object's text). A response that is not JSON (a
 /// handler's mistake) is answered `error` `{"reason":"bad reply"}` instead of nothing.
@@ -74,8 +103,18 @@ pub fn reply(
             })
             .or_else(|_| {
                 shard.build_frame(OpCode::Text, |b| {
-                    let bad = r#"{"reason":"bad reply"}"#;
-                    json::encode_reply(b, join_ref, msg_ref, topic, STATUS_ERROR, bad)
+                    json::encode_reply(b, join_ref, msg_ref, topic, STATUS_ERROR, BAD_REPLY)
+                })
+            })
+            .ok(),
+        // V1 never sends a join_ref.
+        Wire::V1 => shard
+            .build_frame(OpCode::Text, |b| {
+                v1::encode_reply(b, msg_ref, topic, status, response)
+            })
+            .or_else(|_| {
+                shard.build_frame(OpCode::Text, |b| {
+                    v1::encode_reply(b, msg_ref, topic, STATUS_ERROR, BAD_REPLY)
                 })
             })
             .ok(),
@@ -96,6 +135,11 @@ pub fn push(
         Wire::V2 => shard
             .build_frame(OpCode::Text, |b| {
                 json::encode_message(b, join_ref, msg_ref, topic, event, payload)
+            })
+            .ok(),
+        Wire::V1 => shard
+            .build_frame(OpCode::Text, |b| {
+                v1::encode_message(b, msg_ref, topic, event, payload)
             })
             .ok(),
     }

@@ -325,8 +325,10 @@ impl Hub {
                 return;
             };
             let frame = frames[wire.number() as usize].get_or_insert_with(|| {
-                encodes += 1;
-                encode::broadcast(shard, wire, p)
+                // None: no form in this format (a binary payload for V1); not an encode.
+                let frame = encode::broadcast(shard, wire, p);
+                encodes += u64::from(frame.is_some());
+                frame
             });
             if let Some(frame) = frame
                 && slot.offer(frame, max_bytes, max_frames)

@@ -1,5 +1,7 @@
 //! Phoenix Channels on one socket: joins, leaves, pushes, heartbeats, replies, answered exactly
-//! as Phoenix's `Phoenix.Socket` answers them (see `lib/phoenix/socket.ex`).
+//! as Phoenix's `Phoenix.Socket` answers them (see `lib/phoenix/socket.ex`). Written below in
+//! V2's arrays; a V1 socket (`Ctx::wire`) gets the same messages as V1 objects, without their
+//! `join_ref`, and every check is the same for both.
 //!
 //! - `heartbeat` on topic `phoenix` -> `[null, ref, "phoenix", "phx_reply", ok {}]`.
 //! - `phx_join` on an allowed topic -> the handler decides; ok/error reply with the join's refs.
@@ -21,7 +23,6 @@
 use std::cell::RefCell;
 
 use crate::app::handler::{InReply, PresenceChange, Socket, Terminate};
-use crate::proto::frame::close::code;
 use crate::proto::phoenix::Payload;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, TOPIC_PHOENIX,
@@ -57,12 +58,13 @@ pub struct Session {
     user: Option<Box<str>>,
 }
 
-/// The connection this session belongs to.
+/// The connection this session belongs to, and the wire format it speaks.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     pub hub: &'a Hub,
     pub key: usize,
     pub generation: u32,
+    pub wire: Wire,
 }
 
 /// Close the socket with this code and reason.
@@ -97,17 +99,12 @@ impl Session {
 
     /// Handle one data message from the client.
     pub fn on_frame(&mut self, ctx: Ctx<'_>, frame: Frame<'_>) -> Result<(), CloseWith> {
-        let msg = match phoenix::decode(frame) {
+        let msg = match phoenix::decode(ctx.wire.vsn(), frame) {
             Ok(m) => m,
-            Err(phoenix::DecodeError::Json(_)) => {
-                return Err((code::INVALID_DATA, "not a phoenix message"));
+            Err(e @ phoenix::DecodeError::RefTooLong { .. }) => {
+                return Err((e.close_code(frame), "ref too long"));
             }
-            Err(phoenix::DecodeError::Binary(_)) => {
-                return Err((code::UNSUPPORTED, "not a phoenix message"));
-            }
-            Err(phoenix::DecodeError::RefTooLong { .. }) => {
-                return Err((code::POLICY, "ref too long"));
-            }
+            Err(e) => return Err((e.close_code(frame), "not a phoenix message")),
         };
         if msg.is_heartbeat() {
             reply(ctx, None, msg.msg_ref.as_deref(), TOPIC_PHOENIX, true, "{}");
@@ -172,7 +169,7 @@ impl Session {
         let decision = ctx.hub.guard(|h| h.join(socket, topic, msg.payload));
         match decision {
             Some(Ok(response)) => {
-                let sub = Sub::new(ctx.key, ctx.generation, Wire::V2.number());
+                let sub = Sub::new(ctx.key, ctx.generation, ctx.wire.number());
                 let sub = ctx.hub.subscribe(topic, sub);
                 Stats::bump(&ctx.hub.counters.joins);
                 Stats::bump(&ctx.hub.counters.channels);
@@ -469,7 +466,7 @@ fn reply(
     response: &str,
 ) {
     let shard = &*ctx.hub.shard;
-    if let Some(frame) = encode::reply(shard, Wire::V2, (join_ref, msg_ref), topic, ok, response) {
+    if let Some(frame) = encode::reply(shard, ctx.wire, (join_ref, msg_ref), topic, ok, response) {
         shard.enqueue(ctx.key, frame);
     }
 }
@@ -485,7 +482,7 @@ fn push(
 ) {
     let shard = &*ctx.hub.shard;
     let refs = (join_ref, msg_ref);
-    if let Some(frame) = encode::push(shard, Wire::V2, refs, topic, event, payload) {
+    if let Some(frame) = encode::push(shard, ctx.wire, refs, topic, event, payload) {
         shard.enqueue(ctx.key, frame);
     }
 }
@@ -506,6 +503,7 @@ mod tests {
     use super::*;
     use crate::app::handler::{DefaultHandler, Handler};
     use crate::config::Config;
+    use crate::proto::frame::close::code;
     use crate::proto::phoenix::Payload;
     use crate::pubsub::hub::tests::{core, queued};
 
@@ -514,15 +512,21 @@ mod tests {
         session: Session,
         key: usize,
         generation: u32,
+        wire: Wire,
     }
 
     impl Client {
         fn open(hub: &Hub) -> Client {
+            Client::open_as(hub, Wire::V2)
+        }
+
+        fn open_as(hub: &Hub, wire: Wire) -> Client {
             let (key, generation) = hub.shard.open_slot();
             Client {
                 session: Session::new(None),
                 key,
                 generation,
+                wire,
             }
         }
 
@@ -531,6 +535,7 @@ mod tests {
                 hub,
                 key: self.key,
                 generation: self.generation,
+                wire: self.wire,
             }
         }
 
@@ -1202,5 +1207,250 @@ mod tests {
         assert_eq!(code, code::POLICY);
         assert!(c.got(&hub).is_empty());
         assert_eq!(hub.topics.borrow().topics(), 0);
+    }
+
+    /// What was queued on `key`, as the text of each frame (final, unmasked text frames).
+    fn texts(hub: &Hub, key: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        hub.shard.drain_queue(key, |f| {
+            assert_eq!(f[0], 0x81, "a final text frame");
+            let header = match f[1] {
+                126 => 4,
+                127 => panic!("a test frame over 64 KiB"),
+                _ => 2,
+            };
+            out.push(String::from_utf8(f[header..].to_vec()).unwrap());
+        });
+        out
+    }
+
+    impl Client {
+        /// Send a V1 frame's text, and take the texts it was answered with.
+        fn ask_text(&mut self, hub: &Hub, text: &str) -> Vec<String> {
+            assert_eq!(self.text(hub, text), Ok(()), "{text}");
+            texts(hub, self.key)
+        }
+    }
+
+    /// A V1 message from a client (`join_ref` absent when None).
+    fn v1(
+        join_ref: Option<&str>,
+        msg_ref: &str,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> String {
+        let mut m = json!({"topic": topic, "event": event, "payload": payload, "ref": msg_ref});
+        if let Some(j) = join_ref {
+            m["join_ref"] = json!(j);
+        }
+        m.to_string()
+    }
+
+    /// A V1 reply, byte for byte as Phoenix writes it.
+    fn v1_reply(msg_ref: &str, topic: &str, status: &str, response: &str) -> String {
+        format!(
+            r#"{{"event":"phx_reply","payload":{{"response":{response},"status":"{status}"}},"ref":"{msg_ref}","topic":"{topic}"}}"#
+        )
+    }
+
+    /// A V1 server push or broadcast, byte for byte.
+    fn v1_push(msg_ref: Option<&str>, topic: &str, event: &str, payload: &str) -> String {
+        let r = msg_ref.map_or("null".to_string(), |r| format!("\"{r}\""));
+        format!(r#"{{"event":"{event}","payload":{payload},"ref":{r},"topic":"{topic}"}}"#)
+    }
+
+    #[test]
+    fn a_v1_socket_joins_pushes_beats_and_leaves_in_v1_frames() {
+        let hub = default_core(Config::default());
+        let mut c = Client::open_as(&hub, Wire::V1);
+        // An old client: no join_ref at all.
+        let got = c.ask_text(&hub, &v1(None, "1", "room:1", "phx_join", json!({})));
+        assert_eq!(got, [v1_reply("1", "room:1", "ok", "{}")]);
+        let got = c.ask_text(
+            &hub,
+            &v1(None, "2", "room:1", "new_msg", json!({"body": "hi"})),
+        );
+        assert_eq!(
+            got,
+            [
+                v1_push(None, "room:1", "new_msg", r#"{"body":"hi"}"#),
+                v1_reply("2", "room:1", "ok", "{}")
+            ]
+        );
+        let got = c.ask_text(&hub, &v1(None, "3", "phoenix", "heartbeat", json!({})));
+        assert_eq!(got, [v1_reply("3", "phoenix", "ok", "{}")]);
+        // Leave: the reply, then phx_close whose ref is the join's (null here).
+        let got = c.ask_text(&hub, &v1(None, "4", "room:1", "phx_leave", json!({})));
+        assert_eq!(
+            got,
+            [
+                v1_reply("4", "room:1", "ok", "{}"),
+                v1_push(None, "room:1", "phx_close", "{}")
+            ]
+        );
+        assert_eq!(hub.topics.borrow().topics(), 0);
+        let got = c.ask_text(&hub, &v1(None, "5", "room:1", "new_msg", json!({})));
+        let unmatched = r#"{"reason":"unmatched topic"}"#;
+        assert_eq!(got, [v1_reply("5", "room:1", "error", unmatched)]);
+        // A newer client sends join_ref; the server never does, but a phx_close carries it
+        // as its ref, as in Phoenix.
+        let got = c.ask_text(&hub, &v1(Some("6"), "6", "room:1", "phx_join", json!({})));
+        assert_eq!(got, [v1_reply("6", "room:1", "ok", "{}")]);
+        let got = c.ask_text(&hub, &v1(Some("7"), "7", "room:1", "phx_join", json!({})));
+        assert_eq!(
+            got,
+            [
+                v1_push(Some("6"), "room:1", "phx_close", "{}"),
+                v1_reply("7", "room:1", "ok", "{}")
+            ]
+        );
+        // A push of the old join is stale: ignored.
+        assert!(
+            c.ask_text(&hub, &v1(Some("6"), "8", "room:1", "m", json!({})))
+                .is_empty()
+        );
+        let got = c.ask_text(&hub, &v1(Some("7"), "9", "room:1", "phx_leave", json!({})));
+        assert_eq!(
+            got,
+            [
+                v1_reply("9", "room:1", "ok", "{}"),
+                v1_push(Some("7"), "room:1", "phx_close", "{}")
+            ]
+        );
+        assert!(got.iter().all(|t| !t.contains("join_ref")));
+    }
+
+    #[test]
+    fn v1_and_v2_members_of_a_topic_each_get_their_format_encoded_once() {
+        let hub = default_core(Config::default());
+        let mut a = Client::open_as(&hub, Wire::V1);
+        let b = {
+            let mut b = Client::open_as(&hub, Wire::V1);
+            b.ask_text(&hub, &v1(Some("1"), "1", "room:1", "phx_join", json!({})));
+            b
+        };
+        let mut c = Client::open(&hub);
+        c.join(&hub, "room:1", "1");
+        a.ask_text(&hub, &v1(Some("1"), "1", "room:1", "phx_join", json!({})));
+        let got = a.ask_text(
+            &hub,
+            &v1(Some("1"), "2", "room:1", "new_msg", json!({"n": 1})),
+        );
+        let broadcast = v1_push(None, "room:1", "new_msg", r#"{"n":1}"#);
+        assert_eq!(
+            got,
+            [broadcast.clone(), v1_reply("2", "room:1", "ok", "{}")]
+        );
+        assert_eq!(texts(&hub, b.key), [broadcast]);
+        assert_eq!(
+            texts(&hub, c.key),
+            [r#"[null,null,"room:1","new_msg",{"n":1}]"#]
+        );
+        let n = &hub.counters;
+        assert_eq!(
+            (get(&n.encodes), get(&n.deliveries)),
+            (2, 3),
+            "one per format"
+        );
+        // A V2 client's push reaches the V1 members as V1.
+        let got = c.ask(&hub, json!(["1", "3", "room:1", "new_msg", {"n": 2}]));
+        assert_eq!(got[1], ok("1", "3", "room:1", json!({})));
+        let broadcast = v1_push(None, "room:1", "new_msg", r#"{"n":2}"#);
+        assert_eq!(texts(&hub, a.key), std::slice::from_ref(&broadcast));
+        assert_eq!(texts(&hub, b.key), [broadcast]);
+        assert_eq!(get(&n.encodes), 4);
+        // A binary broadcast has no V1 form: only the V2 member gets it, one encode.
+        hub.broadcast("room:1", "bin", Payload::Binary(b"\x01"))
+            .unwrap();
+        assert!(texts(&hub, a.key).is_empty() && texts(&hub, b.key).is_empty());
+        let mut binary = Vec::new();
+        hub.shard.drain_queue(c.key, |f| binary.push(f[0]));
+        assert_eq!(binary, [0x82], "one binary frame for the V2 member");
+        assert_eq!((get(&n.encodes), get(&n.deliveries)), (5, 7));
+    }
+
+    #[test]
+    fn a_v1_socket_gets_the_same_checks_as_v2() {
+        let cfg = Config {
+            presence: vec!["live:*".into()],
+            ..Config::default()
+        };
+        let hub = default_core(cfg);
+        let mut c = Client::open_as(&hub, Wire::V1);
+        c.ask_text(&hub, &v1(Some("1"), "1", "room:1", "phx_join", json!({})));
+        let other = {
+            let mut o = Client::open_as(&hub, Wire::V1);
+            o.ask_text(&hub, &v1(Some("1"), "1", "room:1", "phx_join", json!({})));
+            o
+        };
+        // Reserved events and payloads that are not objects: refused, nothing relayed.
+        let got = c.ask_text(&hub, &v1(Some("1"), "2", "room:1", "phx_close", json!({})));
+        let reserved = r#"{"reason":"reserved event"}"#;
+        assert_eq!(got, [v1_reply("2", "room:1", "error", reserved)]);
+        let got = c.ask_text(&hub, &v1(Some("1"), "3", "room:1", "m", json!([1])));
+        let not_object = r#"{"reason":"payload must be a JSON object"}"#;
+        assert_eq!(got, [v1_reply("3", "room:1", "error", not_object)]);
+        assert!(texts(&hub, other.key).is_empty());
+        assert_eq!(get(&hub.counters.refused_events), 1);
+        assert_eq!(get(&hub.counters.refused_payloads), 1);
+        // A presence topic: the state follows the join reply, ref null.
+        let got = c.ask_text(&hub, &v1(Some("4"), "4", "live:1", "phx_join", json!({})));
+        assert_eq!(
+            got,
+            [
+                v1_reply("4", "live:1", "ok", "{}"),
+                v1_push(None, "live:1", "presence_state", "{}")
+            ]
+        );
+        // A binary frame is read as the same JSON (Phoenix's V1 decoder ignores the opcode).
+        let ctx = c.ctx(&hub);
+        let hb = v1(None, "5", "phoenix", "heartbeat", json!({}));
+        assert_eq!(
+            c.session.on_frame(ctx, Frame::Binary(hb.as_bytes())),
+            Ok(())
+        );
+        assert_eq!(texts(&hub, c.key), [v1_reply("5", "phoenix", "ok", "{}")]);
+        // What is not a V1 message closes the socket: 1007 as text, 1003 as binary, 1008 for
+        // a ref over 64 bytes.
+        let long = "r".repeat(65);
+        let ctx = c.ctx(&hub);
+        for (frame, want) in [
+            (
+                Frame::Text(r#"["1","1","room:1","phx_join",{}]"#),
+                code::INVALID_DATA,
+            ),
+            (
+                Frame::Text(r#"{"topic":"room:1","event":"e","payload":{}}"#),
+                code::INVALID_DATA,
+            ),
+            (
+                Frame::Text(r#"{"topic":1,"event":"e","payload":{},"ref":"1"}"#),
+                code::INVALID_DATA,
+            ),
+            (Frame::Text("not json"), code::INVALID_DATA),
+            (
+                Frame::Binary(b"\x00\x01\x01\x01\x0112te!"),
+                code::UNSUPPORTED,
+            ),
+            (Frame::Binary(b"{\xff}"), code::UNSUPPORTED),
+            (Frame::Binary(br#"{"topic":"t"}"#), code::UNSUPPORTED),
+        ] {
+            let (got, _) = c.session.on_frame(ctx, frame).unwrap_err();
+            assert_eq!(got, want, "{frame:?}");
+        }
+        for msg in [
+            v1(None, &long, "room:1", "m", json!({})),
+            v1(Some(&long), "1", "room:1", "m", json!({})),
+        ] {
+            let (got, _) = c.text(&hub, &msg).unwrap_err();
+            assert_eq!(got, code::POLICY);
+            let (got, _) = c
+                .session
+                .on_frame(ctx, Frame::Binary(msg.as_bytes()))
+                .unwrap_err();
+            assert_eq!(got, code::POLICY);
+        }
+        assert!(texts(&hub, c.key).is_empty());
     }
 }

@@ -174,7 +174,7 @@ impl Conn {
             //    slows down) instead of being dropped on the way to another core. The end of the
             //    hold wakes every parked connection (`Shard::park`).
             let publisher = match &self.phase {
-                Phase::Open { endpoint, .. } => *endpoint == Endpoint::Phoenix,
+                Phase::Open { endpoint, .. } => matches!(endpoint, Endpoint::Phoenix(_)),
                 Phase::Http { deferred, .. } => *deferred,
                 Phase::Closing { .. } => false,
             };
@@ -302,6 +302,7 @@ impl Conn {
                 hub: &self.hub,
                 key: self.key,
                 generation: self.generation,
+                wire: endpoint.wire(),
             });
             Stats::sub(&self.hub.shard.stats.websockets, 1);
             self.phase = Phase::Closing { shut: false };

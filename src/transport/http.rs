@@ -9,6 +9,7 @@ use crate::app::{auth, policy};
 use crate::http::{self, Answer, Api, BodyReservation, Plan, Refusal};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::{self, HttpError, Request};
+use crate::pubsub::encode::Wire;
 use crate::pubsub::session::Session;
 use crate::runtime::shard::Stats;
 use crate::runtime::wheel::TICK;
@@ -257,7 +258,8 @@ impl Conn {
         }
         let id = self.hub.guard(|h| h.socket_id(&info)).flatten();
         let user = claims.as_ref().map(|c| c.sub.as_str());
-        self.upgrade(req, Endpoint::Phoenix, admitted.protocol, user, rest);
+        let endpoint = Endpoint::Phoenix(Wire::of(admitted.vsn));
+        self.upgrade(req, endpoint, admitted.protocol, user, rest);
         if let (Some(id), Phase::Open { .. }) = (id, &self.phase) {
             self.hub.register_id(&id, self.key, self.generation);
         }

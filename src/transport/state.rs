@@ -8,6 +8,7 @@ use std::rc::Rc;
 use crate::http::{Api, BodyReservation, Format};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::Request;
+use crate::pubsub::encode::Wire;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::session::Session;
 
@@ -34,12 +35,23 @@ pub(crate) struct Conn {
 pub enum Endpoint {
     /// `GET /echo`: send every data message back.
     Echo,
-    /// `GET /socket/websocket?vsn=2.0.0`: Phoenix Channels V2.
-    Phoenix,
+    /// `GET /socket/websocket`: Phoenix Channels, in the wire format its `vsn` chose.
+    Phoenix(Wire),
     /// `GET /dashboard/live` (only with `dashboard`): one JSON frame a second from the core's
     /// tick (`crate::http::dashboard`); what the client sends is read and ignored, but for
     /// pings and close.
     Dashboard,
+}
+
+impl Endpoint {
+    /// The wire format of a Phoenix socket's session (an echo or dashboard socket has no
+    /// session traffic: V2, unused).
+    pub(crate) fn wire(self) -> Wire {
+        match self {
+            Endpoint::Phoenix(wire) => wire,
+            Endpoint::Echo | Endpoint::Dashboard => Wire::V2,
+        }
+    }
 }
 
 pub(crate) enum Phase {

@@ -36,6 +36,7 @@ impl Conn {
             hub: &self.hub,
             key: self.key,
             generation: self.generation,
+            wire: endpoint.wire(),
         };
         let now = shard.now_tick() as u32;
         let rate = shard.cfg.max_messages_per_sec;
@@ -90,7 +91,7 @@ impl Conn {
                 (Endpoint::Echo, Frame::Text(t)) => echo(OpCode::Text, t.as_bytes()),
                 (Endpoint::Echo, Frame::Binary(b)) => echo(OpCode::Binary, b),
                 (Endpoint::Dashboard, _) => {} // its keep-alives: read, and ignored
-                (Endpoint::Phoenix, data) => {
+                (Endpoint::Phoenix(_), data) => {
                     if let Err(close) = session.on_frame(ctx, data) {
                         app_close = Some(close);
                     }

@@ -19,11 +19,12 @@ pub mod code {
     /// Protocol error: the peer broke RFC 6455
     /// ([`FrameError::Protocol`](super::FrameError::Protocol)).
     pub const PROTOCOL: u16 = 1002;
-    /// Unsupported data: a binary frame that is not a Phoenix V2 client push.
+    /// Unsupported data: a binary frame that is not a Phoenix message (a V2 client push, or on a
+    /// V1 socket a V1 JSON object).
     pub const UNSUPPORTED: u16 = 1003;
     /// Invalid payload data: a text message or close reason that is not UTF-8
     /// ([`FrameError::InvalidUtf8`](super::FrameError::InvalidUtf8)), or a text frame that is
-    /// not a Phoenix V2 message.
+    /// not a Phoenix message (V1 or V2, as the socket speaks).
     pub const INVALID_DATA: u16 = 1007;
     /// Policy violation: the idle or message timeout, the frame rate limit, or a Phoenix ref
     /// longer than 64 bytes.

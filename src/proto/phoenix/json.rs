@@ -186,7 +186,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// Checks that `text` is exactly one JSON value (surrounding whitespace allowed) and returns
 /// the value's own text.
-fn validate(text: &str) -> Result<&str, EncodeError> {
+pub(super) fn validate(text: &str) -> Result<&str, EncodeError> {
     serde_json::from_str::<&RawValue>(text)
         .map(RawValue::get)
         .map_err(|e| EncodeError::InvalidPayload {
@@ -275,7 +275,7 @@ impl<'de> Visitor<'de> for FrameVisitor<'_> {
 
 /// A JSON string that borrows from the input when it has no escapes.
 /// (serde's own `Cow<str>` always allocates.)
-struct Str<'a>(Cow<'a, str>);
+pub(super) struct Str<'a>(pub(super) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -1,7 +1,9 @@
-//! Phoenix Channels V2 serializer (`vsn=2.0.0`): the messages the official `phoenix` JS
-//! client and `Phoenix.Socket.V2.JSONSerializer` exchange. Pure: bytes in, messages out.
+//! Phoenix Channels serializers: V2 (`vsn=2.0.0`), the messages the official `phoenix` JS
+//! client and `Phoenix.Socket.V2.JSONSerializer` exchange, and V1 (`vsn=1.0.0`, Phoenix's
+//! default when a client sends no `vsn`), `Phoenix.Socket.V1.JSONSerializer`'s JSON objects
+//! (see [`v1`]). Pure: bytes in, messages out.
 //!
-//! # Text frames (JSON)
+//! # V2 text frames (JSON)
 //!
 //! Every message is a five-element array:
 //!
@@ -26,7 +28,7 @@
 //! server error      ["1","1","room:1","phx_error",{"reason":"channel_crash"}]
 //! ```
 //!
-//! # Binary frames
+//! # V2 binary frames
 //!
 //! Header bytes, then the strings back to back (UTF-8, each sized by its header byte, so at
 //! most 255 bytes), then the payload up to the end of the frame:
@@ -46,20 +48,47 @@
 //!
 //! Phoenix never replies to a frame it cannot decode: the socket process raises and the
 //! connection drops. Every [`DecodeError`] therefore means "close the connection": with 1007
-//! for a text frame, 1003 for a binary one, 1008 for a ref that is too long (see the variants;
-//! the codes are [`crate::proto::frame::close::code`]).
+//! for a text frame, 1003 for a binary one, 1008 for a ref that is too long, whichever the
+//! serializer (see [`DecodeError::close_code`]; the codes are [`crate::proto::frame::close::code`]).
 
 use thiserror::Error;
 
 pub mod binary;
 pub mod json;
 pub mod message;
+pub mod v1;
 
 pub use message::{
     EVENT_CLOSE, EVENT_ERROR, EVENT_HEARTBEAT, EVENT_JOIN, EVENT_LEAVE, EVENT_PRESENCE_DIFF,
     EVENT_PRESENCE_STATE, EVENT_REPLY, Field, MAX_REF_LEN, Message, Payload, STATUS_ERROR,
     STATUS_OK, TOPIC_PHOENIX, is_reserved_event,
 };
+
+/// The serializer a socket speaks, chosen at connect from its `vsn` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vsn {
+    /// `Phoenix.Socket.V1.JSONSerializer`: JSON objects ([`v1`]).
+    V1,
+    /// `Phoenix.Socket.V2.JSONSerializer`: JSON arrays ([`json`]) and binary frames ([`binary`]).
+    V2,
+}
+
+impl Vsn {
+    /// The serializer for a connect's `vsn` parameter, `None` (absent) meaning 1.0.0 as in
+    /// Phoenix (`params["vsn"] || "1.0.0"`). Phoenix's requirements are `~> 1.0.0` and
+    /// `~> 2.0.0`: 1.0.x and 2.0.x (a patch number, digits only). Anything else has none.
+    pub fn negotiate(vsn: Option<&str>) -> Option<Vsn> {
+        let vsn = vsn.unwrap_or("1.0.0");
+        let patch = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if vsn.strip_prefix("1.0.").is_some_and(patch) {
+            Some(Vsn::V1)
+        } else if vsn.strip_prefix("2.0.").is_some_and(patch) {
+            Some(Vsn::V2)
+        } else {
+            None
+        }
+    }
+}
 
 /// A WebSocket data message as the transport hands it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +114,10 @@ pub enum DecodeError {
     /// [`code::UNSUPPORTED`]: crate::proto::frame::close::code::UNSUPPORTED
     #[error(transparent)]
     Binary(#[from] binary::DecodeError),
+    /// A text or binary frame that is not a V1 message. Close the connection with 1007 for a
+    /// text frame, 1003 for a binary one.
+    #[error(transparent)]
+    V1(#[from] v1::DecodeError),
     /// A `join_ref` or `ref` longer than [`MAX_REF_LEN`], in a text or a binary frame. Close the
     /// connection with 1008 ([`code::POLICY`]): a reply cannot echo it, and a join ref is kept
     /// for the channel's lifetime.
@@ -97,12 +130,32 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes one message from a client, text or binary. Every serializer's messages pass here,
-/// so the bounds on client-chosen fields are checked once, for all of them.
-pub fn decode(frame: Frame<'_>) -> Result<Message<'_>, DecodeError> {
-    let msg = match frame {
-        Frame::Text(text) => json::decode(text)?,
-        Frame::Binary(bytes) => binary::decode_push(bytes)?,
+impl DecodeError {
+    /// The close code for this error on `frame`: 1008 ([`code::POLICY`]) for a ref that is too
+    /// long, otherwise 1007 ([`code::INVALID_DATA`]) for a text frame and 1003
+    /// ([`code::UNSUPPORTED`]) for a binary one.
+    ///
+    /// [`code::POLICY`]: crate::proto::frame::close::code::POLICY
+    /// [`code::INVALID_DATA`]: crate::proto::frame::close::code::INVALID_DATA
+    /// [`code::UNSUPPORTED`]: crate::proto::frame::close::code::UNSUPPORTED
+    pub fn close_code(&self, frame: Frame<'_>) -> u16 {
+        use crate::proto::frame::close::code;
+        match (self, frame) {
+            (DecodeError::RefTooLong { .. }, _) => code::POLICY,
+            (_, Frame::Text(_)) => code::INVALID_DATA,
+            (_, Frame::Binary(_)) => code::UNSUPPORTED,
+        }
+    }
+}
+
+/// Decodes one message from a client, text or binary, in serializer `vsn`. Every serializer's
+/// messages pass here, so the bounds on client-chosen fields are checked once, for all of them.
+pub fn decode(vsn: Vsn, frame: Frame<'_>) -> Result<Message<'_>, DecodeError> {
+    let msg = match (vsn, frame) {
+        (Vsn::V2, Frame::Text(text)) => json::decode(text)?,
+        (Vsn::V2, Frame::Binary(bytes)) => binary::decode_push(bytes)?,
+        (Vsn::V1, Frame::Text(text)) => v1::decode(text)?,
+        (Vsn::V1, Frame::Binary(bytes)) => v1::decode_bytes(bytes)?,
     };
     if let Some(field) = msg.overlong_ref() {
         return Err(DecodeError::RefTooLong { field });
@@ -142,14 +195,14 @@ mod tests {
 
     #[test]
     fn decode_dispatches_on_frame_type() {
-        let m = decode(Frame::Text(r#"["1","2","t","e",{}]"#)).unwrap();
+        let m = decode(Vsn::V2, Frame::Text(r#"["1","2","t","e",{}]"#)).unwrap();
         assert_eq!(m.payload, Payload::Json("{}"));
-        let m = decode(Frame::Binary(b"\x00\x01\x01\x01\x0112te!")).unwrap();
+        let m = decode(Vsn::V2, Frame::Binary(b"\x00\x01\x01\x01\x0112te!")).unwrap();
         assert_eq!(parts(&m), (Some("1"), Some("2"), "t", "e"));
         assert_eq!(m.payload, Payload::Binary(b"!"));
-        let e = decode(Frame::Text("{}"));
+        let e = decode(Vsn::V2, Frame::Text("{}"));
         assert_eq!(e, Err(DecodeError::Json(json::DecodeError::NotArray)));
-        let e = decode(Frame::Binary(&[1, 0, 0, 0, 0]));
+        let e = decode(Vsn::V2, Frame::Binary(&[1, 0, 0, 0, 0]));
         assert_eq!(e, Err(binary::DecodeError::UnexpectedKind(1).into()));
     }
 
@@ -157,7 +210,7 @@ mod tests {
     fn overlong_refs_are_refused_in_text_and_binary() {
         let long = "9".repeat(MAX_REF_LEN + 1);
         let text = format!(r#"["{long}","2","t","e",{{}}]"#);
-        let e = decode(Frame::Text(&text));
+        let e = decode(Vsn::V2, Frame::Text(&text));
         assert_eq!(
             e,
             Err(DecodeError::RefTooLong {
@@ -166,14 +219,14 @@ mod tests {
         );
         let ok = format!(r#"["1","{}","t","e",{{}}]"#, &long[1..]);
         assert!(
-            decode(Frame::Text(&ok)).is_ok(),
+            decode(Vsn::V2, Frame::Text(&ok)).is_ok(),
             "{MAX_REF_LEN} bytes is allowed"
         );
         let mut bin = vec![0u8, 1, long.len() as u8, 1, 1];
         bin.extend_from_slice(b"1");
         bin.extend_from_slice(long.as_bytes());
         bin.extend_from_slice(b"te!");
-        let e = decode(Frame::Binary(&bin));
+        let e = decode(Vsn::V2, Frame::Binary(&bin));
         assert_eq!(e, Err(DecodeError::RefTooLong { field: Field::Ref }));
     }
 
