@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: chromium nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: tsung chromium nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -115,6 +115,14 @@ bench-presence:
 ## on one node. Reports in reports/cluster/<timestamp>/.
 bench-cluster: nats-server
 	python3 scripts/bench_cluster.py --build
+
+## Phoenix's 2 M-run Tsung scenario (issue 14), scaled to this box: TSUNG_USERS (3,000) users at
+## TSUNG_RATE/s (300) open /socket/websocket without vsn (Phoenix V1 JSON), join rooms:lobby, wait
+## for the ok reply, heartbeat twice 30 s apart, close. Prints users/connected/replies/errors and
+## connect/reply times, checks /metrics; TSUNG_SCENARIO=v2 runs the same in V2. About 2 minutes.
+## Installs Debian's tsung when missing; reports in reports/tsung/<timestamp>/ (report.html).
+tsung: build
+	bash scripts/tsung.sh
 
 sim: build
 	./target/release/corecast sim --conns $${CONNS:-2000000}
