@@ -40,6 +40,14 @@ const fn refuse(status: u16, reason: &'static str) -> Refused {
 /// Decide on a Phoenix upgrade request at unix time `now`.
 pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused> {
     let vsn = handshake::query_param(&req.query, "vsn");
+    // A `vsn` that is there but does not decode is not "no vsn" (which means V1).
+    let given = req
+        .query
+        .split('&')
+        .any(|kv| kv.split('=').next() == Some("vsn"));
+    if given && vsn.is_none() {
+        return Err(refuse(403, "unsupported vsn: use vsn=2.0.0 or 1.0.0"));
+    }
     let Some(vsn) = Vsn::negotiate(vsn.as_deref()) else {
         return Err(refuse(403, "unsupported vsn: use vsn=2.0.0 or 1.0.0"));
     };
@@ -110,6 +118,11 @@ mod tests {
         let cases = [
             (
                 req("vsn=3.0.0", &[], None),
+                403,
+                "unsupported vsn: use vsn=2.0.0 or 1.0.0",
+            ),
+            (
+                req("vsn=%ff", &[], None),
                 403,
                 "unsupported vsn: use vsn=2.0.0 or 1.0.0",
             ),
