@@ -383,13 +383,7 @@ async fn run(cfg: Cluster, node: String, state: Arc<State>, ends: Ends, largest:
                             }
                             if presence {
                                 // What the others hold of this topic: their homes answer.
-                                let _ = client
-                                    .publish_with_reply(
-                                        sync_subject.clone(),
-                                        inbox.clone(),
-                                        bytes::Bytes::copy_from_slice(topic.as_bytes()),
-                                    )
-                                    .await;
+                                ask_state(&client, &sync_subject, &inbox, &topic).await;
                             }
                             subs.insert(topic, (1, presence, task));
                             state.subscriptions.store(subs.len() as u64, Ordering::Relaxed);
@@ -469,13 +463,7 @@ async fn run(cfg: Cluster, node: String, state: Arc<State>, ends: Ends, largest:
                     // A node (back) in sight: ask for what it holds of our presence topics.
                     for (topic, (_, presence, _)) in &subs {
                         if *presence {
-                            let _ = client
-                                .publish_with_reply(
-                                    sync_subject.clone(),
-                                    inbox.clone(),
-                                    bytes::Bytes::copy_from_slice(topic.as_bytes()),
-                                )
-                                .await;
+                            ask_state(&client, &sync_subject, &inbox, topic).await;
                         }
                     }
                 }
@@ -493,13 +481,7 @@ async fn run(cfg: Cluster, node: String, state: Arc<State>, ends: Ends, largest:
                 }
                 for (topic, (_, presence, _)) in &subs {
                     if *presence {
-                        let _ = client
-                            .publish_with_reply(
-                                sync_subject.clone(),
-                                inbox.clone(),
-                                bytes::Bytes::copy_from_slice(topic.as_bytes()),
-                            )
-                            .await;
+                        ask_state(&client, &sync_subject, &inbox, topic).await;
                     }
                 }
             }
@@ -549,6 +531,17 @@ async fn run(cfg: Cluster, node: String, state: Arc<State>, ends: Ends, largest:
     }
 }
 
+/// Ask every node's home of `topic` for its presence state (answers come to `inbox`).
+async fn ask_state(client: &async_nats::Client, sync_subject: &str, inbox: &str, topic: &str) {
+    let _ = client
+        .publish_with_reply(
+            sync_subject.to_string(),
+            inbox.to_string(),
+            bytes::Bytes::copy_from_slice(topic.as_bytes()),
+        )
+        .await;
+}
+
 /// A heartbeat: a node's name and instance.
 struct Peer {
     name: String,
@@ -566,22 +559,22 @@ async fn heartbeats_in(
         let Ok(instance) = std::str::from_utf8(&msg.payload) else {
             continue;
         };
-        let name = instance.rsplit_once('#').map_or(instance, |(n, _)| n);
-        let _ = to.send(Peer {
-            name: name.to_string(),
-            instance: Arc::from(instance),
-            bye,
-        });
+        tell(&to, &Arc::from(instance), bye);
     }
 }
 
 /// Tell the main loop that `instance` was heard from.
 fn heard(to: &mpsc::UnboundedSender<Peer>, instance: &Arc<str>) {
+    tell(to, instance, false);
+}
+
+/// Tell the main loop about `instance` (`name#incarnation`): alive, or saying goodbye.
+fn tell(to: &mpsc::UnboundedSender<Peer>, instance: &Arc<str>, bye: bool) {
     let name = instance.rsplit_once('#').map_or(&**instance, |(n, _)| n);
     let _ = to.send(Peer {
         name: name.to_string(),
         instance: instance.clone(),
-        bye: false,
+        bye,
     });
 }
 
