@@ -518,3 +518,54 @@ fn disconnect_by_id_closes_every_socket_of_that_id_on_every_core_and_node() {
     );
     assert_eq!(common::http_exchange(&mut s, req.as_bytes()).0, 400);
 }
+
+/// A publication's bytes as a node sends them over NATS (`pubsub::publication` layout).
+fn publication(topic: &str, event: &str, payload: &str) -> Vec<u8> {
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(topic.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(event.len() as u32).to_le_bytes());
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(event.as_bytes());
+    b.extend_from_slice(payload.as_bytes());
+    b
+}
+
+#[test]
+fn a_reserved_event_from_a_peer_on_nats_reaches_nobody() {
+    use base64::Engine;
+    use std::io::Write;
+    let nats = Nats::start();
+    let a = node(nats.port, "a");
+    let mut members = members(&a, "room:r", 2);
+    wait_subscribed(&a, 1);
+    // A hostile (or broken) peer publishes straight on the topic's subject.
+    let subject = format!(
+        "corecast.t.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("room:r")
+    );
+    let mut peer = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    let mut wire = b"CONNECT {\"verbose\":false}\r\n".to_vec();
+    for b in [
+        publication("room:r", "phx_close", "{}"),
+        publication("room:r", "new_msg", r#"{"n":7}"#),
+    ] {
+        wire.extend_from_slice(format!("PUB {subject} {}\r\n", b.len()).as_bytes());
+        wire.extend_from_slice(&b);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"PING\r\n");
+    peer.write_all(&wire).unwrap();
+    for ws in members.iter_mut() {
+        // The ordinary event arrives; the reserved one never did (it would have come first).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = Vec::new();
+        while !events.iter().any(|e| e == "new_msg") && Instant::now() < deadline {
+            if let Ok(tungstenite::Message::Text(t)) = ws.read() {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                events.push(v[3].as_str().unwrap_or("").to_string());
+            }
+        }
+        assert_eq!(events, ["new_msg"], "what the member got");
+    }
+    assert!(a.metric("corecast_refused_events_total") >= 1);
+}

@@ -238,12 +238,18 @@ impl Hub {
                 else {
                     return;
                 };
-                if let (topic, EVENT_PRESENCE_DIFF, Payload::Json(diff)) = p.parts()
+                let (topic, event, payload) = p.parts();
+                if let (EVENT_PRESENCE_DIFF, Payload::Json(diff)) = (event, payload)
                     && self.shard.cfg.presence_topic(topic)
                 {
                     let mut tracker = self.presence.borrow_mut();
                     let origin = tracker.origin(&origin);
                     tracker.apply_from(topic, diff, origin);
+                } else if crate::proto::phoenix::is_reserved_event(event) {
+                    // The only reserved event a node publishes is a presence topic's diff: any
+                    // other (a `phx_close` from a faulty or hostile peer) reaches nobody.
+                    Stats::bump(&self.counters.refused_events);
+                    return;
                 }
                 self.fan_out(&p);
             }
