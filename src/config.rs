@@ -108,6 +108,15 @@ pub struct Config {
     /// only without `api_key`; with it, the key as a bearer token or as `?key=<api_key>` (a
     /// browser cannot set a header on a page load or a WebSocket). Off: both are 404.
     pub dashboard: bool,
+    /// Serve Phoenix's long-poll transport at `/socket/longpoll` (phoenix.js `LongPoll`, and its
+    /// fallback from a refused WebSocket, `longPollFallbackMs`). Off: 404.
+    pub longpoll: bool,
+    /// How long a poll waits for messages before it is answered `{"status":204}` (Phoenix's
+    /// `window_ms`). A session with no poll for 1.5 windows is closed (its channels left).
+    pub longpoll_window_ms: u64,
+    /// Long-poll sessions the process holds at once (split evenly over the cores); a new one
+    /// past it is answered `{"status":500}` (phoenix.js retries with its back-off).
+    pub max_longpoll_sessions: usize,
     /// Cross-core outbox bound per peer core, in broadcasts. From half of it (or of
     /// `mesh_outbox_bytes`) the core stops reading its sockets until the outbox is down to a
     /// quarter; a broadcast that would pass the bound anyway is dropped for that core and
@@ -236,6 +245,9 @@ impl Default for Config {
             api_origins: Vec::new(),
             metrics_key: None,
             dashboard: false,
+            longpoll: true,
+            longpoll_window_ms: 10_000,
+            max_longpoll_sessions: 100_000,
             mesh_outbox: 65_536,
             mesh_outbox_bytes: 64 << 20,
             check_origin: Vec::new(),
@@ -336,6 +348,9 @@ impl Config {
         if !self.ring_entries.is_power_of_two() || !(16..=1 << 16).contains(&self.ring_entries) {
             return bad("ring_entries must be a power of two from 16 to 65536");
         }
+        if !(100..=600_000).contains(&self.longpoll_window_ms) {
+            return bad("longpoll_window_ms must be from 100 to 600000");
+        }
         if self.max_broadcast_batch == 0 {
             return bad("max_broadcast_batch must be > 0");
         }
@@ -415,6 +430,11 @@ impl Config {
     /// The keep-alive wait, or `None` when keep-alive is off (`http_keepalive_ms = 0`).
     pub fn http_keepalive(&self) -> Option<Duration> {
         (self.http_keepalive_ms > 0).then(|| Duration::from_millis(self.http_keepalive_ms))
+    }
+
+    /// The long-poll window (see `longpoll_window_ms`).
+    pub fn longpoll_window(&self) -> Duration {
+        Duration::from_millis(self.longpoll_window_ms)
     }
 
     pub fn close_timeout(&self) -> Duration {

@@ -65,8 +65,10 @@ pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused>
             "the base64url.bearer.phx. token subprotocol must be offered together with \"phoenix\"",
         ));
     }
+    // phoenix.js's long-poll transport sends its `authToken` as `X-Phoenix-AuthToken`.
     let token = handshake::query_param(&req.query, "token")
-        .or_else(|| handshake::bearer_token_from_protocols(&req.protocols));
+        .or_else(|| handshake::bearer_token_from_protocols(&req.protocols))
+        .or_else(|| req.phx_auth_token.clone());
     let claims = match (&cfg.auth_secret, token) {
         (Some(secret), Some(token)) => {
             // The token itself is never logged, nor put in the answer.

@@ -70,6 +70,10 @@ pub enum Plan {
     Dashboard,
     /// `GET /dashboard/live` (the caller is allowed): the upgrade to the dashboard's socket.
     DashboardLive,
+    /// `GET /socket/longpoll` (only with `longpoll`): open a session or poll one.
+    LongPollGet,
+    /// `OPTIONS /socket/longpoll`: the CORS preflight.
+    LongPollOptions,
     /// An API call: reserve `len` bytes of the core's body budget, read the body, then answer.
     Body {
         api: Api,
@@ -94,6 +98,8 @@ pub enum Api {
     Broadcast,
     /// `POST /api/disconnect`.
     Disconnect,
+    /// `POST /socket/longpoll`: a message, or a batch of them (`Format::NdJson`), for a session.
+    LongPoll,
 }
 
 /// A refusal: status, a short reason for the body, and the headers the status calls for.
@@ -101,7 +107,8 @@ pub enum Api {
 pub struct Refusal {
     pub status: u16,
     pub reason: &'static str,
-    /// Answer with `{"error": reason}` (the API) instead of plain text.
+    /// Answer with `{"error": reason, "status": status}` (the API, long-poll: phoenix.js reads
+    /// the status from the body) instead of plain text.
     pub json: bool,
     pub headers: &'static [(&'static str, &'static str)],
 }
@@ -142,7 +149,7 @@ impl Refusal {
             let reason = serde_json::to_string(self.reason).unwrap_or_default();
             (
                 "application/json",
-                format!("{{\"error\":{reason}}}\n").into_bytes(),
+                format!("{{\"error\":{reason},\"status\":{}}}\n", self.status).into_bytes(),
             )
         } else {
             ("text/plain", format!("{}\n", self.reason).into_bytes())
@@ -161,7 +168,7 @@ pub fn plan(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
     let get = req.method == "GET" || req.method == "HEAD";
     let has_body = req.has_body();
     // Answers of the HTTP endpoints are JSON, errors included.
-    let json = api || path == "/metrics" || path == "/health";
+    let json = api || path == "/metrics" || path == "/health" || path == "/socket/longpoll";
     if has_body && (get || req.upgrade_websocket) {
         let why = "a GET, HEAD or upgrade request must not have a body";
         return Plan::Refuse(Refusal::new(400, why, json));
@@ -176,6 +183,7 @@ pub fn plan(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
         "/health" => Plan::Refuse(method_not_allowed(true)),
         _ if api => plan_api(req, cfg, peer),
         "/socket/websocket" => Plan::Phoenix,
+        "/socket/longpoll" if cfg.longpoll => plan_longpoll(req, cfg),
         "/echo" if cfg.echo => Plan::Echo,
         "/dashboard" | "/dashboard/live" if cfg.dashboard => plan_dashboard(req, cfg, peer),
         _ => Plan::Refuse(Refusal::new(404, "not found", false)),
@@ -233,6 +241,47 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
         return refuse(413, "request body too large (max_request_body)");
     }
     Plan::Body { api, format, len }
+}
+
+/// `/socket/longpoll`: a page of an origin `check_origin` refuses gets 403 (as for the
+/// WebSocket); then GET (poll), OPTIONS (preflight), or POST with a `Content-Length` body of at
+/// most `max_request_body` (any content type: phoenix.js sends `application/x-ndjson` batches,
+/// older clients one JSON message).
+fn plan_longpoll(req: &Request, cfg: &Config) -> Plan {
+    let refuse = |status, why| Plan::Refuse(Refusal::new(status, why, true));
+    if !cfg.origin_allowed(req.origin.as_deref()) {
+        return refuse(403, "origin not allowed");
+    }
+    match req.method.as_str() {
+        "GET" | "HEAD" => return Plan::LongPollGet,
+        "OPTIONS" => return Plan::LongPollOptions,
+        "POST" => {}
+        _ => {
+            return Plan::Refuse(
+                Refusal::new(405, "use GET, POST or OPTIONS", true)
+                    .with(&[("Allow", "GET, POST, OPTIONS")]),
+            );
+        }
+    }
+    if req.chunked {
+        return refuse(411, "chunked bodies are not supported: send Content-Length");
+    }
+    let Some(len) = req.content_length else {
+        return refuse(411, "Content-Length required");
+    };
+    if len > cfg.max_request_body {
+        return refuse(413, "request body too large (max_request_body)");
+    }
+    let ndjson = req
+        .content_type
+        .as_deref()
+        .is_some_and(|ct| handshake::media_type_is(ct, "application/x-ndjson"));
+    let format = if ndjson { Format::NdJson } else { Format::Json };
+    Plan::Body {
+        api: Api::LongPoll,
+        format,
+        len,
+    }
 }
 
 /// `/dashboard` and `/dashboard/live`: for the socket, a browser page of another origin is

@@ -41,6 +41,9 @@ pub struct Request {
     pub origin: Option<String>,
     /// `Authorization` header value, trimmed.
     pub authorization: Option<String>,
+    /// `X-Phoenix-AuthToken` header value, trimmed: where phoenix.js's long-poll transport puts
+    /// its `authToken` (a WebSocket offers it as a subprotocol instead).
+    pub phx_auth_token: Option<String>,
     /// `Content-Type` header value, trimmed (see [`media_type_is`]).
     pub content_type: Option<String>,
     /// An `Expect` header lists `100-continue` (case-insensitive): the client waits for an
@@ -151,6 +154,8 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request>, Htt
             set_once(&mut req.origin, name, h.value)?;
         } else if field("authorization") {
             set_once(&mut req.authorization, name, h.value)?;
+        } else if field("x-phoenix-authtoken") {
+            set_once(&mut req.phx_auth_token, name, h.value)?;
         } else if field("content-type") {
             set_once(&mut req.content_type, name, h.value)?;
         } else if field("expect") {
@@ -395,6 +400,18 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
         .find(|(key, _)| percent_decode(key).as_deref() == Some(name))
+        .and_then(|(_, value)| percent_decode(value))
+}
+
+/// Value of query parameter `name` like [`query_param`], but its last occurrence (the one a
+/// framework that reads parameters into a map keeps: phoenix.js's long-poll transport appends
+/// its session `token` after the socket's own parameters).
+pub fn query_param_last(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .filter(|(key, _)| percent_decode(key).as_deref() == Some(name))
+        .last()
         .and_then(|(_, value)| percent_decode(value))
 }
 
@@ -756,6 +773,15 @@ mod tests {
         assert_eq!(query_param("", "vsn"), None);
         let name = query_param("name=caf%C3%A9", "name");
         assert_eq!(name.as_deref(), Some("café"));
+        assert_eq!(query_param_last(q, "token").as_deref(), Some("2"));
+        assert_eq!(query_param_last(q, "vsn").as_deref(), Some("2.0.0"));
+        assert_eq!(query_param_last(q, "missing"), None);
+    }
+
+    #[test]
+    fn phoenix_auth_token_header() {
+        let r = chrome_with("\r\n\r\n", "\r\nX-Phoenix-AuthToken:  abc.def \r\n\r\n");
+        assert_eq!(r.phx_auth_token.as_deref(), Some("abc.def"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub const EVENT_PRESENCE_DIFF: &str = "presence_diff";
 pub const EVENT_PRESENCE_STATE: &str = "presence_state";
 use crate::cluster::bridge::{Down, Link};
 use crate::pubsub::encode::{self, Wire};
+use crate::pubsub::longpoll;
 use crate::pubsub::presence::{OP_KIND, Op, Refs, Tracker, home_of};
 use crate::pubsub::publication::{Publication, Refused};
 use crate::pubsub::topics::{Sub, Subscription, Topics};
@@ -59,6 +60,14 @@ pub struct Counters {
     pub presence_entries: AtomicU64,
     /// Open dashboard sockets (`/dashboard/live`) on this core (gauge).
     pub dashboards: AtomicU64,
+    /// Long-poll sessions on this core (gauge), sessions opened, closed for no poll in 1.5
+    /// windows, new ones refused (`max_longpoll_sessions`), and requests this core sent to the
+    /// core of their session.
+    pub longpoll_sessions: AtomicU64,
+    pub longpoll_opened: AtomicU64,
+    pub longpoll_expired: AtomicU64,
+    pub longpoll_refused: AtomicU64,
+    pub longpoll_forwarded: AtomicU64,
     /// This core's biggest topics by subscribers here, as of its last second while some
     /// dashboard was open (empty otherwise): written by this core once a second, read by the
     /// cores that send dashboard frames. The one lock of the pub/sub layer, off every
@@ -110,6 +119,8 @@ pub struct Hub {
     ids_age: std::cell::Cell<u32>,
     /// This core's dashboard sockets and what it sends them (see `crate::http::dashboard`).
     pub live: crate::pubsub::live::Live,
+    /// This core's long-poll sessions and the requests waiting for them.
+    pub longpoll: RefCell<crate::pubsub::longpoll::Sessions>,
 }
 
 /// Socket id -> this core's sockets with it, as (slot key, generation).
@@ -133,6 +144,7 @@ impl Hub {
             cluster: std::cell::OnceCell::new(),
             ids: RefCell::new(std::collections::HashMap::new()),
             ids_age: std::cell::Cell::new(0),
+            longpoll: RefCell::new(Default::default()),
             live: Default::default(),
         })
     }
@@ -410,7 +422,15 @@ impl Hub {
     /// Deliver an envelope another core sent: a publication, a presence op for a topic this
     /// core is home of, or a disconnect (anything else is ignored).
     pub fn deliver_envelope(&self, env: crate::runtime::mesh::Envelope) {
-        if env.0.first() == Some(&DISCONNECT_KIND) {
+        if env.0.first() == Some(&longpoll::REQUEST_KIND) {
+            if let Some((to, req)) = longpoll::decode_request(&env.0) {
+                self.longpoll_here(to, req);
+            }
+        } else if env.0.first() == Some(&longpoll::ANSWER_KIND) {
+            if let Some((key, generation, bytes)) = longpoll::decode_answer(&env.0) {
+                self.longpoll_queue_answer(key, generation, Arc::from(bytes));
+            }
+        } else if env.0.first() == Some(&DISCONNECT_KIND) {
             if let Ok(id) = std::str::from_utf8(&env.0[1..]) {
                 self.disconnect_here(id);
             }
@@ -420,6 +440,70 @@ impl Hub {
             }
         } else if let Some(p) = Publication::from_envelope(env) {
             self.deliver(&p);
+        }
+    }
+
+    /// This core's index in the mesh (0 alone).
+    pub fn mesh_index(&self) -> u16 {
+        self.shard.mesh_peer_id().unwrap_or(0) as u16
+    }
+
+    /// Hand a long-poll request to its session on core `core` (this one: at once; another:
+    /// over the mesh, bounded like a broadcast: a request dropped at the hard bound is answered
+    /// by the waiting connection's own deadline).
+    pub fn longpoll_send(&self, core: u16, to: longpoll::Target, req: longpoll::Request) {
+        if core == self.mesh_index() || self.shard.mesh_peer_id().is_none() {
+            self.longpoll_here(to, req);
+        } else {
+            Stats::bump(&self.counters.longpoll_forwarded);
+            let env = crate::runtime::mesh::Envelope(longpoll::encode_request(to, &req));
+            self.shard.send_to_core(usize::from(core), env);
+        }
+    }
+
+    /// A long-poll request for a session of this core: queued for its task (woken), or answered
+    /// at once when there is no such session (410) or it has too many waiting (500).
+    fn longpoll_here(&self, to: longpoll::Target, req: longpoll::Request) {
+        let pushed = self.longpoll.borrow_mut().push(to, req);
+        let (req, status) = match pushed {
+            Ok(()) => {
+                if let Some(slot) = self.shard.slots.borrow_mut().get_mut(to.key as usize) {
+                    slot.wake();
+                }
+                return;
+            }
+            Err(longpoll::Missed::Gone(req)) => (req, 410),
+            Err(longpoll::Missed::Full(req)) => (req, 500),
+        };
+        let body = crate::proto::phoenix::longpoll::status_body(status);
+        let keep = self.shard.cfg.http_keepalive().filter(|_| req.from.keep);
+        self.longpoll_answer(req.from, longpoll::http_answer(&body, keep));
+    }
+
+    /// Send the answer to a long-poll request to the connection that waits for it.
+    pub fn longpoll_answer(&self, to: longpoll::Responder, bytes: Arc<[u8]>) {
+        if to.core == self.mesh_index() || self.shard.mesh_peer_id().is_none() {
+            self.longpoll_queue_answer(to.key, to.generation, bytes);
+        } else {
+            let env = crate::runtime::mesh::Envelope(longpoll::encode_answer(to, &bytes));
+            self.shard.send_to_core(usize::from(to.core), env);
+        }
+    }
+
+    /// Queue an answer on the connection of this core that waits for it (only while it does:
+    /// `ready::AWAITING`), and wake it.
+    fn longpoll_queue_answer(&self, key: u32, generation: u32, bytes: Arc<[u8]>) {
+        use crate::runtime::reactor::ready;
+        use crate::runtime::shard::signal;
+        let mut slots = self.shard.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(key as usize)
+            && slot.generation == generation
+            && slot.io & ready::AWAITING != 0
+        {
+            slot.io &= !ready::AWAITING;
+            slot.push(bytes);
+            slot.signals |= signal::ANSWER;
+            slot.wake();
         }
     }
 

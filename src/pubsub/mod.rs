@@ -5,6 +5,7 @@
 pub mod encode;
 pub mod hub;
 pub mod live;
+pub mod longpoll;
 pub mod presence;
 pub mod publication;
 pub mod session;

@@ -57,6 +57,11 @@ pub mod ready {
     /// in a burst (the rate limit credits that time). Set by the shard with `PARKED`, cleared by
     /// the connection when a `recv` says `WouldBlock`.
     pub const HELD: u8 = 16;
+    /// Not readiness: the connection waits for the answer to its HTTP request from another task
+    /// (a long-poll session, maybe on another core). Set by the connection; an answer is queued
+    /// only while it is set, and clears it (a late one, after the connection gave up, is
+    /// dropped).
+    pub const AWAITING: u8 = 32;
 }
 
 /// Takes an accepted socket (non-blocking, watched for input, in slot `key` of generation

@@ -15,6 +15,9 @@ pub mod signal {
     pub const OVERFLOW: u8 = 4;
     /// Disconnected by id (`POST /api/disconnect`): close with 1000, the client reconnects.
     pub const KICK: u8 = 8;
+    /// The answer to the HTTP request the connection waits on is queued (a long-poll request
+    /// served by the session's core: `pubsub::longpoll`).
+    pub const ANSWER: u8 = 16;
 }
 
 /// What the core keeps per connection (besides the connection task itself).

@@ -62,6 +62,7 @@ pub fn serve(
             served: 0,
             started: 0,
             pipelined: false,
+            awaiting: None,
         },
     }
 }
@@ -135,6 +136,9 @@ impl Conn {
                 self.discard_unsent();
                 self.start_close(close::code::TRY_AGAIN_LATER, "slow consumer");
             }
+            if signals & signal::ANSWER != 0 {
+                self.on_longpoll_answered();
+            }
             if signals & signal::KICK != 0 && matches!(self.phase, Phase::Open { .. }) {
                 self.start_close(close::code::NORMAL, "disconnected");
             }
@@ -165,7 +169,14 @@ impl Conn {
                 }
             }
 
-            // 3. Read, unless our own output is backed up (then the peer waits for us).
+            // 3. Nothing more while a long-poll request waits for its session's answer.
+            if let Phase::Http {
+                awaiting: Some(_), ..
+            } = self.phase
+            {
+                return Poll::Pending;
+            }
+            // Read, unless our own output is backed up (then the peer waits for us).
             if self.backed_up() && !matches!(self.phase, Phase::Closing { .. }) {
                 return Poll::Pending; // the write readiness wakes us
             }

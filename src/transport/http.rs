@@ -61,6 +61,11 @@ impl Conn {
             let a = match pending.api {
                 Api::Broadcast => crate::http::api::broadcast(&self.hub, body, pending.format),
                 Api::Disconnect => crate::http::api::disconnect(&self.hub, body),
+                Api::LongPoll => {
+                    let (req, format) = (pending.req.clone(), pending.format);
+                    drop(pending); // its budget is given back: the body is copied on
+                    return self.longpoll_post(&req, body, format, rest);
+                }
             };
             let keep = http::keep_alive(&pending.req, &self.hub.shard.cfg, true);
             let head_only = pending.req.method == "HEAD";
@@ -116,6 +121,14 @@ impl Conn {
                 return false;
             }
             Plan::Dashboard => (crate::http::dashboard::page(), &[][..]),
+            Plan::LongPollGet => {
+                let rest = buf.split_off(req.head_len);
+                return self.longpoll_get(&req, rest);
+            }
+            Plan::LongPollOptions => {
+                let rest = buf.split_off(req.head_len);
+                return self.longpoll_preflight(&req, rest);
+            }
             Plan::DashboardLive => {
                 let mut rest = buf.split_off(req.head_len);
                 self.upgrade(&req, Endpoint::Dashboard, None, None, &mut rest);
@@ -154,7 +167,7 @@ impl Conn {
     /// core is not draining): the connection stays in the HTTP phase with `rest` (the bytes
     /// already received past this request) as its buffer and `http_keepalive_ms` to send the
     /// next request; true if `rest` holds some of it. Otherwise it closes after the answer.
-    fn answer(
+    pub(crate) fn answer(
         &mut self,
         head_only: bool,
         a: &Answer,
@@ -170,6 +183,18 @@ impl Conn {
         let mut out = Vec::with_capacity(192 + a.body.len());
         http::write_answer(&mut out, head_only, a, extra, wait);
         self.enqueue(out);
+        self.after_answer(keep, rest)
+    }
+
+    /// After an answer is queued: kept alive (`keep`, and the core is not draining) the
+    /// connection waits for its next request with `rest` as its buffer (true if `rest` holds
+    /// some of it); otherwise it closes after the answer.
+    pub(crate) fn after_answer(&mut self, keep: bool, rest: Vec<u8>) -> bool {
+        let shard = self.hub.shard.clone();
+        let wait = shard
+            .cfg
+            .http_keepalive()
+            .filter(|_| keep && !shard.is_draining());
         let (
             Some(wait),
             Phase::Http {
@@ -207,11 +232,16 @@ impl Conn {
             body,
             served,
             started,
+            awaiting,
             ..
         } = &self.phase
         else {
             return false;
         };
+        if awaiting.is_some() {
+            self.on_longpoll_timeout();
+            return false;
+        }
         if *served > 0 && buf.is_empty() && body.is_none() {
             trace!(key = self.key, "keep-alive wait over");
             return true;

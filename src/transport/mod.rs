@@ -3,5 +3,6 @@
 
 pub mod conn;
 mod http;
+mod longpoll;
 mod state;
 mod websocket;

@@ -72,6 +72,9 @@ pub(crate) enum Phase {
         /// Complete requests wait in `buf`, held back while the answers before them were over
         /// the out-queue bounds: serve them before reading the socket again.
         pipelined: bool,
+        /// A long-poll request is with its session (maybe on another core): the connection
+        /// reads nothing until the answer is queued; `Some(keep)`: kept alive after it.
+        awaiting: Option<bool>,
     },
     /// An open WebSocket.
     Open {

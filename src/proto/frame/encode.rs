@@ -11,6 +11,30 @@ pub fn encode_frame(out: &mut Vec<u8>, op: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// The opcode and payload of one whole unmasked FIN frame as [`encode_frame`] writes it (a
+/// server frame queued for a socket): how a transport without WebSocket framing (long-poll)
+/// takes back the message. `None` for anything else (masked, fragmented, short, trailing bytes).
+pub fn unframe(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    if b0 & 0xF0 != 0x80 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let op = OpCode::from_u8(b0 & 0x0F)?;
+    let (len, body) = match b1 & 0x7F {
+        126 => {
+            let (l, body) = rest.split_at_checked(2)?;
+            (u64::from(u16::from_be_bytes([l[0], l[1]])), body)
+        }
+        127 => {
+            let (l, body) = rest.split_at_checked(8)?;
+            (u64::from_be_bytes(l.try_into().ok()?), body)
+        }
+        n => (u64::from(n), rest),
+    };
+    (body.len() as u64 == len).then_some((op, body))
+}
+
 /// Header only, for writing a header in front of a payload held elsewhere: returns
 /// `(bytes, len)` with `len` in 2..=10. The mask bit is clear (server frames are unmasked).
 pub fn frame_header(op: OpCode, fin: bool, payload_len: usize) -> ([u8; 10], usize) {
@@ -57,6 +81,22 @@ mod tests {
     use super::*;
 
     use OpCode::{Binary, Continuation as Cont, Ping, Pong, Text};
+
+    #[test]
+    fn unframe_takes_back_what_encode_wrote() {
+        for len in [0usize, 1, 125, 126, 65_535, 65_536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut f = Vec::new();
+            encode_frame(&mut f, OpCode::Text, &payload);
+            assert_eq!(unframe(&f), Some((OpCode::Text, &payload[..])), "{len}");
+            assert_eq!(unframe(&f[..f.len().saturating_sub(1)]).is_some(), false, "{len}");
+        }
+        let mut masked = Vec::new();
+        encode_masked(&mut masked, OpCode::Text, true, b"hi", [1, 2, 3, 4]);
+        assert_eq!(unframe(&masked), None);
+        assert_eq!(unframe(&[0x01, 0x00]), None, "no FIN");
+        assert_eq!(unframe(&[]), None);
+    }
 
     #[test]
     fn server_frame_headers() {

@@ -24,7 +24,7 @@ mod utf8;
 
 pub use close::is_valid_close_code;
 pub use decode::Decoder;
-pub use encode::{encode_close, encode_frame, encode_masked, frame_header};
+pub use encode::{encode_close, encode_frame, encode_masked, frame_header, unframe};
 pub use mask::apply_mask;
 
 /// Frame opcode (RFC 6455 section 5.2). The reserved values have no variant.

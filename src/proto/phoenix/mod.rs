@@ -55,6 +55,7 @@ use thiserror::Error;
 
 pub mod binary;
 pub mod json;
+pub mod longpoll;
 pub mod message;
 pub mod v1;
 
