@@ -237,6 +237,36 @@ const CHANNEL_SERIES: &[Series<Counters>] = &[
         |c| &c.disconnects,
     ),
     (
+        "corecast_longpoll_sessions",
+        "gauge",
+        "Long-poll sessions (/socket/longpoll) on the core.",
+        |c| &c.longpoll_sessions,
+    ),
+    (
+        "corecast_longpoll_opened_total",
+        "counter",
+        "Long-poll sessions opened on the core.",
+        |c| &c.longpoll_opened,
+    ),
+    (
+        "corecast_longpoll_expired_total",
+        "counter",
+        "Long-poll sessions closed after 1.5 windows without a poll.",
+        |c| &c.longpoll_expired,
+    ),
+    (
+        "corecast_longpoll_refused_total",
+        "counter",
+        "New long-poll sessions refused: the core held its share of max_longpoll_sessions.",
+        |c| &c.longpoll_refused,
+    ),
+    (
+        "corecast_longpoll_forwarded_total",
+        "counter",
+        "Long-poll requests this core received for a session of another core (sent over the mesh).",
+        |c| &c.longpoll_forwarded,
+    ),
+    (
         "corecast_presence_topics",
         "gauge",
         "Presence topics this core is the home of.",
