@@ -1,5 +1,6 @@
 // phoenix.js in a real browser (issue 14): Debian's chromium, headless, driven by puppeteer-core,
 // loads a page that uses the browser bundle shipped in the phoenix npm package; over WebSocket
+// and over long-poll (cross-origin, so through the CORS preflight)
 // it joins, pushes (and gets its reply), receives a broadcast a Node client made, and its
 // Presence lists both. `make test` installs chromium when it is missing.
 
@@ -37,11 +38,14 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>corecast b
 <script src="/phoenix.js"></script></head><body><pre id="log"></pre><script>
   const params = new URLSearchParams(location.search);
   window.state = { open: false, joined: false, replies: [], received: [], presence: [], errors: [] };
-  const socket = new Phoenix.Socket(params.get("ws"), { params: {} });
+  const opts = params.get("lp") ? { transport: Phoenix.LongPoll } : {};
+  const socket = new Phoenix.Socket(params.get("ws"), { params: {}, ...opts });
+  window.transportName = () => socket.transport.name || String(socket.transport).slice(0, 20);
+  window.isLongPoll = () => socket.transport === Phoenix.LongPoll;
   socket.onOpen(() => (state.open = true));
   socket.onError((e) => state.errors.push(String(e && e.message || e)));
   socket.connect();
-  const channel = socket.channel("room:browser", {});
+  const channel = socket.channel(params.get("topic") || "room:browser", {});
   const presence = new Phoenix.Presence(channel);
   presence.onSync(() => (state.presence = presence.list((key) => key)));
   channel.on("new_msg", (p) => state.received.push(p));
@@ -84,16 +88,22 @@ describe("phoenix.js in a real browser (chromium)", { timeout: SUITE_TIMEOUT_MS 
     if (server) await server.stop();
   });
 
-  test("over WebSocket: joins, pushes, receives a Node client's broadcast, sees presence", async () => {
+  /** The page over WebSocket or (`lp`) long-poll (cross-origin: the page is on another port,
+   * so long-poll's POSTs go through the CORS preflight). */
+  async function roundTrip(lp) {
     const page = await browser.newPage();
-    const url = `http://127.0.0.1:${pages.address().port}/?ws=${encodeURIComponent(server.wsUrl)}`;
+    const topic = lp ? "room:browser-lp" : "room:browser";
+    const url =
+      `http://127.0.0.1:${pages.address().port}/?ws=${encodeURIComponent(server.wsUrl)}` +
+      `&topic=${topic}` + (lp ? "&lp=1" : "");
     await page.goto(url);
     await page.waitForFunction(() => window.state && window.state.joined, { timeout: 10000 });
+    assert.equal(await page.evaluate(() => window.isLongPoll()), lp);
 
     // A Node phoenix.js client in the same topic.
     const node = newSocket(server, {}, sockets);
     await connectSocket(node);
-    const ch = node.channel("room:browser", {});
+    const ch = node.channel(topic, {});
     const nodePresence = new Presence(ch);
     await joinOk(ch);
     const seenByNode = collect(ch, "new_msg");
@@ -118,6 +128,14 @@ describe("phoenix.js in a real browser (chromium)", { timeout: SUITE_TIMEOUT_MS 
     const errors = await page.evaluate(() => window.state.errors);
     assert.deepEqual(errors, []);
     await page.close();
+  }
+
+  test("over WebSocket: joins, pushes, receives a Node client's broadcast, sees presence", async () => {
+    await roundTrip(false);
+  });
+
+  test("over long-poll: joins, pushes, receives a Node client's broadcast, sees presence", async () => {
+    await roundTrip(true);
   });
 
   test("the dashboard in the same browser: its numbers follow live traffic; a screenshot is kept", async () => {
