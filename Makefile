@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: tsung chromium nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: bench-longpoll tsung chromium nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -108,6 +108,11 @@ bench: build
 ## (computed). Fresh server per storm; reports in reports/presence/<timestamp>/.
 bench-presence:
 	python3 scripts/bench_presence.py
+
+## Long-poll (issue 14): RSS per session next to per WebSocket (5,000 each), and broadcast -> poll
+## answer latency for 200 pollers (p50/p99).
+bench-longpoll:
+	python3 scripts/bench_longpoll.py
 
 ## Cluster broadcast bench (issue 13): nats-server + 2 nodes (--cores 1 each, pinned to CPUs 0 and 1),
 ## 2,000 subscribers split across the nodes, 4 socket publishers on A at 200 msgs/s: deliveries/s,

@@ -410,8 +410,7 @@ pub fn query_param_last(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .filter(|(key, _)| percent_decode(key).as_deref() == Some(name))
-        .last()
+        .rfind(|(key, _)| percent_decode(key).as_deref() == Some(name))
         .and_then(|(_, value)| percent_decode(value))
 }
 

@@ -104,9 +104,10 @@ impl Sessions {
     /// The session is gone; what waited for it is returned (to be answered 410).
     pub fn close(&mut self, key: u32, generation: u32) -> Vec<Request> {
         match self.map.get(&key) {
-            Some(e) if e.generation == generation => {
-                self.map.remove(&key).map_or_else(Vec::new, |e| e.inbox.into())
-            }
+            Some(e) if e.generation == generation => self
+                .map
+                .remove(&key)
+                .map_or_else(Vec::new, |e| e.inbox.into()),
             _ => Vec::new(),
         }
     }
@@ -154,7 +155,10 @@ pub fn http_answer(body: &[u8], keep: Option<std::time::Duration>) -> Arc<[u8]> 
         ("Access-Control-Allow-Origin", "*"),
         ("Cache-Control", "no-store"),
     ];
-    if let Some(hint) = hint.as_deref().filter(|_| keep >= Some(std::time::Duration::from_secs(1))) {
+    if let Some(hint) = hint
+        .as_deref()
+        .filter(|_| keep >= Some(std::time::Duration::from_secs(1)))
+    {
         headers.push(("Keep-Alive", hint));
     }
     let mut out = Vec::with_capacity(200 + body.len());
@@ -298,7 +302,10 @@ mod tests {
         bad[36] = 7;
         assert_eq!(decode_request(&bad), None);
         let a = encode_answer(req(Ask::Poll).from, b"HTTP/1.1 200 OK\r\n");
-        assert_eq!(decode_answer(&a), Some((77, 9, &b"HTTP/1.1 200 OK\r\n"[..])));
+        assert_eq!(
+            decode_answer(&a),
+            Some((77, 9, &b"HTTP/1.1 200 OK\r\n"[..]))
+        );
         assert_eq!(decode_answer(&a[..5]), None);
         assert_eq!(decode_answer(&[ANSWER_KIND + 1]), None);
     }
@@ -311,11 +318,11 @@ mod tests {
             secret: [4; 16],
             ..T
         };
-        assert!(matches!(s.push(wrong_secret, req(Ask::Poll)), Err(Missed::Gone(_))));
-        let old = Target {
-            generation: 5,
-            ..T
-        };
+        assert!(matches!(
+            s.push(wrong_secret, req(Ask::Poll)),
+            Err(Missed::Gone(_))
+        ));
+        let old = Target { generation: 5, ..T };
         assert!(matches!(s.push(old, req(Ask::Poll)), Err(Missed::Gone(_))));
         for _ in 0..MAX_INBOX {
             s.push(T, req(Ask::Poll)).unwrap();

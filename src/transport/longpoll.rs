@@ -193,7 +193,11 @@ impl Conn {
         let admitted = match policy::admit(cfg, req, auth::now_unix()) {
             Ok(a) => a,
             Err(refused) => {
-                trace!(key = self.key, reason = refused.reason, "long-poll session refused");
+                trace!(
+                    key = self.key,
+                    reason = refused.reason,
+                    "long-poll session refused"
+                );
                 return lp::status_body(403);
             }
         };
@@ -338,7 +342,10 @@ impl LongPoll {
                 self.session.on_frame(ctx, frame).err().map(|(_, why)| why)
             };
             if let Some(why) = refused {
-                trace!(key = self.key, why, "long-poll session closed by its message");
+                trace!(
+                    key = self.key,
+                    why, "long-poll session closed by its message"
+                );
                 let reason = serde_json::to_string(why).unwrap_or_default();
                 let body = format!("{{\"status\":400,\"reason\":{reason}}}");
                 self.reply(from, body.as_bytes());
@@ -409,7 +416,10 @@ impl LongPoll {
                 .borrow_mut()
                 .take(self.key as u32, self.generation);
             match next {
-                Some(longpoll::Request { from, ask: Ask::Poll }) => self.on_poll(from),
+                Some(longpoll::Request {
+                    from,
+                    ask: Ask::Poll,
+                }) => self.on_poll(from),
                 Some(longpoll::Request {
                     from,
                     ask: Ask::Post { body, ndjson },

@@ -89,7 +89,7 @@ mod tests {
             let mut f = Vec::new();
             encode_frame(&mut f, OpCode::Text, &payload);
             assert_eq!(unframe(&f), Some((OpCode::Text, &payload[..])), "{len}");
-            assert_eq!(unframe(&f[..f.len().saturating_sub(1)]).is_some(), false, "{len}");
+            assert!(unframe(&f[..f.len().saturating_sub(1)]).is_none(), "{len}");
         }
         let mut masked = Vec::new();
         encode_masked(&mut masked, OpCode::Text, true, b"hi", [1, 2, 3, 4]);

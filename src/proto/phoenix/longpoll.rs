@@ -181,11 +181,17 @@ mod tests {
             ]
         );
         // Not ndjson: the whole body is one message, newlines and all.
-        assert_eq!(batch(b"[1,\n2]", false).unwrap(), vec![Line::Text("[1,\n2]")]);
+        assert_eq!(
+            batch(b"[1,\n2]", false).unwrap(),
+            vec![Line::Text("[1,\n2]")]
+        );
         assert_eq!(batch(b"", true).unwrap(), vec![]);
         let many = "[]\n".repeat(101);
         assert_eq!(batch(many.as_bytes(), true), Err(BatchError::TooMany));
-        assert_eq!(batch(&"[]\n".repeat(100).into_bytes(), true).unwrap().len(), 100);
+        assert_eq!(
+            batch(&"[]\n".repeat(100).into_bytes(), true).unwrap().len(),
+            100
+        );
         assert_eq!(batch(b"[\xff]", true), Err(BatchError::NotUtf8));
         assert_eq!(batch(b"\xff", false), Err(BatchError::NotUtf8));
         assert_eq!(batch(b"not base64!", true), Err(BatchError::NotBase64));
