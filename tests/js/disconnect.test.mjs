@@ -4,6 +4,7 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { LongPoll } from "phoenix";
 import {
   startServer,
   mintToken,
@@ -60,5 +61,20 @@ describe("disconnect by socket id", { timeout: SUITE_TIMEOUT_MS }, () => {
     assert.ok(other.isConnected());
     const nobody = await httpRequest(server, "POST", "/api/disconnect", { body: { nope: 1 } });
     assert.equal(nobody.status, 400);
+  });
+
+  test("a long-poll socket of carol is disconnected too: its session ends, it reconnects", async () => {
+    const carol = await mintToken(["--secret", SECRET, "--sub", "carol", "--ttl-secs", "600"]);
+    const s = newSocket(server, { transport: LongPoll, params: { token: carol } }, sockets);
+    await connectSocket(s, 5000);
+    const ch = s.channel("room:d", {});
+    await joinOk(ch);
+    const res = await httpRequest(server, "POST", "/api/disconnect", { body: { id: "users_socket:carol" } });
+    assert.equal(res.status, 202, res.body);
+    // The waiting poll is answered 410: phoenix.js closes (3410 "session_gone"), opens a new
+    // session and rejoins.
+    await waitFor(() => s.events.close.length > 0, "carol's long-poll socket closed", 5000);
+    assert.equal(s.events.close[0].code, 3410);
+    await waitFor(() => s.events.open >= 2 && ch.state === "joined", "a new session, rejoined", 8000);
   });
 });
