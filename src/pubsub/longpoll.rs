@@ -136,6 +136,15 @@ impl Sessions {
             .map(|e| e.secret)
     }
 
+    /// Whether the next request waiting for session (`key`, `generation`) is a POST.
+    pub fn next_is_post(&self, key: u32, generation: u32) -> bool {
+        self.map
+            .get(&key)
+            .filter(|e| e.generation == generation)
+            .and_then(|e| e.inbox.front())
+            .is_some_and(|r| matches!(r.ask, Ask::Post { .. }))
+    }
+
     /// Take the next request waiting for session (`key`, `generation`).
     pub fn take(&mut self, key: u32, generation: u32) -> Option<Request> {
         self.map
@@ -328,6 +337,7 @@ mod tests {
             s.push(T, req(Ask::Poll)).unwrap();
         }
         assert!(matches!(s.push(T, req(Ask::Poll)), Err(Missed::Full(_))));
+        assert!(!s.next_is_post(5, 6));
         assert_eq!(s.take(5, 6), Some(req(Ask::Poll)));
         assert_eq!(s.take(5, 7), None, "another generation's");
         assert_eq!(s.close(5, 6).len(), MAX_INBOX - 1);

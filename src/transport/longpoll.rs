@@ -410,11 +410,16 @@ impl LongPoll {
                 Stats::bump(&self.hub.counters.longpoll_expired);
                 return Poll::Ready(());
             }
-            let next = self
-                .hub
-                .longpoll
-                .borrow_mut()
-                .take(self.key as u32, self.generation);
+            let (key, generation) = (self.key as u32, self.generation);
+            if shard.reads_held() && self.hub.longpoll.borrow().next_is_post(key, generation) {
+                // The core's mesh holds its publishers back: a POST's messages could be
+                // broadcasts, so they wait (as a socket's wait in the kernel) until the hold
+                // ends and wakes the parked list; polls behind it wait with them (in order).
+                shard.park(self.key);
+                self.flush();
+                return Poll::Pending;
+            }
+            let next = self.hub.longpoll.borrow_mut().take(key, generation);
             match next {
                 Some(longpoll::Request {
                     from,
