@@ -66,6 +66,8 @@ pub enum Plan {
     Echo,
     /// `GET /api/presence?topic=...` (the caller is allowed).
     Presence,
+    /// `GET /api/history?topic=...&since=N&limit=M` (the caller is allowed).
+    History,
     /// `GET /dashboard` (the caller is allowed): the page.
     Dashboard,
     /// `GET /dashboard/live` (the caller is allowed): the upgrade to the dashboard's socket.
@@ -200,7 +202,8 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
         "/api/broadcast" => Api::Broadcast,
         "/api/disconnect" => Api::Disconnect,
         "/api/presence" if req.method == "GET" || req.method == "HEAD" => return Plan::Presence,
-        "/api/presence" => {
+        "/api/history" if req.method == "GET" || req.method == "HEAD" => return Plan::History,
+        "/api/presence" | "/api/history" => {
             return Plan::Refuse(Refusal::new(405, "use GET", true).with(&[("Allow", "GET")]));
         }
         _ => return refuse(404, "no such API endpoint"),
