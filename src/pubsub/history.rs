@@ -194,6 +194,9 @@ impl History {
         let at = self.secs(now);
         let topic = p.topic();
         if !self.rings.contains_key(topic) {
+            if self.bytes + RING_COST + topic.len() > self.max_bytes {
+                return; // full: no new ring until the ttl frees some (recovery says false)
+            }
             self.bytes += RING_COST + topic.len();
             self.rings.insert(
                 topic.into(),
@@ -541,6 +544,11 @@ mod tests {
         }
         let (topics, entries, bytes) = h.totals();
         assert_eq!(topics, 3);
+        // Full: a new topic gets no ring (its publications go out, unkept).
+        for i in 0..50 {
+            publish(&mut h, &format!("other:{i}"), &r, t0, &body);
+        }
+        assert!(h.totals().2 <= 20_000, "{:?}", h.totals());
         assert!(entries >= 15, "most of the budget is used: {entries}");
         let per = bytes / entries;
         assert!(per > 1000 && per < 1200, "{per} B per entry of a 1 KB body");

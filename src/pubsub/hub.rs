@@ -595,7 +595,7 @@ impl Hub {
         let c = &self.counters;
         if !self.shard.cfg.history.is_empty() {
             let mut history = self.history.borrow_mut();
-            if age % 10 == 0 {
+            if age.is_multiple_of(10) {
                 let cfg = &self.shard.cfg;
                 history.sweep(now, |t| cfg.history_rule(t));
             }
