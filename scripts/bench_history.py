@@ -197,6 +197,9 @@ def main():
         r = summary[side]
         print(f"{side:5} {r['deliveries_per_sec']:>13,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['p99_9_ms']:>9.2f} {r['lost']:>6} {r['duplicated']:>5} {r['reordered']:>6}")
+    for side in ("off", "on"):
+        each = ", ".join(f"{r['p99_ms']:.2f}" for r in sides[side])
+        print(f"{side:5} p99 ms per round: {each}")
     print(f"memory: {mem['publications_kept']} publications of {mem['payload_bytes']} B payload "
           f"kept ({mem['ring_entries_all_cores']:.0f} ring entries over the cores): "
           f"RSS +{mem['rss_delta_bytes']:,} B = {mem['rss_per_publication_kept']:.0f} B per "

@@ -482,6 +482,18 @@ mod tests {
     }
 
     #[test]
+    fn api_history_is_a_get_under_the_api_rule() {
+        let get = "GET /api/history?topic=room:1&since=3 HTTP/1.1\r\n\r\n";
+        let cfg = Config::default();
+        assert_eq!(plan(&req(get), &cfg, || LOCAL), Plan::History);
+        assert_eq!(status(plan(&req(get), &cfg, || REMOTE)), 403);
+        let post = "POST /api/history HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(status(plan(&req(post), &cfg, || LOCAL)), 405);
+        let keyed = Config::from_toml("api_key = \"k1\"").unwrap();
+        assert_eq!(status(plan(&req(get), &keyed, || LOCAL)), 401);
+    }
+
+    #[test]
     fn api_with_key_answers_any_address_with_the_key() {
         let cfg = Config::from_toml("api_key = \"k1\"").unwrap();
         let with = |auth: &str| req(&POST.replace("\r\n\r\n", &format!("\r\n{auth}\r\n\r\n")));
