@@ -1,7 +1,8 @@
 //! History topics on a real two-core server: two publishers on different cores push into one
 //! topic at once and every subscriber, on either core, sees one order, offsets 1, 2, 3...;
 //! `GET /api/history` answers the same order, within `size`; a join that recovers gets what it
-//! missed, in order, after its reply; one that asks too far back is told `recovered: false`.
+//! missed, in order, after its reply, and meets the live stream with no gap and no duplicate
+//! while publications flow; one that asks too far back is told `recovered: false`.
 
 mod common;
 
@@ -240,4 +241,49 @@ fn ordinary_topics_carry_no_position() {
     let b = got.iter().find(|m| m[3] == "msg").unwrap();
     assert_eq!(b[4], json!({"by": 0, "n": 0}), "the payload untouched");
     assert_eq!(gauge(&srv, "corecast_history_entries", 1), 0);
+}
+
+#[test]
+fn a_recovery_while_publications_flow_meets_the_live_stream_without_gap_or_duplicate() {
+    let srv = TestServer::start_with_config(CONFIG, &["--cores", "2"]);
+    let topic = "room:flow";
+    const N: u64 = 3000;
+    let (mut publisher, _) = join(&srv, 0, topic, json!({}));
+    let flow = std::thread::spawn(move || {
+        for n in 0..N {
+            let msg = json!(["1", n.to_string(), "room:flow", "msg", {"by": 0, "n": n}]);
+            send_json(&mut publisher, &msg).unwrap();
+            if n % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        broadcasts(&mut publisher, N as usize)
+    });
+    // Recovering joins on both cores while the publications flow, each from 20 back.
+    let mut got = Vec::new();
+    for i in 0..6u64 {
+        std::thread::sleep(Duration::from_millis(15));
+        let (_, h) = get(&srv, &format!("/api/history?topic={topic}&since=0&limit=1"));
+        let (epoch, at) = (
+            h["epoch"].as_u64().unwrap_or(0),
+            h["offset"].as_u64().unwrap_or(0),
+        );
+        let since = at.saturating_sub(20);
+        let params = json!({"recover": {"epoch": epoch, "offset": since}});
+        let (s, response) = join(&srv, i % 2, topic, params);
+        assert_eq!(response["recovered"], true, "{response}");
+        eprintln!("recovering join {i} from {since}");
+        got.push((since, s));
+    }
+    assert!(
+        got[0].0 + 1000 < N,
+        "the first joins came while publications flowed"
+    );
+    let all = flow.join().unwrap();
+    for (since, mut s) in got {
+        let rest = broadcasts(&mut s, (N - since) as usize);
+        let offsets: Vec<u64> = rest.iter().map(|m| m.2).collect();
+        assert_eq!(offsets, (since + 1..=N).collect::<Vec<_>>(), "from {since}");
+        assert_eq!(rest, all[since as usize..], "the same publications");
+    }
 }
