@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: bench-longpoll tsung chromium nats-server idle-soak bench-presence bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: bench-longpoll tsung chromium nats-server idle-soak bench-presence bench-history bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -113,6 +113,12 @@ bench-presence:
 ## answer latency for 200 pollers (p50/p99).
 bench-longpoll:
 	python3 scripts/bench_longpoll.py
+
+## History bench (issue 16): one 2-core server, corecast-bench broadcast on ordinary topics and on
+## history topics ([[history]] hist:*), alternating, ROUNDS (2) each: deliveries/s and p99 on vs
+## off; then the memory one kept publication costs. Writes reports/history/<UTC>/summary.json.
+bench-history:
+	python3 scripts/bench_history.py --build --rounds $${ROUNDS:-2}
 
 ## Cluster broadcast bench (issue 13): nats-server + 2 nodes (--cores 1 each, pinned to CPUs 0 and 1),
 ## 2,000 subscribers split across the nodes, 4 socket publishers on A at 200 msgs/s: deliveries/s,

@@ -165,6 +165,24 @@ pub struct Config {
     /// Several nodes as one server over NATS (`[cluster]`); absent: a single node, with no NATS
     /// code on any path.
     pub cluster: Option<Cluster>,
+    /// History topics (`[[history]]`): one order per topic and the last publications kept for
+    /// recovery (see `pubsub::history`). Empty: no history, nothing on any path.
+    pub history: Vec<HistoryRule>,
+    /// Bytes of publications one core's history may hold, over all its topics.
+    pub history_max_bytes: usize,
+    /// Publications a recovering join may be sent; a longer gap answers `"recovered": false`.
+    pub history_max_replay: usize,
+    /// The key under which a history topic's JSON broadcasts carry their position.
+    pub history_pos_key: String,
+}
+
+/// `[[history]]`: topics matching `pattern` keep their last `size` publications for `ttl_secs`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub size: usize,
+    pub ttl_secs: u64,
 }
 
 /// `[cluster]`: how this node joins the others (see ARCHITECTURE.md "Cluster").
@@ -259,6 +277,10 @@ impl Default for Config {
             max_presences_per_topic: 100_000,
             max_presence_meta_bytes: 1024,
             cluster: None,
+            history: Vec::new(),
+            history_max_bytes: 64 << 20,
+            history_max_replay: 1_000,
+            history_pos_key: "_pos".into(),
         }
     }
 }
@@ -402,10 +424,35 @@ impl Config {
         if self.max_presences_per_topic == 0 || self.max_presence_meta_bytes < 2 {
             return bad("max_presences_per_topic must be > 0 and max_presence_meta_bytes >= 2");
         }
+        if let Some(r) = self
+            .history
+            .iter()
+            .find(|r| r.size == 0 || r.size > 100_000 || r.ttl_secs == 0 || r.ttl_secs > 86_400 * 7)
+        {
+            return bad(&format!(
+                "history {:?}: size must be from 1 to 100000 and ttl_secs from 1 to 604800",
+                r.pattern
+            ));
+        }
+        if !self.history.is_empty()
+            && (self.history_max_replay == 0
+                || self.history_max_replay > self.out_queue_max_frames / 2)
+        {
+            return bad("history_max_replay must be from 1 to out_queue_max_frames / 2");
+        }
+        let key_ok = |k: &str| {
+            !k.is_empty()
+                && k.len() <= 32
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !key_ok(&self.history_pos_key) {
+            return bad("history_pos_key must be 1 to 32 ASCII letters, digits or '_'");
+        }
         if let Some(p) = self
             .topics
             .iter()
             .chain(&self.presence)
+            .chain(self.history.iter().map(|r| &r.pattern))
             .find(|p| p.find('*').is_some_and(|i| i != p.len() - 1))
         {
             return bad(&format!(
@@ -471,6 +518,16 @@ impl Config {
             Some(prefix) => topic.starts_with(prefix),
             None => topic == p,
         })
+    }
+
+    /// The `[[history]]` rule of `topic` (the first that matches), if it is a history topic.
+    pub fn history_rule(&self, topic: &str) -> Option<&HistoryRule> {
+        self.history
+            .iter()
+            .find(|r| match r.pattern.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => topic == r.pattern,
+            })
     }
 
     /// Whether a socket with this `Origin` header may connect under `check_origin`.
@@ -555,6 +612,29 @@ mod tests {
         assert!(!Config::default().topic_allowed(""));
         assert!(!Config::default().topic_allowed(&"x".repeat(256)));
         assert!(Config::from_toml("topics = [\"a*b\"]").is_err());
+    }
+
+    #[test]
+    fn history_rules() {
+        let c = Config::from_toml(
+            "[[history]]\npattern = \"room:*\"\nsize = 100\nttl_secs = 300\n\
+             [[history]]\npattern = \"lobby\"\nsize = 5\nttl_secs = 10",
+        )
+        .unwrap();
+        assert_eq!(c.history_rule("room:1").map(|r| r.size), Some(100));
+        assert_eq!(c.history_rule("lobby").map(|r| r.ttl_secs), Some(10));
+        assert!(c.history_rule("lobby2").is_none());
+        assert!(Config::default().history_rule("room:1").is_none());
+        for bad in [
+            "[[history]]\npattern = \"a\"\nsize = 0\nttl_secs = 1",
+            "[[history]]\npattern = \"a\"\nsize = 1\nttl_secs = 0",
+            "[[history]]\npattern = \"a*b\"\nsize = 1\nttl_secs = 1",
+            "[[history]]\npattern = \"a\"\nsize = 1",
+            "history_pos_key = \"a b\"",
+            "history_max_replay = 3000\n[[history]]\npattern = \"a\"\nsize = 1\nttl_secs = 1",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

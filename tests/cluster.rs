@@ -569,3 +569,74 @@ fn a_reserved_event_from_a_peer_on_nats_reaches_nobody() {
     }
     assert!(a.metric("corecast_refused_events_total") >= 1);
 }
+
+/// `(n, offset)` of every `new_msg` a member gets, until `want` arrived (bounded by `for_`).
+fn take_positions(ws: &mut Ws, want: usize, for_: Duration) -> Vec<(i64, u64)> {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    let deadline = Instant::now() + for_;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v[3] == "new_msg" {
+                    let o = v[4]["_pos"]["o"].as_u64().expect("a position");
+                    got.push((v[4]["n"].as_i64().unwrap(), o));
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    got
+}
+
+#[test]
+fn history_topics_are_sequenced_per_node_and_lose_nothing_across_nodes() {
+    let nats = Nats::start();
+    let history = "[[history]]\npattern = \"room:*\"\nsize = 100\nttl_secs = 300\n";
+    let start = |name: &str| {
+        let config = format!(
+            "[cluster]\nnats_url = [\"nats://127.0.0.1:{}\"]\nnode = \"{name}\"\n\n{history}",
+            nats.port
+        );
+        TestServer::start_with_config(&config, &["--cores", "2"])
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut on_a = members(&a, "room:h", 3);
+    let mut on_b = members(&b, "room:h", 3);
+    wait_subscribed(&a, 1);
+    wait_subscribed(&b, 1);
+    for n in 0..20 {
+        api_broadcast(if n % 2 == 0 { &a } else { &b }, "room:h", n);
+    }
+    for (node, ms) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let seen: Vec<Vec<(i64, u64)>> = ms
+            .iter_mut()
+            .map(|ws| take_positions(ws, 20, Duration::from_secs(5)))
+            .collect();
+        let offsets: Vec<u64> = seen[0].iter().map(|m| m.1).collect();
+        assert_eq!(
+            offsets,
+            (1..=20).collect::<Vec<_>>(),
+            "node {node}: its own offsets"
+        );
+        let mut ns: Vec<i64> = seen[0].iter().map(|m| m.0).collect();
+        ns.sort();
+        assert_eq!(
+            ns,
+            (0..20).collect::<Vec<_>>(),
+            "node {node}: every one, once"
+        );
+        for s in &seen {
+            assert_eq!(s, &seen[0], "node {node}: one order on the node");
+        }
+    }
+}

@@ -79,6 +79,65 @@ pub fn presence(hub: &Hub, query: &str) -> Answer {
     Answer::json(200, &state)
 }
 
+/// `GET /api/history?topic=...&since=N&limit=M`: the publications of a history topic after
+/// offset `since` (default 0), oldest first, at most `limit` (default and at most
+/// `history_max_replay`), as this core keeps them (every core keeps the same ring):
+/// `{"epoch":E,"offset":L,"first":F,"publications":[{"offset":o,"event":..,"payload":{..}}]}`,
+/// a binary payload as `"binary":"<base64>"`. `first` is the oldest offset kept: `since + 1 <
+/// first` means some were lost to the bounds.
+pub fn history(hub: &Hub, query: &str) -> Answer {
+    use base64::Engine;
+    use std::fmt::Write;
+    let cfg = &hub.shard.cfg;
+    let Some(topic) = crate::proto::handshake::query_param(query, "topic") else {
+        return Answer::json(400, r#"{"error":"topic parameter required"}"#);
+    };
+    let Some(rule) = cfg.history_rule(&topic) else {
+        return Answer::json(404, r#"{"error":"not a history topic (see [[history]])"}"#);
+    };
+    let number = |name: &str| match crate::proto::handshake::query_param(query, name) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| name.to_string()),
+    };
+    let (since, limit) = match (number("since"), number("limit")) {
+        (Ok(s), Ok(l)) => (s.unwrap_or(0), l.unwrap_or(cfg.history_max_replay as u64)),
+        (Err(name), _) | (_, Err(name)) => {
+            let body = serde_json::json!({ "error": format!("{name} must be a whole number") });
+            return Answer::json(400, &body.to_string());
+        }
+    };
+    let limit = limit.min(cfg.history_max_replay as u64) as usize;
+    let now = std::time::Instant::now();
+    let (pos, first, list) = hub
+        .history
+        .borrow_mut()
+        .since(&topic, rule, since, limit, now);
+    let mut out = format!(
+        r#"{{"epoch":{},"offset":{},"first":{first},"publications":["#,
+        pos.epoch, pos.offset
+    );
+    for (i, p) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let (_, event, payload) = p.parts();
+        let offset = p.position().map_or(0, |(o, _)| o);
+        let event = serde_json::to_string(event).unwrap_or_default();
+        let _ = write!(out, r#"{{"offset":{offset},"event":{event},"#);
+        match payload {
+            Payload::Json(text) => {
+                let _ = write!(out, r#""payload":{text}}}"#);
+            }
+            Payload::Binary(b) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(b);
+                let _ = write!(out, r#""binary":"{b64}"}}"#);
+            }
+        }
+    }
+    out.push_str("]}");
+    Answer::json(200, &out)
+}
+
 /// `POST /api/disconnect` `{"id": "users_socket:alice"}`: close every socket with that id (see
 /// `Handler::socket_id`) on every core and every node, with 1000 "disconnected", so phoenix.js
 /// reconnects and authenticates again (Phoenix's `Endpoint.broadcast(id, "disconnect", %{})`).

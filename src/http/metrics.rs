@@ -267,6 +267,42 @@ const CHANNEL_SERIES: &[Series<Counters>] = &[
         |c| &c.longpoll_forwarded,
     ),
     (
+        "corecast_history_topics",
+        "gauge",
+        "History topics with a ring on the core (every core keeps a copy of each).",
+        |c| &c.history_topics,
+    ),
+    (
+        "corecast_history_entries",
+        "gauge",
+        "Publications kept in the core's history rings.",
+        |c| &c.history_entries,
+    ),
+    (
+        "corecast_history_bytes",
+        "gauge",
+        "Bytes counted against history_max_bytes on the core (entries share the publication's buffer).",
+        |c| &c.history_bytes,
+    ),
+    (
+        "corecast_history_recovered_total",
+        "counter",
+        "Joins that asked to recover and did (recovered: true).",
+        |c| &c.history_recovered,
+    ),
+    (
+        "corecast_history_unrecovered_total",
+        "counter",
+        "Joins that asked to recover and could not (recovered: false).",
+        |c| &c.history_unrecovered,
+    ),
+    (
+        "corecast_history_replayed_total",
+        "counter",
+        "Publications pushed to recovering joins.",
+        |c| &c.history_replayed,
+    ),
+    (
         "corecast_presence_topics",
         "gauge",
         "Presence topics this core is the home of.",

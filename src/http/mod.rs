@@ -66,6 +66,8 @@ pub enum Plan {
     Echo,
     /// `GET /api/presence?topic=...` (the caller is allowed).
     Presence,
+    /// `GET /api/history?topic=...&since=N&limit=M` (the caller is allowed).
+    History,
     /// `GET /dashboard` (the caller is allowed): the page.
     Dashboard,
     /// `GET /dashboard/live` (the caller is allowed): the upgrade to the dashboard's socket.
@@ -208,7 +210,8 @@ fn plan_api(req: &Request, cfg: &Config, peer: impl FnOnce() -> Option<IpAddr>) 
         "/api/broadcast" => Api::Broadcast,
         "/api/disconnect" => Api::Disconnect,
         "/api/presence" if req.method == "GET" || req.method == "HEAD" => return Plan::Presence,
-        "/api/presence" => {
+        "/api/history" if req.method == "GET" || req.method == "HEAD" => return Plan::History,
+        "/api/presence" | "/api/history" => {
             return Plan::Refuse(Refusal::new(405, "use GET", true).with(&[("Allow", "GET")]));
         }
         _ => return refuse(404, "no such API endpoint"),
@@ -525,6 +528,18 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(status(plan(&req(POST), &cfg, || None)), 403);
+    }
+
+    #[test]
+    fn api_history_is_a_get_under_the_api_rule() {
+        let get = "GET /api/history?topic=room:1&since=3 HTTP/1.1\r\n\r\n";
+        let cfg = Config::default();
+        assert_eq!(plan(&req(get), &cfg, || LOCAL), Plan::History);
+        assert_eq!(status(plan(&req(get), &cfg, || REMOTE)), 403);
+        let post = "POST /api/history HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(status(plan(&req(post), &cfg, || LOCAL)), 405);
+        let keyed = Config::from_toml("api_key = \"k1\"").unwrap();
+        assert_eq!(status(plan(&req(get), &keyed, || LOCAL)), 401);
     }
 
     #[test]

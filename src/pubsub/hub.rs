@@ -20,6 +20,7 @@ pub const EVENT_PRESENCE_DIFF: &str = "presence_diff";
 pub const EVENT_PRESENCE_STATE: &str = "presence_state";
 use crate::cluster::bridge::{Down, Link};
 use crate::pubsub::encode::{self, Wire};
+use crate::pubsub::history::{History, Recovery, ReplayLimits};
 use crate::pubsub::longpoll;
 use crate::pubsub::presence::{OP_KIND, Op, Refs, Tracker, home_of};
 use crate::pubsub::publication::{Publication, Refused};
@@ -68,6 +69,14 @@ pub struct Counters {
     pub longpoll_expired: AtomicU64,
     pub longpoll_refused: AtomicU64,
     pub longpoll_forwarded: AtomicU64,
+    /// History topics, entries and bytes this core keeps (gauges, every tick).
+    pub history_topics: AtomicU64,
+    pub history_entries: AtomicU64,
+    pub history_bytes: AtomicU64,
+    /// Joins that asked to recover and did / could not, and the publications replayed.
+    pub history_recovered: AtomicU64,
+    pub history_unrecovered: AtomicU64,
+    pub history_replayed: AtomicU64,
     /// This core's biggest topics by subscribers here, as of its last second while some
     /// dashboard was open (empty otherwise): written by this core once a second, read by the
     /// cores that send dashboard frames. The one lock of the pub/sub layer, off every
@@ -121,6 +130,9 @@ pub struct Hub {
     pub live: crate::pubsub::live::Live,
     /// This core's long-poll sessions and the requests waiting for them.
     pub longpoll: RefCell<crate::pubsub::longpoll::Sessions>,
+    /// This core's copy of every history topic's ring, and the sequencer of the topics it is
+    /// home of (see `pubsub::history`).
+    pub history: RefCell<History>,
 }
 
 /// Socket id -> this core's sockets with it, as (slot key, generation).
@@ -146,6 +158,11 @@ impl Hub {
             ids_age: std::cell::Cell::new(0),
             longpoll: RefCell::new(Default::default()),
             live: Default::default(),
+            history: RefCell::new(History::new(
+                shard.cfg.history_max_bytes,
+                u64::from_le_bytes(crate::runtime::sys::random_bytes()),
+                std::time::Instant::now(),
+            )),
         })
     }
 
@@ -191,6 +208,9 @@ impl Hub {
     /// cluster node) once to the cluster, for the other nodes.
     pub fn publish(&self, p: Publication) {
         Stats::bump(&self.counters.broadcasts);
+        if self.is_history(&p) {
+            return self.to_sequencer(p);
+        }
         self.shard.send_to_peers(&p.envelope());
         if let Some(link) = self.cluster.get() {
             link.publish(p.topic(), p.envelope().0);
@@ -250,6 +270,14 @@ impl Hub {
                 else {
                     return;
                 };
+                if self.is_history(&p) {
+                    // Sequenced on this node by the topic's home here (each node's order).
+                    let (home, me) = self.presence_home(p.topic());
+                    if home == me {
+                        self.sequence(p, false);
+                    }
+                    return;
+                }
                 let (topic, event, payload) = p.parts();
                 if let (EVENT_PRESENCE_DIFF, Payload::Json(diff)) = (event, payload)
                     && self.shard.cfg.presence_topic(topic)
@@ -310,6 +338,12 @@ impl Hub {
     /// (only for the formats that have subscribers). A subscriber whose queue would pass its
     /// bound gets nothing more and is told to close with 1013 (slow consumer).
     pub fn deliver(&self, p: &Publication) {
+        if p.position().is_some()
+            && let Some(rule) = self.shard.cfg.history_rule(p.topic())
+        {
+            let now = self.presence_clock.get();
+            self.history.borrow_mut().append(p, rule, now);
+        }
         if let (_, EVENT_PRESENCE_DIFF, Payload::Json(diff)) = p.parts()
             && self.shard.cfg.presence_topic(p.topic())
         {
@@ -439,7 +473,11 @@ impl Hub {
                 self.presence_at_home(op);
             }
         } else if let Some(p) = Publication::from_envelope(env) {
-            self.deliver(&p);
+            if self.is_history(&p) {
+                self.to_sequencer(p); // another core's, for this core to sequence
+            } else {
+                self.deliver(&p);
+            }
         }
     }
 
@@ -507,6 +545,78 @@ impl Hub {
         }
     }
 
+    /// Whether `p` is a publication of a history topic that has not been sequenced yet. Without
+    /// `[[history]]` one length check, so ordinary topics take no extra hop and no lookup.
+    fn is_history(&self, p: &Publication) -> bool {
+        let cfg = &self.shard.cfg;
+        !cfg.history.is_empty()
+            && p.position().is_none()
+            && !crate::proto::phoenix::is_reserved_event(p.event())
+            && cfg.history_rule(p.topic()).is_some()
+    }
+
+    /// Hand a history topic's publication to its sequencer, its home core (taken at once when
+    /// that is this core).
+    fn to_sequencer(&self, p: Publication) {
+        let (home, me) = self.presence_home(p.topic());
+        if home == me || self.shard.mesh_peer_id().is_none() {
+            self.sequence(p, true);
+        } else {
+            self.shard.send_to_core(home, p.into_envelope());
+        }
+    }
+
+    /// As a history topic's home: give `p` the topic's next offset and publish it to every
+    /// core, this one included (every core keeps it in its ring as it delivers it). The plain
+    /// publication goes to the cluster when it was published on this node (`to_cluster`): other
+    /// nodes sequence it for themselves (order and offsets are per node, see README "History").
+    fn sequence(&self, p: Publication, to_cluster: bool) {
+        let cfg = &self.shard.cfg;
+        let Some(rule) = cfg.history_rule(p.topic()) else {
+            return;
+        };
+        let now = self.presence_clock.get();
+        let pos = self.history.borrow_mut().next(p.topic(), rule, now);
+        let s = p.sequenced(pos.offset, pos.epoch, &cfg.history_pos_key);
+        self.shard.send_to_peers(&s.envelope());
+        if to_cluster && let Some(link) = self.cluster.get() {
+            link.publish(p.topic(), p.envelope().0);
+        }
+        self.deliver(&s);
+    }
+
+    /// A join on `topic`, a history topic: its position on this core and, if the join's params
+    /// ask to recover (`{"recover": {"epoch": E, "offset": N}}`), what it missed, to be pushed
+    /// right after the join reply. `None` off history topics. Everything delivered on this core
+    /// so far is in its ring and everything after goes to the new subscriber, so the two meet
+    /// with no gap and no duplicate.
+    pub fn history_join(&self, topic: &str, payload: Payload<'_>) -> Option<Recovery> {
+        let cfg = &self.shard.cfg;
+        let rule = cfg.history_rule(topic)?;
+        let since = match payload {
+            Payload::Json(text) => crate::pubsub::history::recover_param(text),
+            Payload::Binary(_) => None,
+        };
+        let limits = ReplayLimits {
+            publications: cfg.history_max_replay,
+            bytes: cfg.out_queue_max_bytes / 2,
+        };
+        let now = self.presence_clock.get();
+        let r = self
+            .history
+            .borrow_mut()
+            .recover(topic, rule, since, limits, now);
+        match r.recovered {
+            Some(true) => {
+                Stats::bump(&self.counters.history_recovered);
+                Stats::add(&self.counters.history_replayed, r.replay.len() as u64);
+            }
+            Some(false) => Stats::bump(&self.counters.history_unrecovered),
+            None => {}
+        }
+        Some(r)
+    }
+
     /// The index of the core that owns `topic`'s presence, and this core's, in the mesh.
     fn presence_home(&self, topic: &str) -> (usize, usize) {
         let me = self.shard.mesh_peer_id().unwrap_or(0);
@@ -566,9 +676,20 @@ impl Hub {
             Stats::bump(&self.counters.presence_diffs);
             self.publish(Publication::system(&topic, EVENT_PRESENCE_DIFF, &diff));
         }
+        let c = &self.counters;
+        if !self.shard.cfg.history.is_empty() {
+            let mut history = self.history.borrow_mut();
+            if age.is_multiple_of(10) {
+                let cfg = &self.shard.cfg;
+                history.sweep(now, |t| cfg.history_rule(t));
+            }
+            let (topics, entries, bytes) = history.totals();
+            c.history_topics.store(topics as u64, Ordering::Relaxed);
+            c.history_entries.store(entries as u64, Ordering::Relaxed);
+            c.history_bytes.store(bytes as u64, Ordering::Relaxed);
+        }
         let tracker = self.presence.borrow();
         let (topics, entries) = tracker.home_totals();
-        let c = &self.counters;
         c.presence_topics.store(topics as u64, Ordering::Relaxed);
         c.presence_entries.store(entries as u64, Ordering::Relaxed);
         tracker.has_pending()

@@ -3,6 +3,7 @@
 //! encodes them once per wire format.
 
 pub mod encode;
+pub mod history;
 pub mod hub;
 pub mod live;
 pub mod longpoll;

@@ -8,6 +8,11 @@
 //! kind u8 (0 JSON, 1 binary) | topic length u32 LE | event length u32 LE | topic | event | payload
 //! ```
 //!
+//! A publication its history topic's home core has sequenced ([`Publication::sequenced`], see
+//! `pubsub::history`) has bit 0x80 set in its kind and its position after the lengths:
+//! `offset u64 LE | epoch u64 LE`; its JSON payload carries the same position under
+//! `history_pos_key`.
+//!
 //! [`Publication::new`] is the one check every broadcast passes, whoever asks for it (a client's
 //! push, a handler, the HTTP API): no reserved event (the client libraries would act on it: a
 //! `phx_close` closes every member's channel), no JSON payload that is not an object (phoenix.js
@@ -20,8 +25,12 @@ use crate::proto::phoenix::{Payload, is_reserved_event};
 use crate::runtime::mesh::Envelope;
 
 const HEADER: usize = 9;
+/// The header of a sequenced publication: the plain one and its position (16 bytes).
+const SEQ_HEADER: usize = HEADER + 16;
 const JSON: u8 = 0;
 const BINARY: u8 = 1;
+/// The kind bit of a sequenced publication.
+const SEQ: u8 = 0x80;
 
 /// Why a broadcast was refused. Nothing was sent to anybody.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,11 +118,60 @@ impl Publication {
     pub fn from_envelope(env: Envelope) -> Option<Publication> {
         let b = &env.0;
         let (t, e) = Self::lengths(b)?;
-        let ok = b[0] <= BINARY
-            && HEADER.checked_add(t)?.checked_add(e)? <= b.len()
-            && std::str::from_utf8(&b[HEADER..HEADER + t + e]).is_ok()
-            && (b[0] == BINARY || std::str::from_utf8(&b[HEADER + t + e..]).is_ok());
+        let kind = b[0] & !SEQ;
+        let h = if b[0] & SEQ != 0 { SEQ_HEADER } else { HEADER };
+        let ok = kind <= BINARY
+            && h.checked_add(t)?.checked_add(e)? <= b.len()
+            && std::str::from_utf8(&b[h..h + t + e]).is_ok()
+            && (kind == BINARY || std::str::from_utf8(&b[h + t + e..]).is_ok());
         ok.then_some(Publication(env.0))
+    }
+
+    /// This publication at `offset` of its topic's history `epoch`, in a new buffer (the one
+    /// copy a history topic's publication costs, made once at its home core): the position in
+    /// the header, and a JSON object payload with `,"<pos_key>":{"o":offset,"e":epoch}` added
+    /// last, so that a key of that name the publisher sent is shadowed by it (`JSON.parse`
+    /// keeps the last). A binary payload is kept as it is (its position is in the header only).
+    pub(crate) fn sequenced(&self, offset: u64, epoch: u64, pos_key: &str) -> Publication {
+        let (topic, event, payload) = self.parts();
+        let kind = self.0.first().copied().unwrap_or(JSON) & !SEQ;
+        let mut buf = Vec::with_capacity(SEQ_HEADER + self.len() + pos_key.len() + 48);
+        buf.push(kind | SEQ);
+        buf.extend_from_slice(&(topic.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&(event.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&offset.to_le_bytes());
+        buf.extend_from_slice(&epoch.to_le_bytes());
+        buf.extend_from_slice(topic.as_bytes());
+        buf.extend_from_slice(event.as_bytes());
+        match payload {
+            Payload::Json(text) => {
+                let text = text.trim_end();
+                // A relayable JSON payload is an object: it ends with its closing brace.
+                match text.strip_suffix('}') {
+                    Some(body) => {
+                        buf.extend_from_slice(body.as_bytes());
+                        if !body.trim_start().trim_start_matches('{').trim().is_empty() {
+                            buf.push(b',');
+                        }
+                        let pos = format!(r#""{pos_key}":{{"o":{offset},"e":{epoch}}}}}"#);
+                        buf.extend_from_slice(pos.as_bytes());
+                    }
+                    None => buf.extend_from_slice(text.as_bytes()),
+                }
+            }
+            Payload::Binary(b) => buf.extend_from_slice(b),
+        }
+        Publication(Arc::from(buf))
+    }
+
+    /// Its position in its topic's history, `(offset, epoch)`, if it was sequenced.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        if self.0.first()? & SEQ == 0 {
+            return None;
+        }
+        let offset = u64::from_le_bytes(self.0.get(HEADER..HEADER + 8)?.try_into().ok()?);
+        let epoch = u64::from_le_bytes(self.0.get(HEADER + 8..SEQ_HEADER)?.try_into().ok()?);
+        Some((offset, epoch))
     }
 
     /// The bytes for the mesh (shared, not copied).
@@ -141,15 +199,20 @@ impl Publication {
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .unwrap_or("")
         };
-        let body = HEADER + t + e;
-        (text(HEADER..HEADER + t), text(HEADER + t..body), body)
+        let h = if self.0.first().is_some_and(|k| k & SEQ != 0) {
+            SEQ_HEADER
+        } else {
+            HEADER
+        };
+        let body = h + t + e;
+        (text(h..h + t), text(h + t..body), body)
     }
 
     /// Topic, event and payload, the header read once (what an encoder needs).
     pub fn parts(&self) -> (&str, &str, Payload<'_>) {
         let (topic, event, at) = self.names();
         let body = self.0.get(at..).unwrap_or(&[]);
-        let payload = if self.0.first() == Some(&BINARY) {
+        let payload = if self.0.first().map(|k| k & !SEQ) == Some(BINARY) {
             Payload::Binary(body)
         } else {
             Payload::Json(std::str::from_utf8(body).unwrap_or("{}"))
@@ -201,6 +264,38 @@ mod tests {
         let b = Publication::new("t", "bin", Payload::Binary(&[0, 255, 7])).unwrap();
         let b = Publication::from_envelope(b.into_envelope()).unwrap();
         assert_eq!(b.payload(), Payload::Binary(&[0, 255, 7]));
+    }
+
+    #[test]
+    fn a_sequenced_publication_carries_its_position_in_header_and_payload() {
+        let p =
+            Publication::new("room:1", "m", Payload::Json(r#" {"a":1, "_pos":"fake"} "#)).unwrap();
+        let s = p.sequenced(7, 42, "_pos");
+        assert_eq!(s.position(), Some((7, 42)));
+        assert_eq!(p.position(), None);
+        assert_eq!((s.topic(), s.event()), ("room:1", "m"));
+        let Payload::Json(text) = s.payload() else {
+            panic!("JSON stays JSON")
+        };
+        assert_eq!(text, r#" {"a":1, "_pos":"fake","_pos":{"o":7,"e":42}}"#);
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            v["_pos"],
+            serde_json::json!({"o": 7, "e": 42}),
+            "the server's wins"
+        );
+        let empty = Publication::new("t", "m", Payload::Json("{ }")).unwrap();
+        let empty = empty.sequenced(1, 2, "p");
+        let Payload::Json(text) = empty.payload() else {
+            panic!()
+        };
+        assert_eq!(text, r#"{ "p":{"o":1,"e":2}}"#);
+        let bin = Publication::new("t", "b", Payload::Binary(&[1, 2])).unwrap();
+        let s = Publication::from_envelope(bin.sequenced(3, 4, "p").into_envelope()).unwrap();
+        assert_eq!(
+            (s.payload(), s.position()),
+            (Payload::Binary(&[1, 2]), Some((3, 4)))
+        );
     }
 
     #[test]

@@ -173,7 +173,20 @@ impl Session {
                 let sub = ctx.hub.subscribe(topic, sub);
                 Stats::bump(&ctx.hub.counters.joins);
                 Stats::bump(&ctx.hub.counters.channels);
-                reply(ctx, join_ref, msg_ref, topic, true, &response);
+                // A history topic: the reply carries the position, then what the join asked to
+                // recover follows it, before anything delivered later (see `pubsub::history`).
+                match ctx.hub.history_join(topic, msg.payload) {
+                    None => reply(ctx, join_ref, msg_ref, topic, true, &response),
+                    Some(r) => {
+                        let response = r.response(&response);
+                        reply(ctx, join_ref, msg_ref, topic, true, &response);
+                        for p in &r.replay {
+                            if let Some(f) = encode::broadcast(&ctx.hub.shard, ctx.wire, p) {
+                                ctx.hub.shard.enqueue(ctx.key, f);
+                            }
+                        }
+                    }
+                }
                 let mut tracked = Vec::new();
                 if is_presence {
                     // The state as this core knows it, then (through the topic's home, in a

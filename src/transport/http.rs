@@ -103,6 +103,7 @@ impl Conn {
             }
             Plan::Metrics => (crate::http::metrics::metrics(&self.hub), &[][..]),
             Plan::Presence => (crate::http::api::presence(&self.hub, &req.query), &[][..]),
+            Plan::History => (crate::http::api::history(&self.hub, &req.query), &[][..]),
             Plan::Phoenix => {
                 if buf.len() > req.head_len && self.hub.shard.reads_held() {
                     // Frames sent right behind an upgrade would be handled before the socket's
