@@ -70,6 +70,8 @@ pub struct Counters {
 pub struct Shared {
     pub handler: Arc<dyn Handler>,
     pub counters: Vec<Arc<Counters>>,
+    /// Verifies connection tokens (none: no token key is configured).
+    pub verifier: Option<Arc<crate::app::auth::Verifier>>,
 }
 
 impl Shared {
@@ -77,7 +79,14 @@ impl Shared {
         Shared {
             handler,
             counters: (0..cores).map(|_| Arc::new(Counters::default())).collect(),
+            verifier: None,
         }
+    }
+
+    /// With this token verifier.
+    pub fn with_verifier(mut self, v: Option<Arc<crate::app::auth::Verifier>>) -> Shared {
+        self.verifier = v;
+        self
     }
 
     /// One counter summed over every core.
@@ -103,6 +112,8 @@ pub struct Hub {
     presence_clock: std::cell::Cell<std::time::Instant>,
     /// This core's end of the cluster bridge (a cluster node only).
     cluster: std::cell::OnceCell<Link>,
+    /// This core's backend hooks (with `[hooks]` only).
+    hooked: std::cell::OnceCell<Rc<crate::pubsub::pending::Hooked>>,
     /// Socket ids (`Handler::socket_id`) -> this core's sockets with that id, as (key,
     /// generation); entries of closed sockets are skipped and swept (`sweep_ids`).
     ids: RefCell<SocketIds>,
@@ -131,6 +142,7 @@ impl Hub {
             topics: RefCell::new(Topics::new()),
             presence_clock: std::cell::Cell::new(std::time::Instant::now()),
             cluster: std::cell::OnceCell::new(),
+            hooked: std::cell::OnceCell::new(),
             ids: RefCell::new(std::collections::HashMap::new()),
             ids_age: std::cell::Cell::new(0),
             live: Default::default(),
@@ -226,6 +238,18 @@ impl Hub {
             }
         })
         .detach();
+    }
+
+    /// Use the backend hooks (`[hooks]`) through this core's end of the hooks thread.
+    pub fn join_hooks(&self, link: crate::hooks::client::Link, cfg: crate::config::Hooks) {
+        let h = crate::pubsub::pending::Hooked::new(link, cfg);
+        h.spawn(self.shard.clone());
+        let _ = self.hooked.set(h);
+    }
+
+    /// This core's backend hooks, when configured.
+    pub fn hooks(&self) -> Option<&Rc<crate::pubsub::pending::Hooked>> {
+        self.hooked.get()
     }
 
     /// What the cluster bridge handed this core. A publication another node sent is delivered

@@ -5,6 +5,7 @@
 pub mod encode;
 pub mod hub;
 pub mod live;
+pub mod pending;
 pub mod presence;
 pub mod publication;
 pub mod session;

@@ -15,6 +15,8 @@ pub mod signal {
     pub const OVERFLOW: u8 = 4;
     /// Disconnected by id (`POST /api/disconnect`): close with 1000, the client reconnects.
     pub const KICK: u8 = 8;
+    /// A backend hook this connection waits on has answered (`crate::hooks`).
+    pub const HOOK: u8 = 16;
 }
 
 /// What the core keeps per connection (besides the connection task itself).

@@ -2,14 +2,16 @@
 //! (decided from the head by [`crate::http::plan`], bodies read only once accepted), and the
 //! WebSocket upgrade (Phoenix's connect checks first).
 
-use tracing::trace;
+use tracing::{info, trace};
 
 use crate::app::handler::ConnectInfo;
 use crate::app::{auth, policy};
+use crate::hooks::client::Hook;
 use crate::http::{self, Answer, Api, BodyReservation, Plan, Refusal};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::pubsub::encode::Wire;
+use crate::pubsub::pending::{self, Identity};
 use crate::pubsub::session::Session;
 use crate::runtime::shard::Stats;
 use crate::runtime::wheel::TICK;
@@ -107,7 +109,13 @@ impl Conn {
                     return false;
                 }
                 let mut rest = buf.split_off(req.head_len);
-                self.phoenix_upgrade(&req, &mut rest);
+                if self.phoenix_upgrade(&req, &mut rest)
+                    && let Phase::Http { buf, .. } = &mut self.phase
+                {
+                    // Waiting for the connect hook: the request stays whole in `buf`, the socket
+                    // is not read meanwhile, and the answer routes it again (`on_hook_answer`).
+                    buf.extend_from_slice(&rest);
+                }
                 return false;
             }
             Plan::Echo => {
@@ -234,18 +242,74 @@ impl Conn {
         self.respond(refusal.status, content_type, &body, refusal.headers);
     }
 
-    /// Phoenix's connect: transport version, token, the handler's verdict; then the upgrade.
-    fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) {
-        let admitted = match policy::admit(&self.hub.shard.cfg, req, auth::now_unix()) {
+    /// Phoenix's connect: transport version, token, the connect hook's and the handler's
+    /// verdicts; then the upgrade. True while it waits for the connect hook.
+    fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) -> bool {
+        let verifier = self.hub.shared.verifier.as_deref();
+        let admitted = match policy::admit(&self.hub.shard.cfg, verifier, req, auth::now_unix()) {
             Ok(a) => a,
+            Err(refused) if !refused.detail.is_empty() => {
+                // Why the token was refused, never the token.
+                info!(
+                    key = self.key,
+                    reason = refused.detail,
+                    "upgrade refused: invalid token"
+                );
+                let body = format!("{}\n", refused.reason);
+                self.respond(refused.status, "text/plain", body.as_bytes(), &[]);
+                return false;
+            }
             Err(refused) => {
                 trace!(key = self.key, reason = refused.reason, "upgrade refused");
                 let body = format!("{}\n", refused.reason);
                 self.respond(refused.status, "text/plain", body.as_bytes(), &[]);
-                return;
+                return false;
             }
         };
         let claims = admitted.claims;
+        let hooks = self.hub.hooks().cloned();
+        let mut who = (claims.is_some() || hooks.is_some()).then(|| {
+            let mut w = identity(claims.as_ref());
+            if hooks.is_some() {
+                w.client = self.stream.peer_addr().ok();
+            }
+            Box::new(w)
+        });
+        if let Some(h) = hooks.filter(|h| h.wants(Hook::Connect, "")) {
+            let (key, generation) = (self.key, self.generation);
+            match h.take_answered(key, generation) {
+                Some((_, outcome, _)) => {
+                    let w = who.get_or_insert_with(Default::default);
+                    if let Err((status, reason)) = pending::connect_decision(&outcome, w) {
+                        info!(key, status, reason = %reason, "upgrade refused by the connect hook");
+                        let body = format!("{reason}\n");
+                        self.respond(status, "text/plain", body.as_bytes(), &[]);
+                        return false;
+                    }
+                }
+                None if h.is_pending(key, generation) => return true,
+                None => {
+                    let body = pending::connect_json(
+                        h.node(),
+                        who.as_deref(),
+                        &req.query,
+                        req.origin.as_deref(),
+                    );
+                    let asked = h.ask(
+                        Hook::Connect,
+                        key,
+                        generation,
+                        pending::Waiting::Connect,
+                        body,
+                    );
+                    if asked.is_err() {
+                        self.respond(503, "text/plain", b"too many pending hooks\n", &[]);
+                        return false;
+                    }
+                    return true;
+                }
+            }
+        }
         let info = ConnectInfo {
             claims: claims.as_ref(),
             query: &req.query,
@@ -254,15 +318,24 @@ impl Conn {
         // A panic in the handler counts like one at any other call site (`Hub::guard`).
         if self.hub.guard(|h| h.connect(&info)) != Some(true) {
             self.respond(403, "text/plain", b"connection refused\n", &[]);
-            return;
+            return false;
         }
-        let id = self.hub.guard(|h| h.socket_id(&info)).flatten();
-        let user = claims.as_ref().map(|c| c.sub.as_str());
+        let given = who.as_ref().and_then(|w| w.socket_id.clone());
+        let id = given.or_else(|| {
+            self.hub
+                .guard(|h| h.socket_id(&info))
+                .flatten()
+                .map(Into::into)
+        });
+        if let Some(w) = &mut who {
+            w.socket_id = id.clone();
+        }
         let endpoint = Endpoint::Phoenix(Wire::of(admitted.vsn));
-        self.upgrade(req, endpoint, admitted.protocol, user, rest);
+        self.upgrade(req, endpoint, admitted.protocol, who, rest);
         if let (Some(id), Phase::Open { .. }) = (id, &self.phase) {
             self.hub.register_id(&id, self.key, self.generation);
         }
+        false
     }
 
     /// Answer the opening handshake and switch to WebSocket.
@@ -271,7 +344,7 @@ impl Conn {
         req: &Request,
         endpoint: Endpoint,
         protocol: Option<&str>,
-        user: Option<&str>,
+        who: Option<Box<Identity>>,
         rest: &mut [u8],
     ) {
         let key = match handshake::check_upgrade(req) {
@@ -296,7 +369,7 @@ impl Conn {
         self.phase = Phase::Open {
             endpoint,
             decoder: Decoder::new(),
-            session: Session::new(user),
+            session: Session::with_identity(who),
         };
         if endpoint == Endpoint::Dashboard {
             crate::http::dashboard::watch(&self.hub, self.key, self.generation);
@@ -305,5 +378,24 @@ impl Conn {
             // Frames sent right behind the request, before our 101 was read.
             self.on_ws_bytes(rest);
         }
+    }
+}
+
+/// What a verified token says about its socket.
+fn identity(claims: Option<&auth::Claims>) -> Identity {
+    let Some(c) = claims else {
+        return Identity::default();
+    };
+    let object = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .filter(|v| v.is_object())
+            .map(|v| v.to_string().into_boxed_str())
+    };
+    Identity {
+        user: Some(c.sub.as_str().into()),
+        channels: c.channels.clone().map(Vec::into_boxed_slice),
+        presence: object(&c.presence),
+        info: c.info.as_ref().map(|v| v.to_string().into_boxed_str()),
+        ..Identity::default()
     }
 }
