@@ -391,12 +391,14 @@ pub fn metrics(hub: &Hub) -> Answer {
 /// The backend hooks' series, one sample per hook (`hook="connect|join|push"`).
 fn hooks_series(out: &mut String, st: &crate::hooks::client::State) {
     use crate::hooks::client::{Hook, HookStats};
-    let all: [(
-        &str,
-        &str,
-        &str,
-        fn(&HookStats) -> &std::sync::atomic::AtomicU64,
-    ); 7] = [
+    use std::sync::atomic::AtomicU64;
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&HookStats) -> &AtomicU64,
+    );
+    let all: [Series; 7] = [
         (
             "corecast_hook_requests_total",
             "counter",
