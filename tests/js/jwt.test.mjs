@@ -95,6 +95,11 @@ describe("JWT tokens from an independent library", { timeout: SUITE_TIMEOUT_MS }
     const es = await serve({ jwt_algorithm: "ES256", jwt_public_key_file: file("ec.pem", pem(ec.publicKey)) });
     await accepted(es, jwt.sign({ sub: "carol" }, ec.privateKey, { algorithm: "ES256", expiresIn: 60 }));
     assert.equal(await upgradeStatus(es, wrong), 403);
+    // `corecast token --alg ES256 --key-file`: accepted by the server, verified by the npm library.
+    const priv = file("ec-priv.pem", ec.privateKey.export({ type: "pkcs8", format: "pem" }));
+    const minted = await mintToken(["--alg", "ES256", "--key-file", priv, "--sub", "dave", "--ttl-secs", "60"]);
+    assert.equal(jwt.verify(minted, ec.publicKey, { algorithms: ["ES256"] }).sub, "dave");
+    await accepted(es, minted);
   });
 
   test("JWKS file: the kid picks the key; a new key is taken after the file changes", async () => {
@@ -131,6 +136,20 @@ describe("JWT tokens from an independent library", { timeout: SUITE_TIMEOUT_MS }
     }
     // Within the leeway: accepted.
     await accepted(server, sign({ exp: now() + 60, nbf: now() + 2 }));
+  });
+
+  test("the presence claim is the socket's presence meta", async () => {
+    const server = await serve({ auth_secret: SECRET, presence: ["room:p*"] });
+    const tok = jwt.sign({ sub: "erin", presence: { role: "admin" } }, SECRET, { expiresIn: 60 });
+    const s = newSocket(server, { params: { token: tok } }, sockets);
+    await connectSocket(s);
+    const ch = s.channel("room:p1", { meta: { role: "forged" } });
+    const diffs = [];
+    ch.on("presence_diff", (d) => diffs.push(d));
+    await joinOk(ch);
+    await waitFor(() => diffs.some((d) => d.joins.erin), "erin's join in a presence_diff");
+    const metas = diffs.find((d) => d.joins.erin).joins.erin.metas;
+    assert.equal(metas[0].role, "admin", "the token's meta, not the join payload's");
   });
 
   test("the channels claim limits joins; corecast token mints the same claims", async () => {
