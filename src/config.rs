@@ -760,6 +760,21 @@ mod tests {
         );
         assert!(Config::from_toml("message_timeout_ms = 0").is_err());
         assert!(Config::from_toml("token_max_age_secs = 0").is_err());
+        // Tokens and hooks (issue 15).
+        assert!(Config::from_toml("jwt_algorithm = \"none\"").is_err());
+        assert!(Config::from_toml("jwt_algorithm = \"RS512\"").is_err());
+        assert!(Config::from_toml("jwt_leeway_secs = 3601").is_err());
+        assert!(Config::from_toml("require_token = true\njwks_file = \"/k.json\"").is_ok());
+        assert!(Config::from_toml("[hooks]\njoin_url = \"https://b/join\"").is_err());
+        assert!(Config::from_toml("[hooks]\njoin_url = \"http://\"").is_err());
+        assert!(Config::from_toml("[hooks]\ntimeout_ms = 0").is_err());
+        assert!(Config::from_toml("[hooks]\nmax_in_flight_per_core = 0").is_err());
+        assert!(Config::from_toml("[hooks]\ncircuit_failures = 0").is_err());
+        assert!(Config::from_toml("[hooks]\nmax_answer_bytes = 10").is_err());
+        assert!(Config::from_toml("[hooks]\njoin_topics = [\"a*b\"]").is_err());
+        assert!(Config::from_toml("[hooks]\nbogus = 1").is_err());
+        let h = Config::from_toml("[hooks]\njoin_url = \"http://127.0.0.1:9/j\"").unwrap();
+        assert_eq!(h.hooks.unwrap().timeout_ms, 2_000);
         assert!(Config::from_toml("max_messages_per_sec = 1000001").is_err());
         assert!(Config::from_toml("max_messages_per_sec = 0").is_ok());
         // The partial-message budget must hold one largest message (frame + message + header).
