@@ -278,18 +278,18 @@ impl Verifier {
     /// Check a token's signature and claims at unix time `now`.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        match (&self.key, &self.jwks) {
-            (Some(k), _) if self.jwks.is_none() || header.kid.is_none() => {
-                self.check(token, &header, k, now)
-            }
-            (_, Some(jwks)) => {
-                let keys = current_keys(jwks);
-                let kid = header.kid.as_deref().unwrap_or("");
-                let k = keys.get(kid).ok_or(TokenError::UnknownKey)?;
-                self.check(token, &header, k, now)
-            }
-            (None, None) => Err(TokenError::UnknownKey),
-            (Some(_), None) => unreachable!("covered by the first arm"),
+        // A JWKS file's key by `kid`; without one, the secret or key file's key when there is one.
+        if let Some(jwks) = &self.jwks
+            && (header.kid.is_some() || self.key.is_none())
+        {
+            let keys = current_keys(jwks);
+            let kid = header.kid.as_deref().unwrap_or("");
+            let k = keys.get(kid).ok_or(TokenError::UnknownKey)?;
+            return self.check(token, &header, k, now);
+        }
+        match &self.key {
+            Some(k) => self.check(token, &header, k, now),
+            None => Err(TokenError::UnknownKey),
         }
     }
 

@@ -59,7 +59,9 @@ pub enum Waiting {
         event: Box<str>,
         join_ref: Option<Box<str>>,
         msg_ref: Option<Box<str>>,
+        /// The push's JSON payload, or its bytes when binary.
         payload: Box<str>,
+        binary: Option<Box<[u8]>>,
     },
 }
 

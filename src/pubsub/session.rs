@@ -402,6 +402,10 @@ impl Session {
                     Payload::Json(p) => p.into(),
                     Payload::Binary(_) => "{}".into(),
                 },
+                binary: match msg.payload {
+                    Payload::Json(_) => None,
+                    Payload::Binary(b) => Some(b.into()),
+                },
             };
             if let Err(busy) = h.ask(Hook::Push, ctx.key, ctx.generation, waiting, body) {
                 reply(ctx, join_ref, msg_ref, topic, false, busy);
@@ -489,8 +493,8 @@ impl Session {
                 let decision = pending::join_decision(&outcome)
                     .map(|r| (r.into(), Vec::new()))
                     .map_err(Into::into);
-                // A join of the same topic may have been carried out meanwhile? No: later
-                // messages waited behind this one. The join's checks all held when it was asked.
+                // Nothing of this socket ran meanwhile (its later messages waited behind the
+                // join), so the checks made before asking still hold.
                 self.finish_join(ctx, &topic, refs, default, Some(decision));
             }
             Waiting::Push {
@@ -499,6 +503,7 @@ impl Session {
                 join_ref,
                 msg_ref,
                 payload,
+                binary,
             } => {
                 let refs = (join_ref.as_deref(), msg_ref.as_deref());
                 let d = pending::push_decision(&outcome);
@@ -506,8 +511,12 @@ impl Session {
                 if self.find(&topic).is_none() {
                     reply(ctx, None, refs.1, &topic, false, UNMATCHED);
                 } else if let Some(rewrite) = d.broadcast {
-                    let p = rewrite.as_deref().unwrap_or(&payload);
-                    match ctx.hub.broadcast(&topic, &event, Payload::Json(p)) {
+                    let p = match (&rewrite, &binary) {
+                        (Some(r), _) => Payload::Json(r),
+                        (None, Some(b)) => Payload::Binary(b),
+                        (None, None) => Payload::Json(&payload),
+                    };
+                    match ctx.hub.broadcast(&topic, &event, p) {
                         Ok(()) => reply(ctx, refs.0, refs.1, &topic, d.ok, &d.reply),
                         Err(why) => reply(ctx, refs.0, refs.1, &topic, false, why.response()),
                     }

@@ -160,6 +160,22 @@ describe("backend hooks", { timeout: SUITE_TIMEOUT_MS }, () => {
     assert.equal(asks.items.length, 0, "not broadcast");
   });
 
+  test("a binary push goes to the backend in base64 and, broadcast, reaches the topic as binary", async () => {
+    const server = await serve(hooksToml(backend.port, "", false));
+    const a = await rawConnect(server, "/socket/websocket?vsn=2.0.0", { pool: raws });
+    const b = await rawConnect(server, "/socket/websocket?vsn=2.0.0", { pool: raws });
+    for (const c of [a, b]) {
+      c.send(["1", "1", "room:bin", "phx_join", {}]);
+      assert.equal((await c.reply("1"))[4].status, "ok");
+    }
+    const enc = (s) => Buffer.from(s, "utf8");
+    const [jr, ref, topic, event, payload] = [enc("1"), enc("2"), enc("room:bin"), enc("bin"), Buffer.from([1, 2, 3, 255])];
+    a.send(new Uint8Array(Buffer.concat([Buffer.from([0, jr.length, ref.length, topic.length, event.length]), jr, ref, topic, event, payload])));
+    const got = await b.next((m) => m.binary, "the binary broadcast");
+    assert.deepEqual([...got.binary.slice(-4)], [1, 2, 3, 255]);
+    assert.equal((await backend.seen()).push.payload_base64, Buffer.from([1, 2, 3, 255]).toString("base64"));
+  });
+
   test("messages behind a pending join keep their order", async () => {
     const server = await serve(hooksToml(backend.port));
     const c = await rawConnect(server, "/socket/websocket?vsn=2.0.0", { pool: raws });
