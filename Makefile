@@ -6,7 +6,7 @@ FUZZ_SECONDS ?= 30
 
 PREFIX ?= /usr/local
 
-.PHONY: bench-longpoll tsung chromium nats-server idle-soak bench-presence bench-history bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
+.PHONY: bench-hooks bench-longpoll tsung chromium nats-server idle-soak bench-presence bench-history bench-cluster json-compare bench bench-2m sim uring-compare churn peers cpu-per-delivery install tune preflight run build test lint unit js soak soak-short conformance conformance-update fuzz-smoke fuzz-tools
 
 ## Build in release mode and serve on the embedded defaults (0.0.0.0:4000, all cores).
 run:
@@ -119,6 +119,14 @@ bench-longpoll:
 ## off; then the memory one kept publication costs. Writes reports/history/<UTC>/summary.json.
 bench-history:
 	python3 scripts/bench_history.py --build --rounds $${ROUNDS:-2}
+
+## Backend hooks bench (issue 15): 20 sockets (SOCKETS=200 for more) join fresh topics as fast as they can for 5 s per
+## phase, without the hook (plain:*), through hooks.join_url to a trivial Node backend (hooked:*),
+## then without again, all in one run: joins/s and p50/p99 per phase, and what the hook adds.
+## Reports in reports/hooks/<timestamp>/.
+bench-hooks: build
+	@[ -d tests/js/node_modules/ws ] || npm ci --prefix tests/js --no-audit --no-fund
+	node scripts/bench_hooks.mjs --sockets $${SOCKETS:-20}
 
 ## Cluster broadcast bench (issue 13): nats-server + 2 nodes (--cores 1 each, pinned to CPUs 0 and 1),
 ## 2,000 subscribers split across the nodes, 4 socket publishers on A at 200 msgs/s: deliveries/s,

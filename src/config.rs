@@ -81,12 +81,29 @@ pub struct Config {
     pub max_topic_len: usize,
     /// Joinable topic patterns: exact names, or a prefix ending in `*` (`room:*`). Empty: any.
     pub topics: Vec<String>,
-    /// HMAC secret for connection tokens (see `corecast token`). Tokens are verified when set.
+    /// Shared secret of connection tokens (JWT, HS256/384/512 as `jwt_algorithm` says; see
+    /// `corecast token`). Tokens are verified when a key is set (this, `jwt_public_key_file` or
+    /// `jwks_file`).
     pub auth_secret: Option<String>,
-    /// Refuse sockets (HTTP 403) that bring no valid token. Needs `auth_secret`.
+    /// The JWT algorithm tokens must use: HS256 (default), HS384, HS512 with `auth_secret`;
+    /// RS256 or ES256 with `jwt_public_key_file`. A JWKS file's keys bring their own.
+    pub jwt_algorithm: String,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) tokens are verified with.
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`): a token's `kid` picks its key; re-read within a second of
+    /// a change (a file that does not load keeps the old keys). With `auth_secret` or
+    /// `jwt_public_key_file` too, a token without `kid` is verified with that key.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Seconds of clock difference allowed on `exp`, `nbf`, `iat` and the lifetime bound.
+    pub jwt_leeway_secs: u64,
+    /// When set, a token's `aud` must be this.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be this.
+    pub jwt_issuer: Option<String>,
+    /// Refuse sockets (HTTP 403) that bring no valid token. Needs a token key.
     pub require_token: bool,
-    /// Longest token lifetime accepted: a token whose `exp` is more than this (plus 60 s for
-    /// clocks that disagree) after now is refused with 403, so a leaked token is good for at
+    /// Longest token lifetime accepted: a token whose `exp` is more than this (plus
+    /// `jwt_leeway_secs` for clocks that disagree) after now is refused with 403, so a leaked token is good for at
     /// most this long. One day, as `Phoenix.Token.verify`'s default `max_age`; `corecast
     /// token` refuses to mint longer-lived tokens unless told `--max-age-secs`.
     pub token_max_age_secs: u64,
@@ -174,6 +191,58 @@ pub struct Config {
     pub history_max_replay: usize,
     /// The key under which a history topic's JSON broadcasts carry their position.
     pub history_pos_key: String,
+    /// HTTP hooks to the app's backend (`[hooks]`); absent: no hook thread, no check on any path.
+    pub hooks: Option<Hooks>,
+}
+
+/// `[hooks]`: the app backend's say on connects, joins and pushes (see docs/hooks.md). Every URL
+/// is optional; `http://` only (a backend on the same host or network; put TLS in front of it
+/// yourself).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hooks {
+    /// Asked at each Phoenix upgrade: may refuse the socket, may set its subject, id and info.
+    pub connect_url: Option<String>,
+    /// Asked at each join of a topic matching `join_topics`: allow (with the reply payload) or refuse.
+    pub join_url: Option<String>,
+    /// Asked at each push on a topic matching `push_topics`: the reply, and whether to broadcast.
+    pub push_url: Option<String>,
+    /// Topic patterns (as `topics`) whose joins go to `join_url`; empty: every topic.
+    pub join_topics: Vec<String>,
+    /// Topic patterns whose pushes go to `push_url`; empty: every topic.
+    pub push_topics: Vec<String>,
+    /// How long one hook may take; then the join (push, connect) is answered as timed out.
+    pub timeout_ms: u64,
+    /// Hook requests one core may have waiting at once; past it a join or push is refused at
+    /// once (`{"reason":"too many pending hooks"}`), a connect answered 503.
+    pub max_in_flight_per_core: usize,
+    /// Consecutive failures (timeouts, errors, non-2xx, bad JSON) of one hook URL that open its
+    /// circuit: while open, that hook's requests fail at once without reaching the backend.
+    pub circuit_failures: u32,
+    /// How long an open circuit stays open before one trial request may close it again.
+    pub circuit_open_ms: u64,
+    /// Largest backend answer read, in bytes (a bigger one is a failure).
+    pub max_answer_bytes: usize,
+    /// Keep-alive connections to the backend kept idle, per hook host.
+    pub max_idle_connections: usize,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            connect_url: None,
+            join_url: None,
+            push_url: None,
+            join_topics: Vec::new(),
+            push_topics: Vec::new(),
+            timeout_ms: 2_000,
+            max_in_flight_per_core: 1_024,
+            circuit_failures: 5,
+            circuit_open_ms: 5_000,
+            max_answer_bytes: 64 << 10,
+            max_idle_connections: 64,
+        }
+    }
 }
 
 /// `[[history]]`: topics matching `pattern` keep their last `size` publications for `ttl_secs`.
@@ -257,6 +326,12 @@ impl Default for Config {
             max_topic_len: 255,
             topics: Vec::new(),
             auth_secret: None,
+            jwt_algorithm: "HS256".into(),
+            jwt_public_key_file: None,
+            jwks_file: None,
+            jwt_leeway_secs: 60,
+            jwt_audience: None,
+            jwt_issuer: None,
             require_token: false,
             token_max_age_secs: 86_400,
             api_key: None,
@@ -281,9 +356,13 @@ impl Default for Config {
             history_max_bytes: 64 << 20,
             history_max_replay: 1_000,
             history_pos_key: "_pos".into(),
+            hooks: None,
         }
     }
 }
+
+/// The algorithms `jwt_algorithm` may name.
+pub const JWT_ALGORITHMS: &[&str] = &["HS256", "HS384", "HS512", "RS256", "ES256"];
 
 /// The smallest `mesh_outbox` accepted (see its documentation).
 pub const MIN_MESH_OUTBOX: usize = 16_384;
@@ -393,8 +472,17 @@ impl Config {
                 self.min_mesh_outbox_bytes()
             ));
         }
-        if self.require_token && self.auth_secret.is_none() {
-            return bad("require_token needs auth_secret");
+        let has_key = self.auth_secret.is_some()
+            || self.jwt_public_key_file.is_some()
+            || self.jwks_file.is_some();
+        if self.require_token && !has_key {
+            return bad("require_token needs auth_secret, jwt_public_key_file or jwks_file");
+        }
+        if !JWT_ALGORITHMS.contains(&self.jwt_algorithm.as_str()) {
+            return bad("jwt_algorithm must be HS256, HS384, HS512, RS256 or ES256");
+        }
+        if self.jwt_leeway_secs > 3600 {
+            return bad("jwt_leeway_secs must be <= 3600");
         }
         if let Some(c) = &self.cluster {
             if c.nats_url.is_empty() {
@@ -416,6 +504,38 @@ impl Config {
             }
             if c.password.is_some() != c.user.is_some() {
                 return bad("cluster.user and cluster.password go together");
+            }
+        }
+        if let Some(h) = &self.hooks {
+            for url in [&h.connect_url, &h.join_url, &h.push_url]
+                .into_iter()
+                .flatten()
+            {
+                if !url.starts_with("http://") || url.len() <= "http://".len() {
+                    return bad(&format!("hooks: {url:?} must be an http:// URL"));
+                }
+            }
+            if h.timeout_ms == 0 || h.timeout_ms > 60_000 {
+                return bad("hooks.timeout_ms must be from 1 to 60000");
+            }
+            if h.max_in_flight_per_core == 0 || h.max_in_flight_per_core > 1 << 20 {
+                return bad("hooks.max_in_flight_per_core must be from 1 to 1048576");
+            }
+            if h.circuit_failures == 0 || h.circuit_open_ms == 0 {
+                return bad("hooks.circuit_failures and circuit_open_ms must be > 0");
+            }
+            if h.max_answer_bytes < 64 || h.max_answer_bytes > self.max_message {
+                return bad("hooks.max_answer_bytes must be from 64 to max_message");
+            }
+            if let Some(p) = h
+                .join_topics
+                .iter()
+                .chain(&h.push_topics)
+                .find(|p| p.find('*').is_some_and(|i| i != p.len() - 1))
+            {
+                return bad(&format!(
+                    "hooks topic pattern {p:?}: '*' is only allowed at the end"
+                ));
             }
         }
         if self.presence_diff_window_ms == 0 || self.presence_diff_window_ms > 60_000 {
@@ -510,6 +630,14 @@ impl Config {
                 Some(prefix) => topic.starts_with(prefix),
                 None => topic == p,
             })
+    }
+
+    /// Whether `topic` matches one of `patterns` (exact names, or a prefix ending in `*`).
+    pub fn pattern_matches(patterns: &[String], topic: &str) -> bool {
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => topic == p,
+        })
     }
 
     /// Whether `topic` is a presence topic (see `presence`).
@@ -732,6 +860,21 @@ mod tests {
         );
         assert!(Config::from_toml("message_timeout_ms = 0").is_err());
         assert!(Config::from_toml("token_max_age_secs = 0").is_err());
+        // Tokens and hooks (issue 15).
+        assert!(Config::from_toml("jwt_algorithm = \"none\"").is_err());
+        assert!(Config::from_toml("jwt_algorithm = \"RS512\"").is_err());
+        assert!(Config::from_toml("jwt_leeway_secs = 3601").is_err());
+        assert!(Config::from_toml("require_token = true\njwks_file = \"/k.json\"").is_ok());
+        assert!(Config::from_toml("[hooks]\njoin_url = \"https://b/join\"").is_err());
+        assert!(Config::from_toml("[hooks]\njoin_url = \"http://\"").is_err());
+        assert!(Config::from_toml("[hooks]\ntimeout_ms = 0").is_err());
+        assert!(Config::from_toml("[hooks]\nmax_in_flight_per_core = 0").is_err());
+        assert!(Config::from_toml("[hooks]\ncircuit_failures = 0").is_err());
+        assert!(Config::from_toml("[hooks]\nmax_answer_bytes = 10").is_err());
+        assert!(Config::from_toml("[hooks]\njoin_topics = [\"a*b\"]").is_err());
+        assert!(Config::from_toml("[hooks]\nbogus = 1").is_err());
+        let h = Config::from_toml("[hooks]\njoin_url = \"http://127.0.0.1:9/j\"").unwrap();
+        assert_eq!(h.hooks.unwrap().timeout_ms, 2_000);
         assert!(Config::from_toml("max_messages_per_sec = 1000001").is_err());
         assert!(Config::from_toml("max_messages_per_sec = 0").is_ok());
         // The partial-message budget must hold one largest message (frame + message + header).

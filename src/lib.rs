@@ -20,6 +20,7 @@
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod hooks;
 pub mod http;
 pub mod proto;
 pub mod pubsub;

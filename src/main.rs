@@ -23,7 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server (defaults work with no config file).
     Serve(ServeArgs),
-    /// Mint a connection token (HMAC-SHA256, with expiry) for `auth_secret`; prints it on stdout.
+    /// Mint a connection token (a JWT with expiry: HS256/384/512 with the server's `auth_secret`,
+    /// RS256/ES256 with a private key file); prints it on stdout.
     Token(TokenArgs),
     /// Simulate N connections in this process without sockets (tables, state, subscriptions)
     /// and time one broadcast to all of them; prints JSON.
@@ -48,9 +49,33 @@ struct SimArgs {
 
 #[derive(Args)]
 struct TokenArgs {
-    /// The server's `auth_secret`.
+    /// The server's `auth_secret` (HS256, HS384, HS512).
     #[arg(long, env = "CORECAST_AUTH_SECRET", hide_env_values = true)]
-    secret: String,
+    secret: Option<String>,
+    /// The JWT algorithm: HS256, HS384, HS512 (with --secret), RS256 or ES256 (with --key-file).
+    #[arg(long, default_value = "HS256")]
+    alg: String,
+    /// PEM private key (RSA for RS256, EC P-256 for ES256).
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
+    /// `kid` header (the key's id in the server's JWKS file).
+    #[arg(long)]
+    kid: Option<String>,
+    /// `channels` claim: topic patterns the token may join, comma-separated (`room:*,lobby`).
+    #[arg(long)]
+    channels: Option<String>,
+    /// `info` claim: JSON handed to the backend's hooks.
+    #[arg(long)]
+    info: Option<String>,
+    /// `presence` claim: the socket's presence meta (a JSON object).
+    #[arg(long)]
+    presence: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    aud: Option<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    iss: Option<String>,
     /// Subject (user id) the token is issued to.
     #[arg(long, default_value = "anonymous")]
     sub: String,
@@ -151,10 +176,41 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
         lifetime <= max_age,
         "a token living {lifetime} s would be refused by a server whose token_max_age_secs is          {max_age}; use a shorter --ttl-secs, or --max-age-secs with the server's setting"
     );
-    println!(
-        "{}",
-        corecast::app::auth::mint(args.secret.as_bytes(), &args.sub, exp)
-    );
+    use corecast::app::auth::{Claims, mint_claims};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let alg: Algorithm = match args.alg.as_str() {
+        a @ ("HS256" | "HS384" | "HS512" | "RS256" | "ES256") => a.parse()?,
+        other => anyhow::bail!("--alg {other}: one of HS256, HS384, HS512, RS256, ES256"),
+    };
+    let key = match (alg, &args.secret, &args.key_file) {
+        (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512, Some(s), _) => {
+            EncodingKey::from_secret(s.as_bytes())
+        }
+        (Algorithm::RS256, _, Some(p)) => EncodingKey::from_rsa_pem(&std::fs::read(p)?)?,
+        (Algorithm::ES256, _, Some(p)) => EncodingKey::from_ec_pem(&std::fs::read(p)?)?,
+        _ => anyhow::bail!("HS* needs --secret, RS256 and ES256 need --key-file"),
+    };
+    let json = |v: &Option<String>, what: &str| -> anyhow::Result<Option<serde_json::Value>> {
+        v.as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--{what}: not JSON: {e}"))
+    };
+    let claims = Claims {
+        sub: args.sub.clone(),
+        exp,
+        iat: Some(now),
+        channels: args
+            .channels
+            .as_deref()
+            .map(|c| c.split(',').map(str::to_string).collect()),
+        info: json(&args.info, "info")?,
+        presence: json(&args.presence, "presence")?,
+        aud: args.aud.clone(),
+        iss: args.iss.clone(),
+        ..Claims::default()
+    };
+    println!("{}", mint_claims(alg, args.kid.as_deref(), &key, &claims)?);
     Ok(())
 }
 

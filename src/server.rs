@@ -44,6 +44,8 @@ pub struct Server {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The cluster bridge (a cluster node only), stopped after the cores.
     bridge: Option<Bridge>,
+    /// The hooks thread (with `[hooks]` only), stopped after the cores.
+    hooks: Option<crate::hooks::client::Thread>,
 }
 
 impl Server {
@@ -97,7 +99,28 @@ impl Server {
             stats: (0..cores).map(|_| Arc::new(Stats::default())).collect(),
             started: std::time::Instant::now(),
         });
-        let channels = Arc::new(hub::Shared::new(handler, cores));
+        let verifier = crate::app::auth::Verifier::from_config(&shared.cfg)
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        let channels = Arc::new(hub::Shared::new(handler, cores).with_verifier(verifier));
+        // Backend hooks: the hooks thread, and each core's end of it.
+        let (hooks, mut hook_links) = match &shared.cfg.hooks {
+            Some(h) => {
+                let node = shared
+                    .cfg
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.node.clone())
+                    .unwrap_or_else(|| format!("corecast-{}", std::process::id()));
+                let (t, links) = crate::hooks::client::start(h, node, cores).map_err(|e| {
+                    StartError::Executor {
+                        core: 0,
+                        reason: format!("hooks thread: {e}"),
+                    }
+                })?;
+                (Some(t), links.into_iter().map(Some).collect())
+            }
+            None => (None, (0..cores).map(|_| None).collect::<Vec<_>>()),
+        };
         // A cluster node: the bridge thread to NATS, and each core's end of it.
         let (bridge, mut links) = match &shared.cfg.cluster {
             Some(c) => {
@@ -133,6 +156,7 @@ impl Server {
             let mesh = mesh.clone();
             let core_stop = stop.clone();
             let link = links[core].take();
+            let hook_link = hook_links[core].take();
             let ready = ready_tx.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("corecast-{core}"))
@@ -142,6 +166,9 @@ impl Server {
                     let hub = Hub::new(shard.clone(), channels);
                     if let Some(link) = link {
                         hub.join_cluster(link);
+                    }
+                    if let (Some(l), Some(h)) = (hook_link, &shard.cfg.hooks) {
+                        hub.join_hooks(l, h.clone());
                     }
                     // The wiring of one core: envelopes from other cores go to the hub's
                     // delivery, accepted sockets to connection tasks, ticks to the hub
@@ -226,6 +253,7 @@ impl Server {
             stop,
             threads,
             bridge,
+            hooks,
         })
     }
 
@@ -262,6 +290,7 @@ impl Server {
         if let Some(mut b) = self.bridge.take() {
             b.stop();
         }
+        drop(self.hooks.take());
         if failed.is_empty() {
             Ok(())
         } else {

@@ -10,17 +10,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["proto"]),
     ("proto", &[]),
     ("runtime", &["config", "proto"]),
-    ("cluster", &["config"]),
+    ("cluster", &["config", "runtime"]),
+    ("hooks", &["config", "runtime"]),
     ("app", &["config", "proto"]),
-    ("pubsub", &["config", "proto", "runtime", "cluster", "app"]),
+    (
+        "pubsub",
+        &["config", "proto", "runtime", "cluster", "hooks", "app"],
+    ),
     (
         "http",
-        &["config", "proto", "runtime", "cluster", "app", "pubsub"],
+        &[
+            "config", "proto", "runtime", "cluster", "hooks", "app", "pubsub",
+        ],
     ),
     (
         "transport",
         &[
-            "config", "proto", "runtime", "cluster", "app", "pubsub", "http",
+            "config", "proto", "runtime", "cluster", "hooks", "app", "pubsub", "http",
         ],
     ),
     ("sim", &["config", "proto", "runtime", "app", "pubsub"]),
@@ -31,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "proto",
             "runtime",
             "cluster",
+            "hooks",
             "app",
             "pubsub",
             "http",

@@ -211,7 +211,14 @@ fn tokens_required_checked_and_expiring() {
     let status = |query: &str, protocol: Option<&str>| upgrade_status(&srv, query, protocol);
     let good = mint(&["--ttl-secs", "60"]);
     let expired = mint(&["--exp-unix", "1000"]);
-    let forged = mint(&["--ttl-secs", "60"]).replace("v1.", "v1.x");
+    // A JWT whose claims are swapped for another subject's, keeping the signature.
+    let forged = {
+        use base64::Engine;
+        let parts: Vec<String> = good.split('.').map(String::from).collect();
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"mallory","exp":99999999999}"#);
+        format!("{}.{claims}.{}", parts[0], parts[2])
+    };
     assert_eq!(status("", None).0, 403, "no token");
     assert_eq!(status(&format!("&token={good}"), None).0, 101);
     assert_eq!(status(&format!("&token={expired}"), None).0, 403);

@@ -13,7 +13,7 @@ use crate::proto::phoenix::Payload;
 /// What a socket presented when it connected.
 #[derive(Debug)]
 pub struct ConnectInfo<'a> {
-    /// The verified token's claims, if a token was given and `auth_secret` is set.
+    /// The verified token's claims, if a token was given and a token key is set.
     pub claims: Option<&'a Claims>,
     /// The raw query string of the upgrade request (Phoenix connect params).
     pub query: &'a str,

@@ -7,10 +7,10 @@
 //! `Origin` (`check_origin`), the subprotocols (phoenix.js offers `phoenix` next to its
 //! `base64url.bearer.phx.<token>` and needs `phoenix` echoed: a bearer offer without it is
 //! refused, since a browser fails a 101 that answers an offer with none), then the token (a
-//! `token` query parameter or the bearer subprotocol), verified when `auth_secret` is set and
-//! required with `require_token`.
+//! `token` query parameter or the bearer subprotocol), a JWT verified when a token key is set
+//! (see [`crate::app::auth`]) and required with `require_token`.
 
-use crate::app::auth::{self, Claims};
+use crate::app::auth::{Claims, Verifier};
 use crate::config::Config;
 use crate::proto::handshake::{self, Request};
 use crate::proto::phoenix::Vsn;
@@ -31,14 +31,26 @@ pub struct Admitted {
 pub struct Refused {
     pub status: u16,
     pub reason: &'static str,
+    /// For the log only (never the answer): why a token was refused, "" otherwise.
+    pub detail: &'static str,
 }
 
 const fn refuse(status: u16, reason: &'static str) -> Refused {
-    Refused { status, reason }
+    Refused {
+        status,
+        reason,
+        detail: "",
+    }
 }
 
-/// Decide on a Phoenix upgrade request at unix time `now`.
-pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused> {
+/// Decide on a Phoenix upgrade request at unix time `now`; tokens are verified with `verifier`
+/// (none: no key is configured, and a token is ignored).
+pub fn admit(
+    cfg: &Config,
+    verifier: Option<&Verifier>,
+    req: &Request,
+    now: u64,
+) -> Result<Admitted, Refused> {
     let vsn = handshake::query_param(&req.query, "vsn");
     // A `vsn` that is there but does not decode is not "no vsn" (which means V1).
     let given = req
@@ -69,11 +81,13 @@ pub fn admit(cfg: &Config, req: &Request, now: u64) -> Result<Admitted, Refused>
     let token = handshake::query_param(&req.query, "token")
         .or_else(|| handshake::bearer_token_from_protocols(&req.protocols))
         .or_else(|| req.phx_auth_token.clone());
-    let claims = match (&cfg.auth_secret, token) {
-        (Some(secret), Some(token)) => {
-            // The token itself is never logged, nor put in the answer.
-            let c = auth::verify(secret.as_bytes(), &token, now, cfg.token_max_age_secs)
-                .map_err(|_| refuse(403, "invalid token"))?;
+    let claims = match (verifier, token) {
+        (Some(v), Some(token)) => {
+            // The token itself is never logged, nor put in the answer: only why it was refused.
+            let c = v.verify(&token, now).map_err(|e| Refused {
+                detail: e.as_str(),
+                ..refuse(403, "invalid token")
+            })?;
             Some(c)
         }
         _ => None,
@@ -114,8 +128,9 @@ mod tests {
             require_token: true,
             ..Config::default()
         };
+        let v = Verifier::hs256(b"k", 3600);
         let now = 1_700_000_000;
-        let good = auth::mint(b"k", "alice", now + 60);
+        let good = crate::app::auth::mint(b"k", "alice", now + 60);
         let bearer = format!("{}{}", handshake::PHX_BEARER_PREFIX, "x");
         let cases = [
             (
@@ -142,14 +157,20 @@ mod tests {
             (req("vsn=2.0.0", &[], None), 403, "token required"),
         ];
         for (r, status, reason) in cases {
-            assert_eq!(
-                admit(&cfg, &r, now).unwrap_err(),
-                refuse(status, reason),
-                "{r:?}"
-            );
+            let e = admit(&cfg, Some(&v), &r, now).unwrap_err();
+            assert_eq!((e.status, e.reason), (status, reason), "{r:?}");
         }
+        let expired = crate::app::auth::mint(b"k", "alice", now - 3600);
+        let e = admit(
+            &cfg,
+            Some(&v),
+            &req(&format!("vsn=2.0.0&token={expired}"), &[], None),
+            now,
+        );
+        assert_eq!(e.unwrap_err().detail, "token expired");
         let ok = admit(
             &cfg,
+            Some(&v),
             &req(&format!("vsn=2.0.0&token={good}"), &["phoenix"], None),
             now,
         )
@@ -163,7 +184,7 @@ mod tests {
     fn vsn_chooses_the_serializer_as_phoenix_does() {
         // `params["vsn"] || "1.0.0"`, then `~> 1.0.0` or `~> 2.0.0`.
         let cfg = Config::default();
-        let vsn = |q: &str| admit(&cfg, &req(q, &[], None), 0).map(|a| a.vsn);
+        let vsn = |q: &str| admit(&cfg, None, &req(q, &[], None), 0).map(|a| a.vsn);
         for (q, want) in [
             ("", Vsn::V1),
             ("token=x", Vsn::V1),

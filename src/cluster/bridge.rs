@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use atomic_waker::AtomicWaker;
 use futures_lite::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::cluster::subject;
 use crate::config::Cluster;
+use crate::runtime::inbox::{self, Inbox};
 
 /// What the bridge and `/health` / `/metrics` share (node-wide, not per core).
 #[derive(Default)]
@@ -104,8 +104,7 @@ const ORIGIN: &str = "cc-origin";
 pub struct Link {
     up: mpsc::Sender<Up>,
     interest: mpsc::UnboundedSender<Interest>,
-    down: std::sync::mpsc::Receiver<Down>,
-    waker: Arc<AtomicWaker>,
+    down: Inbox<Down>,
     pub state: Arc<State>,
 }
 
@@ -159,14 +158,7 @@ impl Link {
 
     /// The next thing the bridge has for this core.
     pub fn poll_recv(&self, cx: &Context<'_>) -> Poll<Down> {
-        if let Ok(b) = self.down.try_recv() {
-            return Poll::Ready(b);
-        }
-        self.waker.register(cx.waker());
-        match self.down.try_recv() {
-            Ok(b) => Poll::Ready(b),
-            Err(_) => Poll::Pending,
-        }
+        self.down.poll_recv(cx)
     }
 }
 
@@ -198,14 +190,12 @@ impl Bridge {
         let mut downs = Vec::with_capacity(cores);
         let mut links = Vec::with_capacity(cores);
         for _ in 0..cores {
-            let (tx, rx) = std::sync::mpsc::sync_channel(down.max(1));
-            let waker = Arc::new(AtomicWaker::new());
-            downs.push((tx, waker.clone()));
+            let (tx, rx) = inbox::inbox(down);
+            downs.push(tx);
             links.push(Link {
                 up: up_tx.clone(),
                 interest: int_tx.clone(),
                 down: rx,
-                waker,
                 state: state.clone(),
             });
         }
@@ -265,7 +255,7 @@ fn default_node() -> String {
     format!("{}-{}", host.trim(), std::process::id())
 }
 
-type Downs = Arc<Vec<(std::sync::mpsc::SyncSender<Down>, Arc<AtomicWaker>)>>;
+type Downs = Arc<Vec<inbox::Sender<Down>>>;
 
 /// This process's instance name: the node's name and a random incarnation, so that a node that
 /// restarts replaces its old self on the others.
@@ -645,21 +635,20 @@ async fn disconnects_in(mut sub: async_nats::Subscriber, downs: Downs) {
 
 /// Hand `item` to every core, in order, waiting for room where a core is behind.
 async fn send_all(downs: &Downs, item: Down) {
-    for (tx, waker) in downs.iter() {
+    for tx in downs.iter() {
         let mut item = item.clone();
         loop {
+            // `try_send` wakes the core either way.
             match tx.try_send(item) {
                 Ok(()) => break,
                 Err(std::sync::mpsc::TrySendError::Full(back)) => {
                     // The core is behind: let it catch up (order is kept).
                     item = back;
-                    waker.wake();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
             }
         }
-        waker.wake();
     }
 }
 

@@ -410,6 +410,9 @@ pub fn metrics(hub: &Hub) -> Answer {
             );
         }
     }
+    if let Some(h) = hub.hooks() {
+        hooks_series(&mut out, h.state());
+    }
     let name = "corecast_closes_total";
     let _ = writeln!(
         out,
@@ -448,5 +451,68 @@ pub fn metrics(hub: &Hub) -> Answer {
         content_type: "text/plain; version=0.0.4",
         body: out.into_bytes(),
         headers: &[],
+    }
+}
+
+/// The backend hooks' series, one sample per hook (`hook="connect|join|push"`).
+fn hooks_series(out: &mut String, st: &crate::hooks::client::State) {
+    use crate::hooks::client::{Hook, HookStats};
+    use std::sync::atomic::AtomicU64;
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&HookStats) -> &AtomicU64,
+    );
+    let all: [Series; 7] = [
+        (
+            "corecast_hook_requests_total",
+            "counter",
+            "Hook requests the hooks thread took.",
+            |s| &s.requests,
+        ),
+        (
+            "corecast_hook_failures_total",
+            "counter",
+            "Hook requests that got no usable answer (timeouts, errors, non-2xx, circuit open excluded).",
+            |s| &s.failures,
+        ),
+        (
+            "corecast_hook_timeouts_total",
+            "counter",
+            "Hook requests not answered within hooks.timeout_ms.",
+            |s| &s.timeouts,
+        ),
+        (
+            "corecast_hook_short_circuited_total",
+            "counter",
+            "Hook requests failed at once because the circuit was open.",
+            |s| &s.short_circuited,
+        ),
+        (
+            "corecast_hook_busy_total",
+            "counter",
+            "Joins and pushes refused at once: the core had max_in_flight_per_core hooks out.",
+            |s| &s.busy,
+        ),
+        (
+            "corecast_hook_circuit_open",
+            "gauge",
+            "1 while the hook's circuit is open (the backend failed hooks.circuit_failures times in a row).",
+            |s| &s.circuit_open,
+        ),
+        (
+            "corecast_hook_circuit_opens_total",
+            "counter",
+            "Times the hook's circuit opened.",
+            |s| &s.circuit_opens,
+        ),
+    ];
+    for (name, kind, help, get) in all {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for hook in Hook::ALL {
+            let v = get(st.of(hook)).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{hook=\"{}\"}} {v}", hook.name());
+        }
     }
 }

@@ -108,6 +108,14 @@ impl Recovery {
 /// The `recover` of a join's params, `{"recover": {"epoch": E, "offset": N}}`: `None` when the
 /// join did not ask, `Some(None)` when it asked in a form that does not parse (it is told
 /// `recovered: false`).
+/// What a join's payload asks to recover (see [`recover_param`]); a binary payload asks nothing.
+pub fn recover_of(payload: crate::proto::phoenix::Payload<'_>) -> Option<Option<Position>> {
+    match payload {
+        crate::proto::phoenix::Payload::Json(text) => recover_param(text),
+        crate::proto::phoenix::Payload::Binary(_) => None,
+    }
+}
+
 pub fn recover_param(payload: &str) -> Option<Option<Position>> {
     #[derive(Deserialize)]
     struct Params<'a> {

@@ -88,6 +88,8 @@ pub struct Counters {
 pub struct Shared {
     pub handler: Arc<dyn Handler>,
     pub counters: Vec<Arc<Counters>>,
+    /// Verifies connection tokens (none: no token key is configured).
+    pub verifier: Option<Arc<crate::app::auth::Verifier>>,
 }
 
 impl Shared {
@@ -95,7 +97,14 @@ impl Shared {
         Shared {
             handler,
             counters: (0..cores).map(|_| Arc::new(Counters::default())).collect(),
+            verifier: None,
         }
+    }
+
+    /// With this token verifier.
+    pub fn with_verifier(mut self, v: Option<Arc<crate::app::auth::Verifier>>) -> Shared {
+        self.verifier = v;
+        self
     }
 
     /// One counter summed over every core.
@@ -121,6 +130,8 @@ pub struct Hub {
     presence_clock: std::cell::Cell<std::time::Instant>,
     /// This core's end of the cluster bridge (a cluster node only).
     cluster: std::cell::OnceCell<Link>,
+    /// This core's backend hooks (with `[hooks]` only).
+    hooked: std::cell::OnceCell<Rc<crate::pubsub::pending::Hooked>>,
     /// Socket ids (`Handler::socket_id`) -> this core's sockets with that id, as (key,
     /// generation); entries of closed sockets are skipped and swept (`sweep_ids`).
     ids: RefCell<SocketIds>,
@@ -154,6 +165,7 @@ impl Hub {
             topics: RefCell::new(Topics::new()),
             presence_clock: std::cell::Cell::new(std::time::Instant::now()),
             cluster: std::cell::OnceCell::new(),
+            hooked: std::cell::OnceCell::new(),
             ids: RefCell::new(std::collections::HashMap::new()),
             ids_age: std::cell::Cell::new(0),
             longpoll: RefCell::new(Default::default()),
@@ -258,6 +270,18 @@ impl Hub {
             }
         })
         .detach();
+    }
+
+    /// Use the backend hooks (`[hooks]`) through this core's end of the hooks thread.
+    pub fn join_hooks(&self, link: crate::hooks::client::Link, cfg: crate::config::Hooks) {
+        let h = crate::pubsub::pending::Hooked::new(link, cfg);
+        h.spawn(self.shard.clone());
+        let _ = self.hooked.set(h);
+    }
+
+    /// This core's backend hooks, when configured.
+    pub fn hooks(&self) -> Option<&Rc<crate::pubsub::pending::Hooked>> {
+        self.hooked.get()
     }
 
     /// What the cluster bridge handed this core. A publication another node sent is delivered
@@ -590,13 +614,14 @@ impl Hub {
     /// right after the join reply. `None` off history topics. Everything delivered on this core
     /// so far is in its ring and everything after goes to the new subscriber, so the two meet
     /// with no gap and no duplicate.
-    pub fn history_join(&self, topic: &str, payload: Payload<'_>) -> Option<Recovery> {
+    /// `since`: what the join's params asked to recover ([`crate::pubsub::history::recover_of`]).
+    pub fn history_join(
+        &self,
+        topic: &str,
+        since: Option<Option<crate::pubsub::history::Position>>,
+    ) -> Option<Recovery> {
         let cfg = &self.shard.cfg;
         let rule = cfg.history_rule(topic)?;
-        let since = match payload {
-            Payload::Json(text) => crate::pubsub::history::recover_param(text),
-            Payload::Binary(_) => None,
-        };
         let limits = ReplayLimits {
             publications: cfg.history_max_replay,
             bytes: cfg.out_queue_max_bytes / 2,

@@ -7,6 +7,7 @@ pub mod history;
 pub mod hub;
 pub mod live;
 pub mod longpoll;
+pub mod pending;
 pub mod presence;
 pub mod publication;
 pub mod session;

@@ -23,6 +23,7 @@
 use std::cell::RefCell;
 
 use crate::app::handler::{InReply, PresenceChange, Socket, Terminate};
+use crate::hooks::client::Hook;
 use crate::proto::phoenix::Payload;
 use crate::proto::phoenix::{
     self, EVENT_CLOSE, EVENT_ERROR, EVENT_JOIN, EVENT_LEAVE, Frame, Message, TOPIC_PHOENIX,
@@ -30,6 +31,7 @@ use crate::proto::phoenix::{
 };
 use crate::pubsub::encode::{self, Wire};
 use crate::pubsub::hub::{EVENT_PRESENCE_STATE, Hub};
+use crate::pubsub::pending::{self, Identity, Waiting};
 use crate::pubsub::presence::{Meta, Op, Ref, meta_from_object, meta_from_payload};
 use crate::pubsub::publication::Refused;
 use crate::pubsub::topics::{Sub, Subscription};
@@ -54,8 +56,8 @@ struct Tracked {
 #[derive(Default)]
 pub struct Session {
     joins: Vec<Joined>,
-    /// The token's subject, if the socket brought a valid token.
-    user: Option<Box<str>>,
+    /// Who the socket is (its token's subject and claims, what the connect hook said), if any.
+    who: Option<Box<Identity>>,
 }
 
 /// The connection this session belongs to, and the wire format it speaks.
@@ -79,10 +81,24 @@ pub const EVENT_PRESENCE_UPDATE: &str = "presence_update";
 
 impl Session {
     pub fn new(user: Option<&str>) -> Session {
+        Session::with_identity(user.map(|u| {
+            Box::new(Identity {
+                user: Some(u.into()),
+                ..Identity::default()
+            })
+        }))
+    }
+
+    /// A session for a socket that is `who`.
+    pub fn with_identity(who: Option<Box<Identity>>) -> Session {
         Session {
             joins: Vec::new(),
-            user: user.map(Box::from),
+            who,
         }
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.who.as_ref().and_then(|w| w.user.as_deref())
     }
 
     fn socket<'a>(
@@ -91,7 +107,7 @@ impl Session {
         presence: Option<&'a RefCell<Vec<PresenceChange>>>,
     ) -> Socket<'a> {
         Socket {
-            user: self.user.as_deref(),
+            user: self.user(),
             core: ctx.hub.shard.id,
             presence,
         }
@@ -99,6 +115,13 @@ impl Session {
 
     /// Handle one data message from the client.
     pub fn on_frame(&mut self, ctx: Ctx<'_>, frame: Frame<'_>) -> Result<(), CloseWith> {
+        if let Some(h) = ctx.hub.hooks()
+            && h.is_pending(ctx.key, ctx.generation)
+        {
+            // Behind a join or push that waits for its hook: in order, after it.
+            h.queue(ctx.key, frame);
+            return Ok(());
+        }
         let msg = match phoenix::decode(ctx.wire.vsn(), frame) {
             Ok(m) => m,
             Err(e @ phoenix::DecodeError::RefTooLong { .. }) => {
@@ -133,7 +156,11 @@ impl Session {
     fn join(&mut self, ctx: Ctx<'_>, msg: &Message<'_>) {
         let topic = &*msg.topic;
         let (join_ref, msg_ref) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
-        if topic == TOPIC_PHOENIX || !ctx.hub.shard.cfg.topic_allowed(topic) {
+        let channels = self.who.as_ref().and_then(|w| w.channels.as_deref());
+        if topic == TOPIC_PHOENIX
+            || !ctx.hub.shard.cfg.topic_allowed(topic)
+            || channels.is_some_and(|c| !crate::config::Config::pattern_matches(c, topic))
+        {
             reply(ctx, None, msg_ref, topic, false, UNMATCHED);
             return;
         }
@@ -164,18 +191,65 @@ impl Session {
                 return;
             }
         };
+        if let Some(h) = ctx.hub.hooks()
+            && h.wants(Hook::Join, topic)
+        {
+            // The backend decides, off the core; the socket waits (see `resume`).
+            let body = pending::request_json(
+                Hook::Join,
+                h.node(),
+                self.who.as_deref(),
+                topic,
+                EVENT_JOIN,
+                msg.payload,
+            );
+            let waiting = Waiting::Join {
+                topic: topic.into(),
+                join_ref: join_ref.map(Box::from),
+                msg_ref: msg_ref.map(Box::from),
+                default,
+                since: crate::pubsub::history::recover_of(msg.payload),
+            };
+            if let Err(busy) = h.ask(Hook::Join, ctx.key, ctx.generation, waiting, body) {
+                Stats::bump(&ctx.hub.counters.join_errors);
+                reply(ctx, join_ref, msg_ref, topic, false, busy);
+            }
+            return;
+        }
         let asked = RefCell::new(Vec::new());
         let socket = self.socket(ctx, is_presence.then_some(&asked));
         let decision = ctx.hub.guard(|h| h.join(socket, topic, msg.payload));
+        let decision = decision.map(|d| d.map(|r| (r, asked.into_inner())));
+        let since = crate::pubsub::history::recover_of(msg.payload);
+        self.finish_join(ctx, topic, (join_ref, msg_ref), (default, since), decision);
+    }
+
+    /// Carry out a join's decision (the handler's or the hook's; `None`: the handler panicked):
+    /// subscribe and reply, with the presence changes it asked for.
+    #[allow(clippy::type_complexity)]
+    fn finish_join(
+        &mut self,
+        ctx: Ctx<'_>,
+        topic: &str,
+        (join_ref, msg_ref): (Option<&str>, Option<&str>),
+        (default, since): (
+            Option<(Box<str>, Meta)>,
+            Option<Option<crate::pubsub::history::Position>>,
+        ),
+        decision: Option<
+            Result<(std::borrow::Cow<'_, str>, Vec<PresenceChange>), std::borrow::Cow<'_, str>>,
+        >,
+    ) {
+        let is_presence = ctx.hub.shard.cfg.presence_topic(topic);
         match decision {
-            Some(Ok(response)) => {
+            Some(Ok((response, asked))) => {
                 let sub = Sub::new(ctx.key, ctx.generation, ctx.wire.number());
                 let sub = ctx.hub.subscribe(topic, sub);
                 Stats::bump(&ctx.hub.counters.joins);
                 Stats::bump(&ctx.hub.counters.channels);
                 // A history topic: the reply carries the position, then what the join asked to
                 // recover follows it, before anything delivered later (see `pubsub::history`).
-                match ctx.hub.history_join(topic, msg.payload) {
+                match ctx.hub.history_join(topic, since) {
                     None => reply(ctx, join_ref, msg_ref, topic, true, &response),
                     Some(r) => {
                         let response = r.response(&response);
@@ -193,7 +267,6 @@ impl Session {
                     // diff like everyone's) the joiner's own join.
                     let state = ctx.hub.presence.borrow_mut().state_json(topic);
                     push(ctx, join_ref, None, topic, EVENT_PRESENCE_STATE, &state);
-                    let asked = asked.into_inner();
                     if asked.is_empty() {
                         if let Some((key, meta)) = default {
                             track(ctx, topic, &mut tracked, key, meta);
@@ -245,8 +318,8 @@ impl Session {
             return Ok(None);
         }
         let mut tracker = ctx.hub.presence.borrow_mut();
-        let key = match (&self.user, cfg.presence_anonymous) {
-            (Some(user), _) => user.clone(),
+        let key = match (self.user(), cfg.presence_anonymous) {
+            (Some(user), _) => Box::from(user),
             (None, true) => tracker.refs.socket_id(ctx.key, ctx.generation),
             (None, false) => return Ok(None),
         };
@@ -259,8 +332,12 @@ impl Session {
             Payload::Binary(_) => "{}",
         };
         let phx_ref = tracker.refs.fresh();
-        let meta = meta_from_payload(text, cfg.max_presence_meta_bytes, phx_ref, None)
-            .map_err(|e| e.response())?;
+        // The token's `presence` meta, when it has one, rather than what the client says.
+        let meta = match self.who.as_ref().and_then(|w| w.presence.as_deref()) {
+            Some(m) => meta_from_object(m, cfg.max_presence_meta_bytes, phx_ref, None),
+            None => meta_from_payload(text, cfg.max_presence_meta_bytes, phx_ref, None),
+        }
+        .map_err(|e| e.response())?;
         Ok(Some((key, meta)))
     }
 
@@ -323,6 +400,36 @@ impl Session {
             self.presence_update(ctx, i, msg);
             return;
         }
+        if let Some(h) = ctx.hub.hooks()
+            && h.wants(Hook::Push, topic)
+        {
+            let body = pending::request_json(
+                Hook::Push,
+                h.node(),
+                self.who.as_deref(),
+                topic,
+                &msg.event,
+                msg.payload,
+            );
+            let waiting = Waiting::Push {
+                topic: topic.into(),
+                event: (*msg.event).into(),
+                join_ref: join_ref.map(Box::from),
+                msg_ref: msg_ref.map(Box::from),
+                payload: match msg.payload {
+                    Payload::Json(p) => p.into(),
+                    Payload::Binary(_) => "{}".into(),
+                },
+                binary: match msg.payload {
+                    Payload::Json(_) => None,
+                    Payload::Binary(b) => Some(b.into()),
+                },
+            };
+            if let Err(busy) = h.ask(Hook::Push, ctx.key, ctx.generation, waiting, body) {
+                reply(ctx, join_ref, msg_ref, topic, false, busy);
+            }
+            return;
+        }
         let asked = RefCell::new(Vec::new());
         let is_presence = ctx.hub.shard.cfg.presence_topic(topic);
         let socket = self.socket(ctx, is_presence.then_some(&asked));
@@ -382,8 +489,80 @@ impl Session {
         j.join_ref
     }
 
+    /// The hook this socket waited for has answered: carry its answer out, then handle the
+    /// messages that came in behind it, in order (one may wait for a hook again: the rest then
+    /// queue behind that one).
+    pub fn resume(&mut self, ctx: Ctx<'_>) -> Result<(), CloseWith> {
+        let Some(h) = ctx.hub.hooks() else {
+            return Ok(());
+        };
+        let Some((waiting, outcome, queued)) = h.take_answered(ctx.key, ctx.generation) else {
+            return Ok(());
+        };
+        match waiting {
+            Waiting::Connect => {}
+            Waiting::Join {
+                topic,
+                join_ref,
+                msg_ref,
+                default,
+                since,
+            } => {
+                let refs = (join_ref.as_deref(), msg_ref.as_deref());
+                let decision = pending::join_decision(&outcome)
+                    .map(|r| (r.into(), Vec::new()))
+                    .map_err(Into::into);
+                // Nothing of this socket ran meanwhile (its later messages waited behind the
+                // join), so the checks made before asking still hold.
+                self.finish_join(ctx, &topic, refs, (default, since), Some(decision));
+            }
+            Waiting::Push {
+                topic,
+                event,
+                join_ref,
+                msg_ref,
+                payload,
+                binary,
+            } => {
+                let refs = (join_ref.as_deref(), msg_ref.as_deref());
+                let d = pending::push_decision(&outcome);
+                // Still joined (the push's join may have ended: a close from the server)?
+                if self.find(&topic).is_none() {
+                    reply(ctx, None, refs.1, &topic, false, UNMATCHED);
+                } else if let Some(rewrite) = d.broadcast {
+                    let p = match (&rewrite, &binary) {
+                        (Some(r), _) => Payload::Json(r),
+                        (None, Some(b)) => Payload::Binary(b),
+                        (None, None) => Payload::Json(&payload),
+                    };
+                    match ctx.hub.broadcast(&topic, &event, p) {
+                        Ok(()) => reply(ctx, refs.0, refs.1, &topic, d.ok, &d.reply),
+                        Err(why) => reply(ctx, refs.0, refs.1, &topic, false, why.response()),
+                    }
+                } else {
+                    reply(ctx, refs.0, refs.1, &topic, d.ok, &d.reply);
+                }
+            }
+        }
+        for (text, bytes) in queued {
+            let frame = if text {
+                match std::str::from_utf8(&bytes) {
+                    Ok(t) => Frame::Text(t),
+                    Err(_) => continue, // checked by the frame layer when it came in
+                }
+            } else {
+                Frame::Binary(&bytes)
+            };
+            self.on_frame(ctx, frame)?;
+        }
+        Ok(())
+    }
+
     /// Leave every channel (the socket is closing).
     pub fn leave_all(&mut self, ctx: Ctx<'_>) {
+        if let Some(h) = ctx.hub.hooks() {
+            h.forget(ctx.key, ctx.generation);
+        }
         while !self.joins.is_empty() {
             self.remove(ctx, self.joins.len() - 1, Terminate::Closed);
         }

@@ -2,6 +2,7 @@
 //! wheel, the readiness reactor on the core's own io_uring, the cross-core mesh, counters.
 //! Nothing here knows what a channel or a topic is.
 
+pub mod inbox;
 pub mod mesh;
 pub mod reactor;
 pub mod shard;

@@ -15,9 +15,11 @@ pub mod signal {
     pub const OVERFLOW: u8 = 4;
     /// Disconnected by id (`POST /api/disconnect`): close with 1000, the client reconnects.
     pub const KICK: u8 = 8;
+    /// A backend hook this connection waits on has answered (`crate::hooks`).
+    pub const HOOK: u8 = 16;
     /// The answer to the HTTP request the connection waits on is queued (a long-poll request
     /// served by the session's core: `pubsub::longpoll`).
-    pub const ANSWER: u8 = 16;
+    pub const ANSWER: u8 = 32;
 }
 
 /// What the core keeps per connection (besides the connection task itself).

@@ -70,6 +70,7 @@ pub fn serve(
 impl Drop for Conn {
     fn drop(&mut self) {
         self.leave_open();
+        self.forget_hook();
         let write_armed = self
             .hub
             .shard
@@ -142,6 +143,9 @@ impl Conn {
             if signals & signal::KICK != 0 && matches!(self.phase, Phase::Open { .. }) {
                 self.start_close(close::code::NORMAL, "disconnected");
             }
+            if signals & signal::HOOK != 0 {
+                self.on_hook_answer();
+            }
             if signals & signal::DRAIN != 0 {
                 match self.phase {
                     Phase::Http { .. } => return Poll::Ready(()),
@@ -204,6 +208,9 @@ impl Conn {
                 *deferred = false;
                 self.on_http_bytes(); // the request is complete: this routes it
                 continue;
+            }
+            if self.waits_for_hook() {
+                return Poll::Pending; // read again once the backend has answered
             }
             if reads == READ_BUDGET {
                 cx.waker().wake_by_ref();

@@ -2,18 +2,20 @@
 //! (decided from the head by [`crate::http::plan`], bodies read only once accepted), and the
 //! WebSocket upgrade (Phoenix's connect checks first).
 
-use tracing::trace;
+use tracing::{info, trace};
 
 use crate::app::handler::ConnectInfo;
 use crate::app::{auth, policy};
+use crate::hooks::client::Hook;
 use crate::http::{self, Answer, Api, BodyReservation, Plan, Refusal};
 use crate::proto::frame::Decoder;
 use crate::proto::handshake::{self, HttpError, Request};
 use crate::pubsub::encode::Wire;
+use crate::pubsub::pending::{self, Identity};
 use crate::pubsub::session::Session;
 use crate::runtime::shard::Stats;
 use crate::runtime::wheel::TICK;
-use crate::transport::state::{Conn, Endpoint, PendingBody, Phase, Step};
+use crate::transport::state::{Conn, Connected, Endpoint, PendingBody, Phase, Step};
 
 impl Conn {
     /// Serve the requests buffered in the HTTP phase, in their order (keep-alive, pipelining):
@@ -113,7 +115,13 @@ impl Conn {
                     return false;
                 }
                 let mut rest = buf.split_off(req.head_len);
-                self.phoenix_upgrade(&req, &mut rest);
+                if self.phoenix_upgrade(&req, &mut rest)
+                    && let Phase::Http { buf, .. } = &mut self.phase
+                {
+                    // Waiting for the connect hook: the request stays whole in `buf`, the socket
+                    // is not read meanwhile, and the answer routes it again (`on_hook_answer`).
+                    buf.extend_from_slice(&rest);
+                }
                 return false;
             }
             Plan::Echo => {
@@ -124,7 +132,16 @@ impl Conn {
             Plan::Dashboard => (crate::http::dashboard::page(), &[][..]),
             Plan::LongPollGet => {
                 let rest = buf.split_off(req.head_len);
-                return self.longpoll_get(&req, rest);
+                return match self.longpoll_get(&req, rest) {
+                    Ok(more) => more,
+                    Err(rest) => {
+                        // Waiting for the connect hook, as an upgrade does (see Plan::Phoenix).
+                        if let Phase::Http { buf, .. } = &mut self.phase {
+                            buf.extend_from_slice(&rest);
+                        }
+                        false
+                    }
+                };
             }
             Plan::LongPollOptions => {
                 let rest = buf.split_off(req.head_len);
@@ -265,18 +282,67 @@ impl Conn {
         self.respond(refusal.status, content_type, &body, refusal.headers);
     }
 
-    /// Phoenix's connect: transport version, token, the handler's verdict; then the upgrade.
-    fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) {
-        let admitted = match policy::admit(&self.hub.shard.cfg, req, auth::now_unix()) {
+    /// Phoenix's connect, for a WebSocket upgrade and a new long-poll session alike: transport
+    /// version, token, the connect hook's and the handler's verdicts.
+    pub(crate) fn connect_checks(&mut self, req: &Request) -> Connected {
+        let verifier = self.hub.shared.verifier.as_deref();
+        let admitted = match policy::admit(&self.hub.shard.cfg, verifier, req, auth::now_unix()) {
             Ok(a) => a,
+            Err(refused) if !refused.detail.is_empty() => {
+                // Why the token was refused, never the token.
+                info!(
+                    key = self.key,
+                    reason = refused.detail,
+                    "connect refused: invalid token"
+                );
+                return Connected::Refused(refused.status, refused.reason.into());
+            }
             Err(refused) => {
-                trace!(key = self.key, reason = refused.reason, "upgrade refused");
-                let body = format!("{}\n", refused.reason);
-                self.respond(refused.status, "text/plain", body.as_bytes(), &[]);
-                return;
+                trace!(key = self.key, reason = refused.reason, "connect refused");
+                return Connected::Refused(refused.status, refused.reason.into());
             }
         };
         let claims = admitted.claims;
+        let hooks = self.hub.hooks().cloned();
+        let mut who = (claims.is_some() || hooks.is_some()).then(|| {
+            let mut w = identity(claims.as_ref());
+            if hooks.is_some() {
+                w.client = self.stream.peer_addr().ok();
+            }
+            Box::new(w)
+        });
+        if let Some(h) = hooks.filter(|h| h.wants(Hook::Connect, "")) {
+            let (key, generation) = (self.key, self.generation);
+            match h.take_answered(key, generation) {
+                Some((_, outcome, _)) => {
+                    let w = who.get_or_insert_with(Default::default);
+                    if let Err((status, reason)) = pending::connect_decision(&outcome, w) {
+                        info!(key, status, reason = %reason, "connect refused by the connect hook");
+                        return Connected::Refused(status, reason.to_string());
+                    }
+                }
+                None if h.is_pending(key, generation) => return Connected::Wait,
+                None => {
+                    let body = pending::connect_json(
+                        h.node(),
+                        who.as_deref(),
+                        &req.query,
+                        req.origin.as_deref(),
+                    );
+                    let asked = h.ask(
+                        Hook::Connect,
+                        key,
+                        generation,
+                        pending::Waiting::Connect,
+                        body,
+                    );
+                    if asked.is_err() {
+                        return Connected::Refused(503, "too many pending hooks".into());
+                    }
+                    return Connected::Wait;
+                }
+            }
+        }
         let info = ConnectInfo {
             claims: claims.as_ref(),
             query: &req.query,
@@ -284,15 +350,48 @@ impl Conn {
         };
         // A panic in the handler counts like one at any other call site (`Hub::guard`).
         if self.hub.guard(|h| h.connect(&info)) != Some(true) {
-            self.respond(403, "text/plain", b"connection refused\n", &[]);
-            return;
+            return Connected::Refused(403, "connection refused".into());
         }
-        let id = self.hub.guard(|h| h.socket_id(&info)).flatten();
-        let user = claims.as_ref().map(|c| c.sub.as_str());
-        let endpoint = Endpoint::Phoenix(Wire::of(admitted.vsn));
-        self.upgrade(req, endpoint, admitted.protocol, user, rest);
-        if let (Some(id), Phase::Open { .. }) = (id, &self.phase) {
-            self.hub.register_id(&id, self.key, self.generation);
+        let given = who.as_ref().and_then(|w| w.socket_id.clone());
+        let id = given.or_else(|| {
+            self.hub
+                .guard(|h| h.socket_id(&info))
+                .flatten()
+                .map(Into::into)
+        });
+        if let Some(w) = &mut who {
+            w.socket_id = id.clone();
+        }
+        Connected::Admitted {
+            wire: Wire::of(admitted.vsn),
+            protocol: admitted.protocol,
+            who,
+            id,
+        }
+    }
+
+    /// Phoenix's connect ([`Conn::connect_checks`]), then the upgrade. True while it waits for
+    /// the connect hook.
+    fn phoenix_upgrade(&mut self, req: &Request, rest: &mut [u8]) -> bool {
+        match self.connect_checks(req) {
+            Connected::Wait => true,
+            Connected::Refused(status, reason) => {
+                let body = format!("{reason}\n");
+                self.respond(status, "text/plain", body.as_bytes(), &[]);
+                false
+            }
+            Connected::Admitted {
+                wire,
+                protocol,
+                who,
+                id,
+            } => {
+                self.upgrade(req, Endpoint::Phoenix(wire), protocol, who, rest);
+                if let (Some(id), Phase::Open { .. }) = (id, &self.phase) {
+                    self.hub.register_id(&id, self.key, self.generation);
+                }
+                false
+            }
         }
     }
 
@@ -302,7 +401,7 @@ impl Conn {
         req: &Request,
         endpoint: Endpoint,
         protocol: Option<&str>,
-        user: Option<&str>,
+        who: Option<Box<Identity>>,
         rest: &mut [u8],
     ) {
         let key = match handshake::check_upgrade(req) {
@@ -327,7 +426,7 @@ impl Conn {
         self.phase = Phase::Open {
             endpoint,
             decoder: Decoder::new(),
-            session: Session::new(user),
+            session: Session::with_identity(who),
         };
         if endpoint == Endpoint::Dashboard {
             crate::http::dashboard::watch(&self.hub, self.key, self.generation);
@@ -336,5 +435,24 @@ impl Conn {
             // Frames sent right behind the request, before our 101 was read.
             self.on_ws_bytes(rest);
         }
+    }
+}
+
+/// What a verified token says about its socket.
+fn identity(claims: Option<&auth::Claims>) -> Identity {
+    let Some(c) = claims else {
+        return Identity::default();
+    };
+    let object = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .filter(|v| v.is_object())
+            .map(|v| v.to_string().into_boxed_str())
+    };
+    Identity {
+        user: Some(c.sub.as_str().into()),
+        channels: c.channels.clone().map(Vec::into_boxed_slice),
+        presence: object(&c.presence),
+        info: c.info.as_ref().map(|v| v.to_string().into_boxed_str()),
+        ..Identity::default()
     }
 }

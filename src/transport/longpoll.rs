@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use tracing::trace;
 
-use crate::app::handler::ConnectInfo;
-use crate::app::{auth, policy};
 use crate::http::{self, Answer, Format};
 use crate::proto::frame::{OpCode, unframe};
 use crate::proto::handshake::{self, Request};
@@ -31,7 +29,7 @@ use crate::pubsub::session::{Ctx, Session};
 use crate::runtime::reactor::ready;
 use crate::runtime::shard::{Stats, signal};
 use crate::runtime::wheel::TICK;
-use crate::transport::state::{Conn, Phase, RateBucket};
+use crate::transport::state::{Conn, Connected, Phase, RateBucket};
 
 /// How much longer than a window a connection waits for its session's answer.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
@@ -80,14 +78,17 @@ impl Conn {
     }
 
     /// `GET /socket/longpoll`: without a session token, open a session on this core (410 with
-    /// its token); with one, poll it where it is.
-    pub(crate) fn longpoll_get(&mut self, req: &Request, rest: Vec<u8>) -> bool {
+    /// its token); with one, poll it where it is. `Err(rest)`: the connect hook was asked, the
+    /// request waits whole for its answer (the caller puts `rest` back behind its head).
+    pub(crate) fn longpoll_get(&mut self, req: &Request, rest: Vec<u8>) -> Result<bool, Vec<u8>> {
         let keep = http::keep_alive(req, &self.hub.shard.cfg, false);
         let Some(token) = session_token(req) else {
-            let body = self.longpoll_open(req);
-            return self.answer(false, &json_answer(body), &[], keep, rest);
+            let Some(body) = self.longpoll_open(req) else {
+                return Err(rest);
+            };
+            return Ok(self.answer(false, &json_answer(body), &[], keep, rest));
         };
-        self.longpoll_forward(&token, Ask::Poll, keep, rest)
+        Ok(self.longpoll_forward(&token, Ask::Poll, keep, rest))
     }
 
     /// `POST /socket/longpoll` with its body read: to the session, wherever it is.
@@ -179,38 +180,36 @@ impl Conn {
         self.close_after_queued();
     }
 
-    /// Open a session on this core for a request without a session token; the answer's body:
-    /// 410 with the token, 403 (refused by the connect policy or the handler), 500 (this core
-    /// holds its share of `max_longpoll_sessions`).
-    fn longpoll_open(&mut self, req: &Request) -> Vec<u8> {
+    /// Open a session on this core for a request without a session token, after the connect
+    /// checks of a WebSocket upgrade (`Conn::connect_checks`: vsn, origin, token, the connect
+    /// hook, the handler); the answer's body: 410 with the token, 403 (refused), 500 (this core
+    /// holds its share of `max_longpoll_sessions`, or the hooks are busy). `None`: waiting for
+    /// the connect hook.
+    fn longpoll_open(&mut self, req: &Request) -> Option<Vec<u8>> {
         let hub = self.hub.clone();
-        let cfg = &hub.shard.cfg;
-        let cap = cfg.max_longpoll_sessions.div_ceil(hub.shard.cores().max(1));
+        let cap = hub
+            .shard
+            .cfg
+            .max_longpoll_sessions
+            .div_ceil(hub.shard.cores().max(1));
         if hub.longpoll.borrow().len() >= cap {
             Stats::bump(&hub.counters.longpoll_refused);
-            return lp::status_body(500);
+            return Some(lp::status_body(500));
         }
-        let admitted = match policy::admit(cfg, req, auth::now_unix()) {
-            Ok(a) => a,
-            Err(refused) => {
-                trace!(
-                    key = self.key,
-                    reason = refused.reason,
-                    "long-poll session refused"
-                );
-                return lp::status_body(403);
+        let (wire, who, id) = match self.connect_checks(req) {
+            Connected::Wait => return None,
+            Connected::Refused(status, reason) => {
+                trace!(key = self.key, status, reason, "long-poll session refused");
+                // phoenix.js knows 403 (closes for good) and 500 (retries).
+                let status = if status == 403 || status == 401 {
+                    403
+                } else {
+                    500
+                };
+                return Some(lp::status_body(status));
             }
+            Connected::Admitted { wire, who, id, .. } => (wire, who, id),
         };
-        let claims = admitted.claims;
-        let info = ConnectInfo {
-            claims: claims.as_ref(),
-            query: &req.query,
-            origin: req.origin.as_deref(),
-        };
-        if hub.guard(|h| h.connect(&info)) != Some(true) {
-            return lp::status_body(403);
-        }
-        let id = hub.guard(|h| h.socket_id(&info)).flatten();
         let (key, generation) = hub.shard.open_slot();
         let secret = crate::runtime::sys::random_bytes::<16>();
         hub.longpoll
@@ -228,10 +227,15 @@ impl Conn {
         }
         Stats::bump(&hub.counters.longpoll_opened);
         Stats::add(&hub.counters.longpoll_sessions, 1);
-        let user = claims.as_ref().map(|c| c.sub.as_str());
-        let session = LongPoll::new(hub.clone(), key, generation, Wire::of(admitted.vsn), user);
+        let session = LongPoll::new(
+            hub.clone(),
+            key,
+            generation,
+            wire,
+            Session::with_identity(who),
+        );
         glommio::spawn_local(session).detach();
-        lp::poll_body(410, &token, std::iter::empty())
+        Some(lp::poll_body(410, &token, std::iter::empty()))
     }
 }
 
@@ -251,7 +255,7 @@ pub(crate) struct LongPoll {
 }
 
 impl LongPoll {
-    fn new(hub: Rc<Hub>, key: usize, generation: u32, wire: Wire, user: Option<&str>) -> Self {
+    fn new(hub: Rc<Hub>, key: usize, generation: u32, wire: Wire, session: Session) -> Self {
         let shard = &hub.shard;
         let expiry = shard.cfg.longpoll_window() * 3 / 2;
         shard.set_deadline(key, Some(expiry));
@@ -266,7 +270,7 @@ impl LongPoll {
             poll: None,
             poll_until: 0,
             expire_at,
-            session: Session::new(user),
+            session,
         }
     }
 
@@ -397,6 +401,19 @@ impl LongPoll {
                 }
                 return Poll::Ready(());
             }
+            if signals & signal::HOOK != 0 {
+                // A join or push of this session waited for its backend hook: carry out the
+                // answer, then what queued behind it.
+                let ctx = Ctx {
+                    hub: &self.hub,
+                    key: self.key,
+                    generation: self.generation,
+                    wire: self.wire,
+                };
+                if self.session.resume(ctx).is_err() {
+                    return Poll::Ready(());
+                }
+            }
             let now = shard.now_tick() as u32;
             if let Some(p) = self.poll
                 && now >= self.poll_until
@@ -411,6 +428,16 @@ impl LongPoll {
                 return Poll::Ready(());
             }
             let (key, generation) = (self.key as u32, self.generation);
+            let hook_wait = self
+                .hub
+                .hooks()
+                .is_some_and(|h| h.is_pending(self.key, generation));
+            if hook_wait && self.hub.longpoll.borrow().next_is_post(key, generation) {
+                // A message waits for its hook: the next POST waits behind it (its answer,
+                // `signal::HOOK`, wakes the task), as a socket is not read meanwhile.
+                self.flush();
+                return Poll::Pending;
+            }
             if shard.reads_held() && self.hub.longpoll.borrow().next_is_post(key, generation) {
                 // The core's mesh holds its publishers back: a POST's messages could be
                 // broadcasts, so they wait (as a socket's wait in the kernel) until the hold
@@ -484,6 +511,9 @@ impl Drop for LongPoll {
             wire: self.wire,
         };
         self.session.leave_all(ctx);
+        if let Some(h) = self.hub.hooks() {
+            h.forget(self.key, self.generation);
+        }
         self.hub.shard.close_slot(self.key);
         Stats::sub(&self.hub.counters.longpoll_sessions, 1);
     }

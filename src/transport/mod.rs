@@ -2,6 +2,7 @@
 //! WebSocket phase and closing.
 
 pub mod conn;
+mod hooked;
 mod http;
 mod longpoll;
 mod state;

@@ -87,6 +87,21 @@ pub(crate) enum Phase {
     Closing { shut: bool },
 }
 
+/// The outcome of Phoenix's connect checks (`Conn::connect_checks`).
+pub(crate) enum Connected {
+    /// Upgrade (or open the long-poll session) with this.
+    Admitted {
+        wire: Wire,
+        protocol: Option<&'static str>,
+        who: Option<Box<crate::pubsub::pending::Identity>>,
+        id: Option<Box<str>>,
+    },
+    /// Refused: answer this status and reason.
+    Refused(u16, String),
+    /// The connect hook has been asked: the request waits whole for its answer.
+    Wait,
+}
+
 /// What reading and parsing asked the loop to do next.
 pub(crate) enum Step {
     Continue,
