@@ -293,12 +293,12 @@ impl Conn {
                 info!(
                     key = self.key,
                     reason = refused.detail,
-                    "connect refused: invalid token"
+                    "upgrade refused: invalid token"
                 );
                 return Connected::Refused(refused.status, refused.reason.into());
             }
             Err(refused) => {
-                trace!(key = self.key, reason = refused.reason, "connect refused");
+                trace!(key = self.key, reason = refused.reason, "upgrade refused");
                 return Connected::Refused(refused.status, refused.reason.into());
             }
         };
@@ -317,7 +317,7 @@ impl Conn {
                 Some((_, outcome, _)) => {
                     let w = who.get_or_insert_with(Default::default);
                     if let Err((status, reason)) = pending::connect_decision(&outcome, w) {
-                        info!(key, status, reason = %reason, "connect refused by the connect hook");
+                        info!(key, status, reason = %reason, "upgrade refused by the connect hook");
                         return Connected::Refused(status, reason.to_string());
                     }
                 }
