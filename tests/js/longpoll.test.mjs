@@ -239,3 +239,36 @@ describe("long-poll fallback and limits", { timeout: SUITE_TIMEOUT_MS }, () => {
     });
   });
 });
+
+describe("long-poll with tokens", { timeout: SUITE_TIMEOUT_MS }, () => {
+  const SECRET = "lp-secret";
+  let server;
+  const sockets = [];
+
+  before(async () => {
+    server = await startServer({ auth_secret: SECRET, require_token: true });
+  });
+
+  after(async () => {
+    await closeAll(sockets);
+    if (server) await server.stop();
+  });
+
+  test("a JWT as phoenix.js's authToken (X-Phoenix-AuthToken): its channels claim limits long-poll joins", async () => {
+    const { mintToken } = await import("./helpers.mjs");
+    const tok = await mintToken(["--secret", SECRET, "--sub", "dora", "--ttl-secs", "600", "--channels", "room:ok*"]);
+    // No token: the session is refused (403: phoenix.js closes for good).
+    const refused = await lp(server, "GET", "vsn=2.0.0");
+    assert.deepEqual(refused, { status: 403 });
+    const s = newSocket(server, { transport: LongPoll, authToken: tok, timeout: 5000 }, sockets);
+    await connectSocket(s, 5000);
+    await joinOk(s.channel("room:ok1", {}));
+    const no = await pushResult(s.channel("room:other", {}).join(), 5000);
+    assert.equal(no.status, "error", JSON.stringify(no));
+    // A forged token (another key) is refused like on the WebSocket.
+    const bad = await mintToken(["--secret", "other", "--sub", "dora", "--ttl-secs", "600"]);
+    const r = await lp(server, "GET", "vsn=2.0.0", undefined, { "X-Phoenix-AuthToken": bad });
+    assert.deepEqual(r, { status: 403 });
+    assert.ok(!server.stderr.includes(bad.split(".")[2]), "the token is not logged");
+  });
+});
