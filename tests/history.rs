@@ -271,10 +271,26 @@ fn a_recovery_while_publications_flow_meets_the_live_stream_without_gap_or_dupli
         let since = at.saturating_sub(20);
         let params = json!({"recover": {"epoch": epoch, "offset": since}});
         let (s, response) = join(&srv, i % 2, topic, params);
+        if response["recovered"] == false {
+            // On a slow machine the flow may pass more than `size` (500) publications between
+            // reading the position and the join: then, and only then, there is nothing to
+            // recover from (the right answer, with the current position).
+            let now = response["offset"].as_u64().unwrap_or(0);
+            assert!(
+                now > since + 500,
+                "refused within the ring: {response} from {since}"
+            );
+            eprintln!("join {i} from {since}: {now} is past the ring, recovered false");
+            continue;
+        }
         assert_eq!(response["recovered"], true, "{response}");
         eprintln!("recovering join {i} from {since}");
         got.push((since, s));
     }
+    assert!(
+        got.len() >= 2,
+        "at least two joins recovered while the flow went on"
+    );
     assert!(
         got[0].0 + 1000 < N,
         "the first joins came while publications flowed"
