@@ -229,6 +229,7 @@ def run_client(result: dict, round_: int, out: Path) -> None:
     Path(f"{base}.json").write_text(r.stdout)
     if r.returncode != 0:
         result["error"] = f"round {round_}: client exited {r.returncode} (see {base.name}.client.log)"
+        Path(f"{base}.server-state.txt").write_text(server_state(proc.pid, result["addr"]))
         return
     got = json.loads(r.stdout)
     got["busy_before_percent"] = busy
@@ -236,6 +237,28 @@ def run_client(result: dict, round_: int, out: Path) -> None:
     for m in got["measurements"]:
         m["round"] = round_
     result["runs"].append(got)
+
+
+def server_state(pid: int, addr: str) -> str:
+    """What a failed round leaves to look at: the server's threads (state, CPU ticks, where they
+    sleep), its listening sockets' accept queues and socket counts, and its /metrics."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            wchan = (task / "wchan").read_text()
+            lines.append(f"{(task / 'comm').read_text().strip()} state {stat[0]} "
+                         f"utime {stat[11]} stime {stat[12]} wchan {wchan}")
+        except OSError:
+            pass
+    for cmd in (["ss", "-ltn"], ["ss", "-s"],
+                ["curl", "-s", "-m", "3", f"http://{addr}/metrics"]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            lines.append(f"$ {' '.join(cmd)}\n{r.stdout}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            lines.append(f"$ {' '.join(cmd)}: {e}")
+    return "\n".join(lines) + "\n"
 
 
 def measurements(result: dict) -> list:

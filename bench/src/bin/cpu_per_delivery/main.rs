@@ -245,6 +245,37 @@ async fn heartbeat(sh: &Shared, tx: &watch::Sender<u64>, joined: u64) -> Instant
     Instant::now()
 }
 
+/// An API publisher is a backend: another process, not a task behind the 5,000 subscriber
+/// readers of this client's one thread (there it would wait for them after each response, and
+/// how fast it could send would depend on how many frames the server had just written). So it
+/// runs on a thread of its own, with its own runtime.
+async fn on_own_thread(
+    way: Way,
+    addr: SocketAddr,
+    payloads: Vec<String>,
+) -> anyhow::Result<Publish> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("api-publisher".into())
+        .spawn(move || {
+            let got = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        match way {
+                            Way::ApiPerRequest => publish::api_per_request(addr, &payloads).await,
+                            _ => publish::api_keepalive(addr, &payloads).await,
+                        }
+                    })
+                });
+            let _ = tx.send(got);
+        })?;
+    rx.await
+        .context("the publisher thread ended without a result")?
+}
+
 async fn measure(args: &Args, sh: &Shared, way: Way, round: usize, tag: u32) -> Measurement {
     let payloads: Vec<String> = (0..args.messages).map(|k| msg::payload(tag, k)).collect();
     sh.begin(tag, args.messages);
@@ -262,8 +293,9 @@ async fn measure(args: &Args, sh: &Shared, way: Way, round: usize, tag: u32) -> 
     let t0 = Instant::now();
     let work = async {
         let published = match (way, pusher.as_mut()) {
-            (Way::ApiPerRequest, _) => publish::api_per_request(args.addr, &payloads).await,
-            (Way::ApiKeepalive, _) => publish::api_keepalive(args.addr, &payloads).await,
+            (Way::ApiPerRequest | Way::ApiKeepalive, _) => {
+                on_own_thread(way, args.addr, payloads.clone()).await
+            }
             (Way::Socket, Some(p)) => p.push_all(&payloads).await,
             (Way::Socket, None) => Err(anyhow::anyhow!("no publisher socket")),
             (Way::CWrite, _) => publish::c_floor(args.addr, &payloads, 1).await,
