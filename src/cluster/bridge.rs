@@ -201,26 +201,15 @@ impl Bridge {
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (cfg, st) = (cfg.clone(), state.clone());
-        let thread = std::thread::Builder::new()
-            .name("corecast-cluster".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        warn!(error = %e, "cluster: cannot start the bridge's runtime");
-                        return;
-                    }
-                };
-                let ends = Ends {
-                    up: up_rx,
-                    interest: int_rx,
-                    downs: Arc::new(downs),
-                    stop: stop_rx,
-                };
-                rt.block_on(run(cfg, node, st, ends, largest));
+        let ends = Ends {
+            up: up_rx,
+            interest: int_rx,
+            downs: Arc::new(downs),
+            stop: stop_rx,
+        };
+        let thread =
+            crate::runtime::inbox::spawn_tokio_thread("corecast-cluster", "cluster", move || {
+                run(cfg, node, st, ends, largest)
             })?;
         Ok((
             Bridge {

@@ -162,21 +162,9 @@ pub fn start(cfg: &Hooks, node: String, cores: usize) -> std::io::Result<(Thread
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (cfg, st) = (cfg.clone(), state.clone());
-    let thread = std::thread::Builder::new()
-        .name("corecast-hooks".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(error = %e, "hooks: cannot start the hooks thread's runtime");
-                    return;
-                }
-            };
-            rt.block_on(run(cfg, st, up_rx, downs, stop_rx));
-        })?;
+    let thread = crate::runtime::inbox::spawn_tokio_thread("corecast-hooks", "hooks", move || {
+        run(cfg, st, up_rx, downs, stop_rx)
+    })?;
     Ok((
         Thread {
             state,

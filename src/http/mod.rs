@@ -350,13 +350,10 @@ pub fn write_answer(
     extra: &[(&str, &str)],
     keep_alive: Option<Duration>,
 ) {
-    let hint = keep_alive.map(|d| format!("timeout={}", d.as_secs()));
+    let hint = handshake::keep_alive_hint(keep_alive);
     let mut headers = extra.to_vec();
     headers.extend_from_slice(a.headers);
-    if let Some(hint) = hint
-        .as_deref()
-        .filter(|_| keep_alive >= Some(Duration::from_secs(1)))
-    {
+    if let Some(hint) = hint.as_deref() {
         headers.push(("Keep-Alive", hint));
     }
     let keep = keep_alive.is_some();

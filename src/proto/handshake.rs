@@ -276,6 +276,14 @@ pub fn write_switching(
     out.extend_from_slice(b"\r\n");
 }
 
+/// The `Keep-Alive` header's value for an answer whose connection is kept for `keep` (the wait
+/// for the next request): `timeout=<seconds>`, from one second up (a hint for clients that drop
+/// idle connections themselves); `None` for a connection that closes or a wait under a second.
+pub fn keep_alive_hint(keep: Option<std::time::Duration>) -> Option<String> {
+    keep.filter(|d| d.as_secs() >= 1)
+        .map(|d| format!("timeout={}", d.as_secs()))
+}
+
 /// Append a complete non-upgrade response: status line with reason phrase, `Content-Type`,
 /// `Content-Length`, `Connection: close` (or `keep-alive` when `keep_alive`), the `extra`
 /// headers, then `body`.
@@ -524,6 +532,21 @@ fn hex_val(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_keep_alive_hint_is_whole_seconds_from_one_up() {
+        use std::time::Duration;
+        assert_eq!(keep_alive_hint(None), None);
+        assert_eq!(keep_alive_hint(Some(Duration::from_millis(999))), None);
+        assert_eq!(
+            keep_alive_hint(Some(Duration::from_millis(1000))).as_deref(),
+            Some("timeout=1")
+        );
+        assert_eq!(
+            keep_alive_hint(Some(Duration::from_millis(5900))).as_deref(),
+            Some("timeout=5")
+        );
+    }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const CHROME: &str = "GET /socket/websocket?vsn=2.0.0&token=a%2Bb HTTP/1.1\r\n\

@@ -159,15 +159,12 @@ impl Sessions {
 /// `proto::phoenix::longpoll`), `Access-Control-Allow-Origin: *` (as Phoenix: the session token
 /// is the credential, never a cookie), kept alive for `keep` (the wait for the next request).
 pub fn http_answer(body: &[u8], keep: Option<std::time::Duration>) -> Arc<[u8]> {
-    let hint = keep.map(|d| format!("timeout={}", d.as_secs()));
+    let hint = crate::proto::handshake::keep_alive_hint(keep);
     let mut headers = vec![
         ("Access-Control-Allow-Origin", "*"),
         ("Cache-Control", "no-store"),
     ];
-    if let Some(hint) = hint
-        .as_deref()
-        .filter(|_| keep >= Some(std::time::Duration::from_secs(1)))
-    {
+    if let Some(hint) = hint.as_deref() {
         headers.push(("Keep-Alive", hint));
     }
     let mut out = Vec::with_capacity(200 + body.len());

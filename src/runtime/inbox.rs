@@ -9,6 +9,30 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
+/// Start one of those threads: `name`, a current-thread tokio runtime, and `run(runtime)` on
+/// it until it ends (`run` builds the future from what it moved in). A runtime that cannot be
+/// built is logged as `what` and the thread ends at once (its senders then see a closed queue).
+pub fn spawn_tokio_thread<F>(
+    name: &str,
+    what: &'static str,
+    run: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run()),
+                Err(e) => tracing::warn!(error = %e, "{what}: cannot start the thread's runtime"),
+            }
+        })
+}
+
 /// A queue of at most `capacity` items to one core.
 pub fn inbox<T>(capacity: usize) -> (Sender<T>, Inbox<T>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
