@@ -229,6 +229,46 @@ fn api_and_metrics_without_keys_answer_only_loopback_peers() {
     assert_eq!(status, 200, "/health stays open");
 }
 
+/// DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 reaches the API
+/// from loopback, under its own `Host` (and a same-origin GET carries no `Origin`); so does a
+/// reverse proxy on this host that passes on its client's `Host`. Without a key, loopback is
+/// trusted only under an address-like `Host`.
+#[test]
+fn loopback_under_a_dotted_host_name_is_not_trusted_without_a_key() {
+    let srv = TestServer::start_with_config(
+        "[[history]]\npattern = \"room:*\"\nsize = 100\nttl_secs = 300\n",
+        &[],
+    );
+    let with_host =
+        |host: &str, request: &str| request.replacen("Host: x", &format!("Host: {host}"), 1);
+    let history = "GET /api/history?topic=room:1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let metrics = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let publish = post_request(JSON, BROADCAST);
+    for host in ["evil.example", "evil.example:4000", "corecast.example.com"] {
+        for request in [history, metrics, publish.as_str()] {
+            let (status, head, body) = exchange(srv.addr, with_host(host, request).as_bytes());
+            assert_eq!(status, 403, "{host}: {head}{body}");
+            assert!(body.contains("under an IP address, localhost"), "{body}");
+        }
+    }
+    for host in [
+        "127.0.0.1",
+        &srv.addr.to_string(),
+        "localhost:4000",
+        "myhost",
+    ] {
+        let (status, _, body) = exchange(srv.addr, with_host(host, history).as_bytes());
+        assert_eq!(status, 200, "{host}: {body}");
+        let (status, _, body) = exchange(srv.addr, with_host(host, &publish).as_bytes());
+        assert_eq!(status, 202, "{host}: {body}");
+    }
+    // With a key the Host does not matter.
+    let keyed = TestServer::start_with_config("api_key = \"k1\"\n", &[]);
+    let bearer = post_request(&format!("{JSON}Authorization: Bearer k1\r\n"), BROADCAST);
+    let (status, _, body) = exchange(keyed.addr, with_host("evil.example", &bearer).as_bytes());
+    assert_eq!(status, 202, "{body}");
+}
+
 #[test]
 fn api_refuses_browser_origins_and_non_json_bodies() {
     let srv = TestServer::start_with_config("api_origins = [\"https://admin.example.com\"]\n", &[]);

@@ -14,6 +14,9 @@
 //! - `/api/*`: a request with an `Origin` header is refused unless the origin is in
 //!   `api_origins` (no web page can publish by default); then, with `api_key`, the bearer key
 //!   from any address; without it, loopback peers only. Bodies must be `application/json`.
+//! - Loopback's trust without a key holds only under a `Host` that names this machine (an IP
+//!   address, `localhost`, `*.localhost`, a one-label name): under a dotted DNS name the request
+//!   may be a DNS-rebinding page or a reverse proxy's client (403).
 //! - `/dashboard`, `/dashboard/live` (only with `dashboard`; 404 otherwise): the API's rule,
 //!   and with `api_key` the key may come as `?key=<api_key>` too (a browser sets no header on
 //!   a page load or a WebSocket); the WebSocket also refuses a page of another origin (a
@@ -396,6 +399,11 @@ fn access(
                 Err(Refusal::new(401, "missing or wrong bearer key", json).with(BEARER))
             }
         }
+        None if !host_is_an_address(req.host.as_deref()) => Err(Refusal::new(
+            403,
+            "no key is configured: loopback peers only, under an IP address, localhost or a one-label name",
+            json,
+        )),
         None if peer().is_some_and(is_loopback) => Ok(()),
         None => Err(Refusal::new(
             403,
@@ -403,6 +411,42 @@ fn access(
             json,
         )),
     }
+}
+
+/// Whether a request's `Host` names this machine rather than a site: an IP literal (with or
+/// without a port), `localhost` or a `*.localhost` name (browsers resolve those themselves), a
+/// name of one label (the machine's own name from `/etc/hosts`), or no `Host` at all (HTTP/1.0
+/// clients; a browser always sends one). Loopback's trust without a key needs this: under a
+/// dotted DNS name a loopback request may be a page of another site whose name now resolves to
+/// 127.0.0.1 (DNS rebinding: the browser sends no `Origin` on a same-origin GET), or a reverse
+/// proxy on this host passing on its client's `Host`.
+fn host_is_an_address(host: Option<&str>) -> bool {
+    let Some(host) = host.map(str::trim) else {
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        return rest.split_once(']').is_some_and(|(ip, port)| {
+            ip.parse::<std::net::Ipv6Addr>().is_ok()
+                && (port.is_empty()
+                    || port
+                        .strip_prefix(':')
+                        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        });
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                name
+            }
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 fn method_not_allowed(json: bool) -> Refusal {
@@ -528,6 +572,72 @@ mod tests {
     }
 
     #[test]
+    fn loopback_without_a_key_needs_a_host_that_is_an_address() {
+        let cfg = Config::default();
+        let with_host =
+            |raw: &str, host: &str| req(&raw.replacen("\r\n", &format!("\r\nHost: {host}\r\n"), 1));
+        let metrics = "GET /metrics HTTP/1.1\r\n\r\n";
+        let history = "GET /api/history?topic=room:1 HTTP/1.1\r\n\r\n";
+        let dashboard = "GET /dashboard HTTP/1.1\r\n\r\n";
+        let on = Config::from_toml("dashboard = true").unwrap();
+        let allowed = |p: Plan| !matches!(p, Plan::Refuse(_));
+        for host in [
+            "127.0.0.1:4000",
+            "127.0.0.1",
+            "[::1]:4000",
+            "[::1]",
+            "localhost:4000",
+            "LocalHost.",
+            "app.localhost:4000",
+            "10.0.0.5:4000",
+            "myhost:4000",
+            "x",
+        ] {
+            for (raw, c) in [
+                (POST, &cfg),
+                (metrics, &cfg),
+                (history, &cfg),
+                (dashboard, &on),
+            ] {
+                assert!(
+                    allowed(plan(&with_host(raw, host), c, || LOCAL)),
+                    "{host} {raw:?}"
+                );
+            }
+        }
+        // A DNS name (a rebinding page, or a proxy's client's Host): refused from loopback.
+        for host in [
+            "evil.example:4000",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "[::1",
+            "127.0.0.1:",
+            "127.0.0.1:x",
+            "::1",
+            "",
+        ] {
+            for (raw, c) in [
+                (POST, &cfg),
+                (metrics, &cfg),
+                (history, &cfg),
+                (dashboard, &on),
+            ] {
+                let p = plan(&with_host(raw, host), c, || LOCAL);
+                assert!(
+                    matches!(&p, Plan::Refuse(r) if r.status == 403 && r.reason.contains("under an IP address, localhost")),
+                    "{host} {raw:?}: {p:?}"
+                );
+            }
+        }
+        // With a key the Host does not matter.
+        let keyed = Config::from_toml("api_key = \"k1\"").unwrap();
+        let mut bearer = with_host(POST, "evil.example");
+        bearer.authorization = Some("Bearer k1".into());
+        assert_eq!(status(plan(&bearer, &keyed, || REMOTE)), 0);
+    }
+
+    #[test]
     fn api_history_is_a_get_under_the_api_rule() {
         let get = "GET /api/history?topic=room:1&since=3 HTTP/1.1\r\n\r\n";
         let cfg = Config::default();
@@ -648,7 +758,7 @@ mod tests {
     fn dashboard_is_off_by_default_then_under_the_api_rule_with_the_key_in_the_query_too() {
         let get = |target: &str, extra: &str| {
             req(&format!(
-                "GET {target} HTTP/1.1\r\nHost: h:4000\r\n{extra}\r\n"
+                "GET {target} HTTP/1.1\r\nHost: localhost:4000\r\n{extra}\r\n"
             ))
         };
         let off = Config::default();
@@ -671,9 +781,20 @@ mod tests {
         assert_eq!(status(plan(&post, &on, || LOCAL)), 405);
         // The socket: the page's own origin, or one of api_origins; no other page.
         let live = |origin: &str| get("/dashboard/live", &format!("Origin: {origin}\r\n"));
-        assert_eq!(status(plan(&live("http://h:4000"), &on, || LOCAL)), 200);
-        assert_eq!(status(plan(&live("https://H:4000"), &on, || LOCAL)), 200);
-        for other in ["http://h:4001", "https://evil.example", "null", "h:4000"] {
+        assert_eq!(
+            status(plan(&live("http://localhost:4000"), &on, || LOCAL)),
+            200
+        );
+        assert_eq!(
+            status(plan(&live("https://LOCALHOST:4000"), &on, || LOCAL)),
+            200
+        );
+        for other in [
+            "http://localhost:4001",
+            "https://evil.example",
+            "null",
+            "localhost:4000",
+        ] {
             assert_eq!(status(plan(&live(other), &on, || LOCAL)), 403, "{other}");
         }
         let listed =
