@@ -52,6 +52,8 @@ pub enum Failure {
     CircuitOpen,
     /// Refused to connect, a non-2xx status, an answer too big.
     Backend,
+    /// A 2xx answer whose body is not a JSON object.
+    Malformed,
 }
 
 /// A backend's answer (its body, a JSON object as far as HTTP goes) or why there is none.
@@ -231,7 +233,8 @@ async fn run(
             )
             .await
             {
-                Ok(Ok(body)) => Ok(body),
+                Ok(Ok(body)) if is_json_object(&body) => Ok(body),
+                Ok(Ok(_)) => Err(Failure::Malformed),
                 Ok(Err(())) => Err(Failure::Backend),
                 Err(_) => Err(Failure::Timeout),
             };
@@ -296,6 +299,14 @@ fn answer(
     }
 }
 
+/// Whether a backend's answer is a JSON object (checked here, off the cores, so that a backend
+/// that answers garbage counts towards its circuit like one that does not answer; what the
+/// object says is read by the core).
+fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// POST `body` as JSON; the answer's body if 2xx and at most `max` bytes.
 async fn post(
     client: &HttpClient,
@@ -316,4 +327,27 @@ async fn post(
         .await
         .map_err(|_| ())?;
     Ok(body.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_json_object_is_an_answer() {
+        assert!(is_json_object(br#"{"allow":true}"#));
+        assert!(is_json_object(b" \n{}\n"));
+        for bad in [
+            &b""[..],
+            b"[]",
+            b"null",
+            b"\"ok\"",
+            b"{",
+            b"{\"a\":}",
+            b"{} {}",
+            b"<html>",
+        ] {
+            assert!(!is_json_object(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -366,6 +366,7 @@ fn reason(r: &str) -> String {
 pub fn join_decision(outcome: &Result<Bytes, Failure>) -> Result<String, String> {
     match outcome {
         Err(Failure::Timeout) => Err(reason("join timed out")),
+        Err(Failure::Malformed) => Err(reason("join hook answered badly")),
         Err(_) => Err(reason("join hook unavailable")),
         Ok(body) => match serde_json::from_slice::<JoinAnswer<'_>>(body) {
             Ok(a) if a.allow => Ok(object(a.reply).unwrap_or("{}").to_string()),
@@ -391,6 +392,7 @@ pub fn push_decision(outcome: &Result<Bytes, Failure>) -> PushDecision {
     };
     match outcome {
         Err(Failure::Timeout) => failed("push timed out"),
+        Err(Failure::Malformed) => failed("push hook answered badly"),
         Err(_) => failed("push hook unavailable"),
         Ok(body) => match serde_json::from_slice::<PushAnswer<'_>>(body) {
             Ok(a) => PushDecision {
@@ -411,6 +413,7 @@ pub fn connect_decision(
 ) -> Result<(), (u16, String)> {
     let a = match outcome {
         Err(Failure::Timeout) => return Err((503, "connect hook timed out".into())),
+        Err(Failure::Malformed) => return Err((503, "connect hook answered badly".into())),
         Err(_) => return Err((503, "connect hook unavailable".into())),
         Ok(body) => serde_json::from_slice::<ConnectAnswer<'_>>(body)
             .map_err(|_| (503, "connect hook answered badly".to_string()))?,

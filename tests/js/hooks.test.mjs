@@ -11,6 +11,7 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import net from "node:net";
+import http from "node:http";
 import {
   startServerToml,
   newSocket,
@@ -252,5 +253,47 @@ circuit_open_ms = 60000
     assert.match(m, /corecast_hook_circuit_opens_total\{hook="join"\} 1\b/);
     assert.match(m, /corecast_hook_short_circuited_total\{hook="join"\} 3\b/);
     await waitFor(() => /circuit opened/.test(server.stderr), "the open circuit in the log");
+  });
+
+  test("a backend that answers 200 with something other than a JSON object counts as failing: the circuit opens", async () => {
+    // An HTML error page from a misconfigured proxy in front of the backend, say.
+    const html = http.createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        res.writeHead(200, { "content-type": "text/html" });
+        res.end("<html>upstream error</html>");
+      });
+    });
+    await new Promise((r) => html.listen(0, "127.0.0.1", r));
+    try {
+      const server = await serve(`[hooks]
+join_url = "http://127.0.0.1:${html.address().port}/join"
+circuit_failures = 3
+circuit_open_ms = 60000
+`);
+      const c = await rawConnect(server, "/socket/websocket?vsn=2.0.0", { pool: raws });
+      const reasons = [];
+      for (let i = 0; i < 6; i++) {
+        c.send([`${i}`, `${i}`, `room:${i}`, "phx_join", {}]);
+        const r = await c.reply(`${i}`);
+        assert.equal(r[4].status, "error");
+        reasons.push(r[4].response.reason);
+      }
+      assert.deepEqual(reasons, [
+        "join hook answered badly",
+        "join hook answered badly",
+        "join hook answered badly",
+        "join hook unavailable",
+        "join hook unavailable",
+        "join hook unavailable",
+      ]);
+      const m = (await httpRequest(server, "GET", "/metrics")).body;
+      assert.match(m, /corecast_hook_failures_total\{hook="join"\} 3\b/);
+      assert.match(m, /corecast_hook_circuit_open\{hook="join"\} 1\b/);
+      assert.match(m, /corecast_hook_short_circuited_total\{hook="join"\} 3\b/);
+    } finally {
+      html.closeAllConnections();
+      await new Promise((r) => html.close(r));
+    }
   });
 });
