@@ -424,23 +424,18 @@ fn host_is_an_address(host: Option<&str>) -> bool {
     let Some(host) = host.map(str::trim) else {
         return true;
     };
-    let name = if let Some(rest) = host.strip_prefix('[') {
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
         // [v6] or [v6]:port
         return rest.split_once(']').is_some_and(|(ip, port)| {
             ip.parse::<std::net::Ipv6Addr>().is_ok()
-                && (port.is_empty()
-                    || port
-                        .strip_prefix(':')
-                        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+                && (port.is_empty() || port.strip_prefix(':').is_some_and(is_port))
         });
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-                name
-            }
-            Some(_) => return false,
-            None => host,
-        }
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
     };
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     name.parse::<std::net::Ipv4Addr>().is_ok()

@@ -266,7 +266,8 @@ async fn on_own_thread(
                     rt.block_on(async {
                         match way {
                             Way::ApiPerRequest => publish::api_per_request(addr, &payloads).await,
-                            _ => publish::api_keepalive(addr, &payloads).await,
+                            Way::ApiKeepalive => publish::api_keepalive(addr, &payloads).await,
+                            other => Err(anyhow::anyhow!("{other:?} is not an API way")),
                         }
                     })
                 });
