@@ -235,20 +235,30 @@ describe("backend hooks", { timeout: SUITE_TIMEOUT_MS }, () => {
     assert.match(m, /corecast_hook_busy_total\{hook="join"\} 1\b/);
   });
 
-  test("a backend that is down: joins fail, the circuit opens (metrics, log) and later joins fail at once", async () => {
-    const port = await deadPort();
+  /** A server whose join hook is the backend on `port`, with a circuit of 3 failures (open for
+   * a minute); one socket asks six joins in turn. Resolves {server, replies (each join reply's
+   * payload), metrics (the /metrics text after them)}. */
+  async function sixJoinsThroughACircuitOfThree(port) {
     const server = await serve(`[hooks]
 join_url = "http://127.0.0.1:${port}/join"
 circuit_failures = 3
 circuit_open_ms = 60000
 `);
     const c = await rawConnect(server, "/socket/websocket?vsn=2.0.0", { pool: raws });
+    const replies = [];
     for (let i = 0; i < 6; i++) {
       c.send([`${i}`, `${i}`, `room:${i}`, "phx_join", {}]);
-      const r = await c.reply(`${i}`);
-      assert.deepEqual(r[4], { status: "error", response: { reason: "join hook unavailable" } });
+      replies.push((await c.reply(`${i}`))[4]);
     }
-    const m = (await httpRequest(server, "GET", "/metrics")).body;
+    const metrics = (await httpRequest(server, "GET", "/metrics")).body;
+    return { server, replies, metrics };
+  }
+
+  test("a backend that is down: joins fail, the circuit opens (metrics, log) and later joins fail at once", async () => {
+    const { server, replies, metrics: m } = await sixJoinsThroughACircuitOfThree(await deadPort());
+    for (const r of replies) {
+      assert.deepEqual(r, { status: "error", response: { reason: "join hook unavailable" } });
+    }
     assert.match(m, /corecast_hook_circuit_open\{hook="join"\} 1\b/);
     assert.match(m, /corecast_hook_circuit_opens_total\{hook="join"\} 1\b/);
     assert.match(m, /corecast_hook_short_circuited_total\{hook="join"\} 3\b/);
@@ -266,28 +276,22 @@ circuit_open_ms = 60000
     });
     await new Promise((r) => html.listen(0, "127.0.0.1", r));
     try {
-      const server = await serve(`[hooks]
-join_url = "http://127.0.0.1:${html.address().port}/join"
-circuit_failures = 3
-circuit_open_ms = 60000
-`);
-      const c = await rawConnect(server, "/socket/websocket?vsn=2.0.0", { pool: raws });
-      const reasons = [];
-      for (let i = 0; i < 6; i++) {
-        c.send([`${i}`, `${i}`, `room:${i}`, "phx_join", {}]);
-        const r = await c.reply(`${i}`);
-        assert.equal(r[4].status, "error");
-        reasons.push(r[4].response.reason);
-      }
-      assert.deepEqual(reasons, [
-        "join hook answered badly",
-        "join hook answered badly",
-        "join hook answered badly",
-        "join hook unavailable",
-        "join hook unavailable",
-        "join hook unavailable",
-      ]);
-      const m = (await httpRequest(server, "GET", "/metrics")).body;
+      const { replies, metrics: m } = await sixJoinsThroughACircuitOfThree(html.address().port);
+      assert.deepEqual(
+        replies.map((r) => r.status),
+        Array(6).fill("error"),
+      );
+      assert.deepEqual(
+        replies.map((r) => r.response.reason),
+        [
+          "join hook answered badly",
+          "join hook answered badly",
+          "join hook answered badly",
+          "join hook unavailable",
+          "join hook unavailable",
+          "join hook unavailable",
+        ],
+      );
       assert.match(m, /corecast_hook_failures_total\{hook="join"\} 3\b/);
       assert.match(m, /corecast_hook_circuit_open\{hook="join"\} 1\b/);
       assert.match(m, /corecast_hook_short_circuited_total\{hook="join"\} 3\b/);
